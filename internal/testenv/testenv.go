@@ -1,0 +1,166 @@
+// Package testenv gives integration tests their own, isolated piece of the real
+// services the project depends on: a fresh PostgreSQL database and a claimed Redis
+// logical database. Everything is cleaned up when the test ends, so tests pass when
+// run twice in a row and when several packages run in parallel.
+//
+// The services are found through TEST_DATABASE_URL (default
+// postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable) and TEST_REDIS_ADDR
+// (default 127.0.0.1:6379). A test that cannot reach them fails: these are not
+// optional dependencies.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+)
+
+// AdminDatabaseURL is the URL of the server-level database used to create and drop
+// per-test databases.
+func AdminDatabaseURL() string {
+	if v := os.Getenv("TEST_DATABASE_URL"); v != "" {
+		return v
+	}
+	return "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+}
+
+// RedisAddr is the host:port of the Redis server tests use.
+func RedisAddr() string {
+	if v := os.Getenv("TEST_REDIS_ADDR"); v != "" {
+		return v
+	}
+	return "127.0.0.1:6379"
+}
+
+func randomSuffix() string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// PostgresURL creates an empty database for this test and returns its URL. The
+// database is dropped (with FORCE, so open pools do not block it) when the test ends.
+func PostgresURL(t testing.TB) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	admin := AdminDatabaseURL()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatalf("testenv: connect to postgres at %s: %v", admin, err)
+	}
+	defer conn.Close(context.Background())
+	name := "cr_test_" + randomSuffix()
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("testenv: create database %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			t.Errorf("testenv: connect to drop %s: %v", name, err)
+			return
+		}
+		defer c.Close(context.Background())
+		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("testenv: drop database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatalf("testenv: parse %s: %v", admin, err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// redisDBs is how many logical databases a default redis-server has. Database 0 is
+// left alone (it holds the claims below and a developer's local data).
+const redisDBs = 16
+
+// Redis claims a Redis logical database (1..15) for this test, flushes it, and
+// returns its number. The claim is a key in database 0 with a TTL, so a crashed test
+// run releases it by itself. The database is flushed and released when the test ends.
+func Redis(t testing.TB) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ctl := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: 0})
+	defer ctl.Close()
+	owner := randomSuffix()
+	for {
+		for db := 1; db < redisDBs; db++ {
+			key := fmt.Sprintf("connectrelay:testenv:redis-db:%d", db)
+			ok, err := ctl.SetNX(ctx, key, owner, 10*time.Minute).Result()
+			if err != nil {
+				t.Fatalf("testenv: claim redis db at %s: %v", RedisAddr(), err)
+			}
+			if !ok {
+				continue
+			}
+			c := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: db})
+			if err := c.FlushDB(ctx).Err(); err != nil {
+				c.Close()
+				t.Fatalf("testenv: flush redis db %d: %v", db, err)
+			}
+			c.Close()
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				c := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: db})
+				defer c.Close()
+				if err := c.FlushDB(ctx).Err(); err != nil {
+					t.Errorf("testenv: flush redis db %d: %v", db, err)
+				}
+				ctl := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: 0})
+				defer ctl.Close()
+				if v, _ := ctl.Get(ctx, key).Result(); v == owner {
+					ctl.Del(ctx, key)
+				}
+			})
+			return db
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("testenv: no free redis database after waiting: %v", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// RedisURL claims a database like Redis and returns it as a redis:// URL.
+func RedisURL(t testing.TB) string {
+	t.Helper()
+	return fmt.Sprintf("redis://%s/%d", RedisAddr(), Redis(t))
+}
+
+// RedisClient claims a database like Redis and returns a client for it, closed when
+// the test ends.
+func RedisClient(t testing.TB) *redis.Client {
+	t.Helper()
+	db := Redis(t)
+	c := redis.NewClient(&redis.Options{Addr: RedisAddr(), DB: db})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// ClosedAddr returns a loopback host:port on which nothing listens, for tests that
+// inject "service unreachable".
+func ClosedAddr(t testing.TB) string {
+	t.Helper()
+	// Port 1 on loopback is privileged and unused on these machines; a refused
+	// connection is what we want. Keep it a function so the choice lives in one place.
+	return strings.Join([]string{"127.0.0.1", "1"}, ":")
+}
