@@ -1,0 +1,336 @@
+// Package config loads the one Config both binaries run on, from the environment
+// names in the project's contract (DESIGN.md), with defaults and validation whose
+// errors name the variable and say what is wrong.
+//
+// Load takes a lookup function instead of reading os.Getenv itself, so tests (and
+// vendors embedding the service) can load a configuration without touching the
+// process environment.
+package config
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// DevSecretKey is the base64 key used for CONNECT_SECRET_KEY when DEV_MODE is on and
+// no key is given. It is public (it is in this source file), so anything encrypted
+// with it is readable by anyone: Load refuses it outside dev mode.
+const DevSecretKey = "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE="
+
+// DefaultProductHosts are the hostname globs a product baseUrl may have when
+// CONNECT_PRODUCT_HOSTS is unset: Jira and Confluence Cloud, and Atlassian's
+// staging hosts used by app developers.
+var DefaultProductHosts = []string{"*.atlassian.net", "*.jira.com", "*.jira-dev.com"}
+
+// Config is the whole configuration of the receiver and the worker. Each field says
+// which variable sets it and its default.
+type Config struct {
+	// ListenAddr is LISTEN_ADDR, the receiver's listen address. Default ":8080".
+	ListenAddr string
+	// RedisURL is REDIS_URL, redis://[user:password@]host:port/db (rediss:// for TLS).
+	// Default "redis://127.0.0.1:6379/0".
+	RedisURL string
+	// DatabaseURL is DATABASE_URL, a PostgreSQL URL. Default
+	// "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".
+	DatabaseURL string
+
+	// AppKey is CONNECT_APP_KEY, the app key in the descriptor and the iss of every
+	// JWT the worker sends to the product. Required.
+	AppKey string
+	// AppName is CONNECT_APP_NAME, the name shown in the descriptor. Default: AppKey.
+	AppName string
+	// BaseURL is CONNECT_BASE_URL, the app's public base URL without a trailing
+	// slash: the aud of signed installs and the base of the migration webhook.
+	// Required.
+	BaseURL string
+	// AllowedBaseURLs is CONNECT_ALLOWED_BASE_URLS (comma separated): older app base
+	// URLs still accepted as aud, because not every tenant runs the latest
+	// descriptor. Default empty.
+	AllowedBaseURLs []string
+	// KeysCDNURL is CONNECT_KEYS_CDN_URL, the install public-key server base (keys
+	// at {base}/{kid}). Default empty: Atlassian's CDN chosen by the product host.
+	KeysCDNURL string
+	// ProductHosts is CONNECT_PRODUCT_HOSTS (comma separated hostname globs, "*" is
+	// one DNS label). Default DefaultProductHosts.
+	ProductHosts []string
+	// Scopes is CONNECT_SCOPES (comma separated), the descriptor's scopes.
+	// Default "READ".
+	Scopes []string
+	// SecretKey is CONNECT_SECRET_KEY decoded: the 32-byte AES-256 key that
+	// encrypts shared secrets at rest. Required outside dev mode.
+	SecretKey []byte
+	// PreviousSecretKeys is CONNECT_SECRET_KEY_PREVIOUS (comma separated base64):
+	// keys that still decrypt secrets written before a key rotation. Default empty.
+	PreviousSecretKeys [][]byte
+	// JWTLeeway is CONNECT_JWT_LEEWAY, the clock skew allowed on exp. Default 30s.
+	JWTLeeway time.Duration
+
+	// MigrationFinalLabel is MIGRATION_FINAL_LABEL: the upload label after which the
+	// bundled migration handler settles the transfer SUCCESS. Default "final".
+	MigrationFinalLabel string
+
+	// AdminToken is ADMIN_TOKEN, the bearer token guarding /monitoring and admin
+	// routes. Empty disables those routes entirely.
+	AdminToken string
+	// MonitoringReadOnly is MONITORING_READONLY: when true the asynq UI cannot
+	// delete, archive or run tasks. Default false.
+	MonitoringReadOnly bool
+
+	// WorkerConcurrency is WORKER_CONCURRENCY, tasks processed at once per worker
+	// process. Default 10.
+	WorkerConcurrency int
+	// ShutdownTimeout is SHUTDOWN_TIMEOUT: how long a stopping process waits for
+	// in-flight requests and tasks. Default 25s (under Kubernetes' 30 s grace).
+	ShutdownTimeout time.Duration
+	// LogLevel is LOG_LEVEL: debug, info, warn or error. Default info.
+	LogLevel string
+	// DevMode is DEV_MODE: allows the public DevSecretKey when CONNECT_SECRET_KEY
+	// is unset. Never set it in production. Default false.
+	DevMode bool
+}
+
+// ErrInvalid is wrapped by every error Load returns, so callers can tell a
+// configuration problem from other start-up failures.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Load reads the configuration through getenv (os.Getenv in the binaries) and
+// validates it. All problems are reported at once, each naming its variable.
+func Load(getenv func(string) string) (Config, error) {
+	l := loader{getenv: getenv}
+	c := Config{
+		ListenAddr:          l.str("LISTEN_ADDR", ":8080"),
+		RedisURL:            l.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		DatabaseURL:         l.str("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"),
+		AppKey:              l.str("CONNECT_APP_KEY", ""),
+		KeysCDNURL:          strings.TrimRight(l.str("CONNECT_KEYS_CDN_URL", ""), "/"),
+		MigrationFinalLabel: l.str("MIGRATION_FINAL_LABEL", "final"),
+		AdminToken:          l.str("ADMIN_TOKEN", ""),
+		LogLevel:            strings.ToLower(l.str("LOG_LEVEL", "info")),
+		DevMode:             l.boolean("DEV_MODE", false),
+		MonitoringReadOnly:  l.boolean("MONITORING_READONLY", false),
+		JWTLeeway:           l.duration("CONNECT_JWT_LEEWAY", 30*time.Second),
+		ShutdownTimeout:     l.duration("SHUTDOWN_TIMEOUT", 25*time.Second),
+		WorkerConcurrency:   l.integer("WORKER_CONCURRENCY", 10),
+		ProductHosts:        l.list("CONNECT_PRODUCT_HOSTS", DefaultProductHosts),
+		Scopes:              l.list("CONNECT_SCOPES", []string{"READ"}),
+	}
+	c.AppName = l.str("CONNECT_APP_NAME", c.AppKey)
+
+	if c.AppKey == "" {
+		l.fail("CONNECT_APP_KEY is required (the app key of your Connect descriptor)")
+	} else if !validAppKey(c.AppKey) {
+		l.fail("CONNECT_APP_KEY must be 1-64 characters of letters, digits, '.', '_' or '-', got %q", c.AppKey)
+	}
+	c.BaseURL = l.baseURL("CONNECT_BASE_URL", l.str("CONNECT_BASE_URL", ""), true)
+	for _, u := range l.list("CONNECT_ALLOWED_BASE_URLS", nil) {
+		if v := l.baseURL("CONNECT_ALLOWED_BASE_URLS", u, true); v != "" {
+			c.AllowedBaseURLs = append(c.AllowedBaseURLs, v)
+		}
+	}
+	if c.KeysCDNURL != "" {
+		l.baseURL("CONNECT_KEYS_CDN_URL", c.KeysCDNURL, false)
+	}
+	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss")
+	l.scheme("DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
+	if len(c.ProductHosts) == 0 {
+		l.fail("CONNECT_PRODUCT_HOSTS must list at least one hostname glob")
+	}
+	for _, g := range c.ProductHosts {
+		if strings.ContainsAny(g, "/:@ ") {
+			l.fail("CONNECT_PRODUCT_HOSTS entries must be hostname globs like *.atlassian.net, got %q", g)
+		}
+	}
+
+	c.SecretKey = l.key("CONNECT_SECRET_KEY", l.str("CONNECT_SECRET_KEY", ""), c.DevMode)
+	for _, k := range l.list("CONNECT_SECRET_KEY_PREVIOUS", nil) {
+		if b := l.key("CONNECT_SECRET_KEY_PREVIOUS", k, false); b != nil {
+			c.PreviousSecretKeys = append(c.PreviousSecretKeys, b)
+		}
+	}
+
+	if c.MigrationFinalLabel == "" {
+		l.fail("MIGRATION_FINAL_LABEL must not be empty")
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		l.fail("ADMIN_TOKEN must be at least 16 characters when set, got %d", len(c.AdminToken))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		l.fail("LOG_LEVEL must be one of debug, info, warn, error, got %q", c.LogLevel)
+	}
+	if c.JWTLeeway < 0 || c.JWTLeeway > 5*time.Minute {
+		l.fail("CONNECT_JWT_LEEWAY must be between 0s and 5m, got %s", c.JWTLeeway)
+	}
+	if c.WorkerConcurrency < 1 || c.WorkerConcurrency > 1000 {
+		l.fail("WORKER_CONCURRENCY must be between 1 and 1000, got %d", c.WorkerConcurrency)
+	}
+	if c.ShutdownTimeout <= 0 {
+		l.fail("SHUTDOWN_TIMEOUT must be positive, got %s", c.ShutdownTimeout)
+	}
+	if len(l.errs) > 0 {
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalid, errors.Join(l.errs...))
+	}
+	return c, nil
+}
+
+// AppBaseURLs is BaseURL followed by AllowedBaseURLs: every base URL a request
+// from the product may be addressed to.
+func (c Config) AppBaseURLs() []string {
+	return append([]string{c.BaseURL}, c.AllowedBaseURLs...)
+}
+
+// MigrationWebhookURL is the absolute URL registered with the product for App
+// Migration Platform events.
+func (c Config) MigrationWebhookURL() string { return c.BaseURL + MigrationWebhookPath }
+
+// MigrationWebhookPath is the path, relative to BaseURL, of the migration webhook;
+// the descriptor and the registration task both use it so they cannot disagree.
+const MigrationWebhookPath = "/migration/events"
+
+type loader struct {
+	getenv func(string) string
+	errs   []error
+}
+
+func (l *loader) fail(format string, args ...any) {
+	l.errs = append(l.errs, fmt.Errorf(format, args...))
+}
+
+func (l *loader) str(name, def string) string {
+	if v := strings.TrimSpace(l.getenv(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (l *loader) list(name string, def []string) []string {
+	raw := strings.TrimSpace(l.getenv(name))
+	if raw == "" {
+		return def
+	}
+	var out []string
+	for _, p := range strings.Split(raw, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (l *loader) boolean(name string, def bool) bool {
+	raw := strings.TrimSpace(l.getenv(name))
+	if raw == "" {
+		return def
+	}
+	v, err := strconv.ParseBool(raw)
+	if err != nil {
+		l.fail("%s must be true or false, got %q", name, raw)
+		return def
+	}
+	return v
+}
+
+func (l *loader) integer(name string, def int) int {
+	raw := strings.TrimSpace(l.getenv(name))
+	if raw == "" {
+		return def
+	}
+	v, err := strconv.Atoi(raw)
+	if err != nil {
+		l.fail("%s must be a whole number, got %q", name, raw)
+		return def
+	}
+	return v
+}
+
+func (l *loader) duration(name string, def time.Duration) time.Duration {
+	raw := strings.TrimSpace(l.getenv(name))
+	if raw == "" {
+		return def
+	}
+	v, err := time.ParseDuration(raw)
+	if err != nil {
+		l.fail("%s must be a duration like 30s, got %q", name, raw)
+		return def
+	}
+	return v
+}
+
+// baseURL validates an absolute http(s) URL without query or fragment and returns
+// it without a trailing slash (aud comparison and path joining both assume that).
+func (l *loader) baseURL(name, raw string, required bool) string {
+	if raw == "" {
+		if required {
+			l.fail("%s must be an absolute http(s) URL, got %q", name, raw)
+		}
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		l.fail("%s must be an absolute http(s) URL without credentials, query or fragment, got %q", name, raw)
+		return ""
+	}
+	return strings.TrimRight(raw, "/")
+}
+
+func (l *loader) scheme(name, raw string, schemes ...string) {
+	u, err := url.Parse(raw)
+	if err == nil {
+		for _, s := range schemes {
+			if u.Scheme == s && u.Host != "" {
+				return
+			}
+		}
+	}
+	l.fail("%s must be a %s:// URL, got %q", name, schemes[0], redactURL(raw))
+}
+
+func (l *loader) key(name, raw string, dev bool) []byte {
+	if raw == "" {
+		if dev {
+			raw = DevSecretKey
+		} else {
+			l.fail("%s is required: a base64-encoded 32-byte key (generate one with: openssl rand -base64 32)", name)
+			return nil
+		}
+	} else if raw == DevSecretKey && !dev {
+		l.fail("%s is the public development key; generate a real one with: openssl rand -base64 32", name)
+		return nil
+	}
+	b, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil {
+		b, err = base64.RawStdEncoding.DecodeString(raw)
+	}
+	if err != nil || len(b) != 32 {
+		l.fail("%s must be a base64-encoded 32-byte key, got %d bytes", name, len(b))
+		return nil
+	}
+	return b
+}
+
+func validAppKey(k string) bool {
+	if len(k) > 64 {
+		return false
+	}
+	for _, r := range k {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// redactURL hides a password in a URL so that a configuration error never prints it.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
