@@ -1,0 +1,182 @@
+package connect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// InstallConfig configures an InstallVerifier.
+type InstallConfig struct {
+	// AppBaseURL is CONNECT_BASE_URL, the descriptor baseUrl: the aud of
+	// signed installs. Required.
+	AppBaseURL string
+	// AllowedBaseURLs are CONNECT_ALLOWED_BASE_URLS: older or alternative
+	// base URLs also accepted as aud (and as qsh base path).
+	AllowedBaseURLs []string
+	// Hosts decides which product baseUrls may install. Required.
+	Hosts *HostPolicy
+	// Keys provides install public keys, normally a *KeyServer. Required.
+	Keys KeyProvider
+	// Leeway is the clock skew tolerated on exp and nbf; DefaultLeeway (30 s)
+	// when zero.
+	Leeway time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// InstallVerifier verifies the RS256 signed install tokens of the installed
+// and uninstalled lifecycle callbacks (PROTOCOL §1). It is safe for
+// concurrent use.
+type InstallVerifier struct {
+	audiences []string // each without one trailing '/'
+	basePaths []string
+	hosts     *HostPolicy
+	keys      KeyProvider
+	leeway    time.Duration
+	now       func() time.Time
+	parser    *jwt.Parser
+}
+
+// NewInstallVerifier validates cfg and returns a verifier.
+func NewInstallVerifier(cfg InstallConfig) (*InstallVerifier, error) {
+	if cfg.AppBaseURL == "" {
+		return nil, errors.New("connect: InstallConfig.AppBaseURL is required")
+	}
+	if cfg.Hosts == nil {
+		return nil, errors.New("connect: InstallConfig.Hosts is required")
+	}
+	if cfg.Keys == nil {
+		return nil, errors.New("connect: InstallConfig.Keys is required")
+	}
+	all := append([]string{cfg.AppBaseURL}, cfg.AllowedBaseURLs...)
+	paths, err := basePathsOf(all)
+	if err != nil {
+		return nil, fmt.Errorf("connect: InstallConfig base URLs: %w", err)
+	}
+	var auds []string
+	for _, u := range all {
+		if a := strings.TrimSuffix(u, "/"); !slices.Contains(auds, a) {
+			auds = append(auds, a)
+		}
+	}
+	leeway, err := leewayOrDefault(cfg.Leeway)
+	if err != nil {
+		return nil, fmt.Errorf("connect: InstallConfig.Leeway: %w", err)
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &InstallVerifier{
+		audiences: auds,
+		basePaths: paths,
+		hosts:     cfg.Hosts,
+		keys:      cfg.Keys,
+		leeway:    leeway,
+		now:       now,
+		parser:    newParser(jwt.SigningMethodRS256.Alg()),
+	}, nil
+}
+
+// Verify authenticates an installed or uninstalled callback. clientKey and
+// productBaseURL are the clientKey and baseUrl of the parsed JSON body.
+//
+// The checks run in the order of PROTOCOL §1.4, each with its own error:
+//  1. productBaseURL allowed by the HostPolicy (ErrProductHostNotAllowed),
+//     clientKey present (ErrMissingClaim);
+//  2. a token (ErrMissingToken) whose header alg is RS256 (ErrBadAlgorithm
+//     for anything else, HS256 and none included);
+//  3. a kid that passes ValidKeyID (ErrBadKeyID), before any URL is built;
+//  4. the public key (ErrUnknownKey, ErrKeyUnavailable);
+//  5. the RS256 signature (ErrBadSignature);
+//  6. iss present (ErrMissingClaim);
+//  7. aud equal to the app base URL or an allowed one, one trailing '/'
+//     ignored on each side (ErrMissingClaim, ErrBadAudience);
+//  8. the computed qsh of this request; a context token is refused
+//     (ErrMissingClaim, ErrQSHMismatch);
+//  9. exp with leeway (ErrMissingClaim, ErrExpired);
+//  10. iss equal to clientKey (ErrIssuerMismatch), so a tenant's valid token
+//     can never write another tenant's record.
+//
+// The key is only ever used as an *rsa.PublicKey for RS256; it can never
+// become an HMAC secret.
+func (v *InstallVerifier) Verify(ctx context.Context, r *http.Request, clientKey, productBaseURL string) (*Claims, error) {
+	if _, err := v.hosts.CheckBaseURL(productBaseURL); err != nil {
+		return nil, err
+	}
+	if clientKey == "" {
+		return nil, fmt.Errorf("%w: install payload has no clientKey", ErrMissingClaim)
+	}
+
+	raw, err := ExtractToken(r)
+	if err != nil {
+		return nil, err
+	}
+	hdr, err := parseHeader(raw)
+	if err != nil {
+		return nil, err
+	}
+	if hdr.Alg != jwt.SigningMethodRS256.Alg() {
+		return nil, fmt.Errorf("%w: header alg %q, want RS256 for a signed install", ErrBadAlgorithm, truncate(hdr.Alg, 32))
+	}
+	if hdr.Kid == "" {
+		return nil, fmt.Errorf("%w: header has no kid", ErrBadKeyID)
+	}
+	if !ValidKeyID(hdr.Kid) {
+		return nil, fmt.Errorf("%w: kid %q is not a safe key id", ErrBadKeyID, truncate(hdr.Kid, 64))
+	}
+
+	key, err := v.keys.PublicKey(ctx, hdr.Kid, productBaseURL)
+	switch {
+	case err != nil && (errors.Is(err, ErrUnknownKey) || errors.Is(err, ErrKeyUnavailable) || errors.Is(err, ErrBadKeyID)):
+		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", ErrKeyUnavailable, err)
+	case key == nil:
+		return nil, fmt.Errorf("%w: key provider returned no key for kid %q", ErrKeyUnavailable, hdr.Kid)
+	}
+
+	var claims jwtClaims
+	_, err = v.parser.ParseWithClaims(raw, &claims, func(*jwt.Token) (any, error) { return key, nil })
+	if err != nil {
+		return nil, mapJWTError(err)
+	}
+
+	if claims.Issuer == "" {
+		return nil, fmt.Errorf("%w: iss", ErrMissingClaim)
+	}
+	if err := v.checkAudience(claims.Audience); err != nil {
+		return nil, err
+	}
+	if err := qshMatches(claims.QSH, r, v.basePaths, false); err != nil {
+		return nil, err
+	}
+	if err := checkTimes(&claims, v.now(), v.leeway); err != nil {
+		return nil, err
+	}
+	if claims.Issuer != clientKey {
+		return nil, fmt.Errorf("%w: iss %q, body clientKey %q", ErrIssuerMismatch, truncate(claims.Issuer, 128), truncate(clientKey, 128))
+	}
+	return toClaims(&claims, hdr.Kid), nil
+}
+
+// checkAudience accepts the token if any aud value is one of the app's base
+// URLs (RFC 7519 §4.1.3; Atlassian sends exactly one).
+func (v *InstallVerifier) checkAudience(aud []string) error {
+	if len(aud) == 0 {
+		return fmt.Errorf("%w: aud", ErrMissingClaim)
+	}
+	for _, a := range aud {
+		if slices.Contains(v.audiences, strings.TrimSuffix(a, "/")) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: aud %q, want one of %q", ErrBadAudience, truncate(strings.Join(aud, ","), 256), v.audiences)
+}

@@ -1,0 +1,247 @@
+package connect
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// MaxTokenLength bounds the tokens the package looks at. Real Connect tokens
+// are well under 2 KiB; anything longer is refused as malformed before it is
+// decoded, so that a huge header cannot cost more than a length check.
+const MaxTokenLength = 8 << 10
+
+// DefaultLeeway is the clock skew tolerated on exp and nbf when a config
+// leaves Leeway zero: PROTOCOL §2.2 recommends at most 30–60 s.
+const DefaultLeeway = 30 * time.Second
+
+// Claims are the verified claims of a Connect JWT, returned only after every
+// check passed.
+type Claims struct {
+	// Issuer is iss: the tenant clientKey for product-issued tokens.
+	Issuer string
+	// Subject is sub: the acting user's Atlassian accountId, often empty.
+	Subject string
+	// Audience is aud, normalised to a list (signed installs: the app base URL).
+	Audience []string
+	// IssuedAt is iat; zero when the token has none.
+	IssuedAt time.Time
+	// ExpiresAt is exp; always set, since exp is required.
+	ExpiresAt time.Time
+	// QSH is the qsh claim: a computed hash or ContextQSH.
+	QSH string
+	// Context is the raw context claim (user, license...); nil when absent.
+	Context json.RawMessage
+	// KeyID is the kid of the header; set for RS256 (signed install) only.
+	KeyID string
+}
+
+// ExtractToken returns the Connect JWT of a request, from the jwt query
+// parameter (iframe loads) or else from an "Authorization: JWT <token>"
+// header. The query wins when both are present, as in atlassian-connect-
+// express. It returns ErrMissingToken when there is none and
+// ErrMalformedToken when the query holds several or the token is longer than
+// MaxTokenLength.
+func ExtractToken(r *http.Request) (string, error) {
+	var tok string
+	if r.URL != nil && r.URL.RawQuery != "" {
+		t, n := queryToken(r.URL.RawQuery)
+		if n > 1 {
+			return "", fmt.Errorf("%w: %d jwt query parameters", ErrMalformedToken, n)
+		}
+		tok = t
+	}
+	if tok == "" {
+		if h := r.Header.Get("Authorization"); h != "" {
+			scheme, rest, _ := strings.Cut(strings.TrimSpace(h), " ")
+			if strings.EqualFold(scheme, "JWT") {
+				tok = strings.TrimSpace(rest)
+			}
+		}
+	}
+	if tok == "" {
+		return "", fmt.Errorf("%w: no jwt query parameter and no \"Authorization: JWT\" header", ErrMissingToken)
+	}
+	if len(tok) > MaxTokenLength {
+		return "", fmt.Errorf("%w: token is %d bytes, more than %d", ErrMalformedToken, len(tok), MaxTokenLength)
+	}
+	return tok, nil
+}
+
+// queryToken finds the jwt parameter of a raw query, decoding names the same
+// way the canonical query does, so that the parameter the hash ignores is the
+// one the token is read from. It returns the last value and how many there were.
+func queryToken(rawQuery string) (string, int) {
+	if !strings.Contains(rawQuery, "jwt") && !strings.ContainsAny(rawQuery, "%+") {
+		return "", 0
+	}
+	var (
+		tok string
+		n   int
+	)
+	for rawQuery != "" {
+		var pair string
+		pair, rawQuery, _ = strings.Cut(rawQuery, "&")
+		rawName, rawValue, _ := strings.Cut(pair, "=")
+		if pair == "" || decodeQueryComponent(rawName) != jwtParam {
+			continue
+		}
+		n++
+		tok = decodeQueryComponent(rawValue)
+	}
+	return tok, n
+}
+
+// tokenHeader is the part of a JOSE header the package reads itself, before
+// any library sees the token, so that the algorithm is checked against what
+// the endpoint requires instead of being taken from the token.
+type tokenHeader struct {
+	Alg  string          `json:"alg"`
+	Kid  string          `json:"kid"`
+	Typ  string          `json:"typ"`
+	Crit json.RawMessage `json:"crit"`
+}
+
+// parseHeader checks the compact serialisation of raw (three base64url
+// segments) and decodes its header.
+func parseHeader(raw string) (tokenHeader, error) {
+	var h tokenHeader
+	if len(raw) > MaxTokenLength {
+		return h, fmt.Errorf("%w: token is %d bytes, more than %d", ErrMalformedToken, len(raw), MaxTokenLength)
+	}
+	if strings.Count(raw, ".") != 2 {
+		return h, fmt.Errorf("%w: want 3 dot-separated segments", ErrMalformedToken)
+	}
+	for i := 0; i < len(raw); i++ {
+		if c := raw[i]; !isBase64URL(c) && c != '.' {
+			return h, fmt.Errorf("%w: byte %d of the token is not base64url", ErrMalformedToken, i)
+		}
+	}
+	headerSeg, _, _ := strings.Cut(raw, ".")
+	if headerSeg == "" {
+		return h, fmt.Errorf("%w: empty header", ErrMalformedToken)
+	}
+	b, err := base64.RawURLEncoding.DecodeString(headerSeg)
+	if err != nil {
+		return h, fmt.Errorf("%w: header is not base64url", ErrMalformedToken)
+	}
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, fmt.Errorf("%w: header is not a JSON object of strings: %v", ErrMalformedToken, err)
+	}
+	if len(h.Crit) > 0 {
+		// RFC 7515 §4.1.11: a recipient must refuse critical extensions it
+		// does not understand, and this package understands none.
+		return h, fmt.Errorf("%w: header has crit extensions", ErrMalformedToken)
+	}
+	return h, nil
+}
+
+func isBase64URL(c byte) bool {
+	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_'
+}
+
+// jwtClaims is what golang-jwt decodes the payload into.
+type jwtClaims struct {
+	jwt.RegisteredClaims
+	QSH     string          `json:"qsh"`
+	Context json.RawMessage `json:"context"`
+}
+
+// newParser returns a golang-jwt parser pinned to one algorithm. Claims are
+// validated by this package (not by the library) so that the order of checks
+// and the error of each follow PROTOCOL §1.4 and §2.2.
+func newParser(alg string) *jwt.Parser {
+	return jwt.NewParser(jwt.WithValidMethods([]string{alg}), jwt.WithoutClaimsValidation())
+}
+
+// mapJWTError turns a golang-jwt parse error into the package's sentinels.
+func mapJWTError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return fmt.Errorf("%w: %v", ErrMalformedToken, err)
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return fmt.Errorf("%w: %v", ErrBadSignature, err)
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return fmt.Errorf("%w: %v", ErrBadAlgorithm, err)
+	default:
+		return fmt.Errorf("%w: %v", ErrMalformedToken, err)
+	}
+}
+
+// checkTimes requires exp and applies the leeway to exp and nbf. iat is not
+// checked (atlassian-connect-express does not either), so a product clock
+// slightly ahead of ours does not break installs.
+func checkTimes(c *jwtClaims, now time.Time, leeway time.Duration) error {
+	if c.ExpiresAt == nil {
+		return fmt.Errorf("%w: exp", ErrMissingClaim)
+	}
+	if exp := c.ExpiresAt.Time; !now.Before(exp.Add(leeway)) {
+		return fmt.Errorf("%w: exp %s is before now %s minus leeway %s",
+			ErrExpired, exp.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), leeway)
+	}
+	if c.NotBefore != nil {
+		if nbf := c.NotBefore.Time; now.Add(leeway).Before(nbf) {
+			return fmt.Errorf("%w: nbf %s is after now %s plus leeway %s",
+				ErrExpired, nbf.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), leeway)
+		}
+	}
+	return nil
+}
+
+// toClaims copies verified claims into the exported shape.
+func toClaims(c *jwtClaims, kid string) *Claims {
+	out := &Claims{
+		Issuer:   c.Issuer,
+		Subject:  c.Subject,
+		Audience: []string(c.Audience),
+		QSH:      c.QSH,
+		KeyID:    kid,
+	}
+	if c.IssuedAt != nil {
+		out.IssuedAt = c.IssuedAt.Time
+	}
+	if c.ExpiresAt != nil {
+		out.ExpiresAt = c.ExpiresAt.Time
+	}
+	if len(c.Context) > 0 && string(c.Context) != "null" {
+		out.Context = c.Context
+	}
+	return out
+}
+
+// qshMatches checks the qsh claim against the request, relative to each
+// allowed base path. contextOK says whether ContextQSH is acceptable here.
+func qshMatches(claim string, r *http.Request, basePaths []string, contextOK bool) error {
+	switch claim {
+	case "":
+		return fmt.Errorf("%w: qsh", ErrMissingClaim)
+	case ContextQSH:
+		if contextOK {
+			return nil
+		}
+		return fmt.Errorf("%w: a context token (qsh %q) is not accepted on this endpoint", ErrQSHMismatch, ContextQSH)
+	}
+	var canonical string
+	for _, bp := range basePaths {
+		canonical = CanonicalRequest(r.Method, r.URL, bp)
+		if qshOf(canonical) == claim {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: canonical request %q", ErrQSHMismatch, truncate(canonical, 512))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
