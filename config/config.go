@@ -81,6 +81,9 @@ type Config struct {
 	// delete, archive or run tasks. Default false.
 	MonitoringReadOnly bool
 
+	// WorkerMetricsAddr is WORKER_METRICS_ADDR, where the worker serves /metrics
+	// and /healthz (it has no other HTTP side). Default ":9091"; "off" disables.
+	WorkerMetricsAddr string
 	// WorkerConcurrency is WORKER_CONCURRENCY, tasks processed at once per worker
 	// process. Default 10.
 	WorkerConcurrency int
@@ -116,10 +119,14 @@ func Load(getenv func(string) string) (Config, error) {
 		JWTLeeway:           l.duration("CONNECT_JWT_LEEWAY", 30*time.Second),
 		ShutdownTimeout:     l.duration("SHUTDOWN_TIMEOUT", 25*time.Second),
 		WorkerConcurrency:   l.integer("WORKER_CONCURRENCY", 10),
+		WorkerMetricsAddr:   l.str("WORKER_METRICS_ADDR", ":9091"),
 		ProductHosts:        l.list("CONNECT_PRODUCT_HOSTS", DefaultProductHosts),
 		Scopes:              l.list("CONNECT_SCOPES", []string{"READ"}),
 	}
 	c.AppName = l.str("CONNECT_APP_NAME", c.AppKey)
+	if c.WorkerMetricsAddr == "off" {
+		c.WorkerMetricsAddr = ""
+	}
 
 	if c.AppKey == "" {
 		l.fail("CONNECT_APP_KEY is required (the app key of your Connect descriptor)")

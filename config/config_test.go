@@ -41,6 +41,7 @@ func TestLoad_AppliesContractDefaults(t *testing.T) {
 		JWTLeeway:           30 * time.Second,
 		MigrationFinalLabel: "final",
 		WorkerConcurrency:   10,
+		WorkerMetricsAddr:   ":9091",
 		ShutdownTimeout:     25 * time.Second,
 		LogLevel:            "info",
 	}
