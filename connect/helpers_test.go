@@ -235,3 +235,5 @@ func assertIs(t testing.TB, err, want error) {
 		t.Errorf("error message contains a token: %v", err)
 	}
 }
+
+func b64url(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
