@@ -1,0 +1,28 @@
+// Package migration runs Atlassian App Migration Platform (AMP) transfers on the
+// worker side: it parses the AMP webhook events, keeps each transfer's state in
+// PostgreSQL, and imports the uploaded app data into the vendor's Importer.
+//
+// AMP delivers events at least once and in any order (PROTOCOL.md §5): an
+// app-data-uploaded may come before the transfer's listener-triggered, the same
+// event may come five times, and two workers may handle two events of one transfer
+// at the same moment. Machine makes the outcome independent of all that:
+//
+//   - every event is applied in a transaction holding the transfer row's lock, so
+//     two events of one transfer never interleave; an upload announced before
+//     listener-triggered is parked and queued by listener-triggered itself;
+//   - each upload (s3Key) is recorded once and imported under a lease, and its
+//     "imported" mark is final, so its data is fetched and imported once;
+//   - calls to other systems (scheduling an import, settling with the product)
+//     happen after the commit and are made again by a retry when they fail.
+//
+// Exactly-once and at-least-once: an upload recorded imported is never imported
+// again. The one window in which an Importer runs twice for one s3Key is a worker
+// dying after the Importer returned and before the mark committed; the Importer
+// must therefore be idempotent per (transfer, s3Key), as the bundled
+// RecordingImporter is. Event-level deduplication by messageId happens before
+// the machine (package dedupe, in the worker) and only narrows how often the
+// machine sees a re-delivered event; the machine does not rely on it.
+//
+// The AMP REST API, the Importer and the task Scheduler are interfaces defined
+// here, by their consumer; packages amp and tasks implement them.
+package migration

@@ -1,0 +1,424 @@
+package migration
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// errLeaseLost is the cancel cause of an import whose lease another worker took
+// over (this one stalled for longer than the lease).
+var errLeaseLost = errors.New("import lease lost")
+
+// errImportFinished is the cancel cause set when an import returns normally; it
+// only stops the heartbeat.
+var errImportFinished = errors.New("import finished")
+
+// bookkeepingTimeout bounds the writes made after an import ended, which use a
+// context detached from the caller's: a worker that is shutting down still puts
+// the upload back in the queue.
+const bookkeepingTimeout = 10 * time.Second
+
+// importClaim is the outcome of the claim transaction of an import.
+type importClaim struct {
+	done     bool // nothing to import: already imported, or skipped
+	transfer Transfer
+	label    string
+	token    string
+	attempt  int
+}
+
+// Import imports one upload: it is what the import task runs. It is idempotent and
+// safe to run concurrently for the same upload, in one process or several:
+//
+//   - an upload already imported or skipped returns nil at once, so an upload is
+//     never imported twice after it was recorded imported;
+//   - an upload of a cancelled, failed or settled transfer is marked skipped and
+//     its data is never fetched;
+//   - otherwise the import takes the upload's lease (ErrImportInProgress if a live
+//     worker holds it), opens the data through AMP and streams it into the
+//     Importer, hashing and counting on the way (nothing is buffered whole), and
+//     records it imported with its size and SHA-256 only after the Importer
+//     returned nil.
+//
+// While streaming, the lease is renewed every HeartbeatInterval and the transfer's
+// state is checked: a cancellation handled by another process stops the import
+// within one interval, one handled by this process stops it at once. A stopped
+// import marks the upload skipped and returns nil.
+//
+// After the import, progress is reported IN_PROGRESS with a percent that only
+// grows (imported uploads over known ones, at most 99); once the upload labelled
+// Options.FinalLabel and every other known upload are imported, the transfer
+// succeeds and is settled SUCCESS. The product's "already settled" answer is
+// recorded and final, not an error.
+//
+// Import returns ErrTransferNotReady for a parked upload, ErrUploadNotFound for an
+// unknown one and ErrTenantMismatch when ref.ClientKey is not the transfer's
+// tenant (all permanent), ErrImportInProgress when another worker holds the lease
+// (retry later), and any other error for a failed attempt (retry: the upload is
+// queued again).
+func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
+	if ref.TransferID == "" || ref.S3Key == "" {
+		return fmt.Errorf("migration: import: empty transfer ID or s3Key: %w", ErrUploadNotFound)
+	}
+	log := m.log.With(slog.String("transfer_id", ref.TransferID), slog.String("s3_key", ref.S3Key))
+	c, err := m.claimUpload(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("migration: import %s of transfer %s: %w", ref.S3Key, ref.TransferID, err)
+	}
+	if c.done {
+		// A settle call may still be owed (it failed after an earlier import
+		// committed); the retry of that import is what makes it.
+		return m.settle(ctx, ref.TransferID)
+	}
+	log = log.With(slog.String("client_key", c.transfer.ClientKey), slog.String("label", c.label),
+		slog.Int("attempt", c.attempt))
+	log.InfoContext(ctx, "import started")
+	start := time.Now()
+
+	importCtx, cancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel(errImportFinished)
+	unregister := m.register(ref.TransferID, cancel)
+	defer unregister()
+	wg.Go(func() { m.heartbeatLoop(importCtx, log, ref, c.token, cancel) })
+
+	size, sum, ierr := m.stream(importCtx, c.transfer, c.label, ref.S3Key)
+	cancel(errImportFinished)
+	wg.Wait()
+	if ierr != nil {
+		return m.importFailed(ctx, context.Cause(importCtx), log, ref, c, ierr)
+	}
+	log.InfoContext(ctx, "import streamed", slog.Int64("size_bytes", size), slog.String("sha256", sum),
+		slog.Duration("took", time.Since(start)))
+	return m.finishImport(ctx, log, ref, c, size, sum)
+}
+
+// claimUpload decides, under the transfer's and the upload's row locks, whether
+// the upload is to be imported, and if so takes its lease.
+func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, error) {
+	var c importClaim
+	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+		c = importClaim{}
+		t, err := scanTransfer(tx.QueryRow(ctx,
+			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ref.TransferID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrUploadNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("lock transfer: %w", err)
+		}
+		if ref.ClientKey != "" && ref.ClientKey != t.ClientKey {
+			return fmt.Errorf("import for %s, transfer belongs to %s: %w", ref.ClientKey, t.ClientKey, ErrTenantMismatch)
+		}
+		var (
+			state     UploadState
+			leaseLive bool
+		)
+		err = tx.QueryRow(ctx, `SELECT state, label, coalesce(lease_until > now(), false)
+			FROM migration_uploads WHERE transfer_id = $1 AND s3_key = $2 FOR UPDATE`,
+			ref.TransferID, ref.S3Key).Scan(&state, &c.label, &leaseLive)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrUploadNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("lock upload: %w", err)
+		}
+		c.transfer = t
+		switch {
+		case state == UploadImported || state == UploadSkipped:
+			c.done = true
+			return nil
+		case t.Closed():
+			c.done = true
+			_, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'skipped', skip_reason = $3,
+				lease_token = NULL, lease_until = NULL, updated_at = now()
+				WHERE transfer_id = $1 AND s3_key = $2`, ref.TransferID, ref.S3Key, closedReason(t))
+			if err != nil {
+				return fmt.Errorf("skip upload: %w", err)
+			}
+			return nil
+		case state == UploadParked:
+			return ErrTransferNotReady
+		case state == UploadImporting && leaseLive:
+			return ErrImportInProgress
+		}
+		c.token, err = newLeaseToken()
+		if err != nil {
+			return err
+		}
+		err = tx.QueryRow(ctx, `UPDATE migration_uploads SET state = 'importing', attempts = attempts + 1,
+			started_at = now(), lease_token = $3, lease_until = now() + $4 * interval '1 millisecond',
+			updated_at = now()
+			WHERE transfer_id = $1 AND s3_key = $2 RETURNING attempts`,
+			ref.TransferID, ref.S3Key, c.token, m.leaseTTL.Milliseconds()).Scan(&c.attempt)
+		if err != nil {
+			return fmt.Errorf("take lease: %w", err)
+		}
+		return nil
+	})
+	return c, err
+}
+
+// stream opens the upload's data and feeds it to the Importer, then reads what the
+// Importer left so the size and SHA-256 describe the whole object.
+func (m *Machine) stream(ctx context.Context, t Transfer, label, s3Key string) (int64, string, error) {
+	rc, err := m.amp.OpenData(ctx, t.ClientKey, s3Key)
+	if err != nil {
+		return 0, "", fmt.Errorf("open data: %w", err)
+	}
+	defer rc.Close()
+	r := &meteredReader{ctx: ctx, r: rc, h: sha256.New()}
+	if err := m.importer.Import(ctx, t, label, s3Key, r); err != nil {
+		return 0, "", fmt.Errorf("importer: %w", err)
+	}
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return 0, "", fmt.Errorf("read the rest of the data: %w", err)
+	}
+	return r.n, hex.EncodeToString(r.h.Sum(nil)), nil
+}
+
+// meteredReader hashes and counts what passes through it, and stops at once when
+// ctx is done, even for an Importer that does not watch ctx.
+type meteredReader struct {
+	ctx context.Context
+	r   io.Reader
+	h   hash.Hash
+	n   int64
+}
+
+func (mr *meteredReader) Read(p []byte) (int, error) {
+	if mr.ctx.Err() != nil {
+		return 0, context.Cause(mr.ctx)
+	}
+	n, err := mr.r.Read(p)
+	mr.h.Write(p[:n])
+	mr.n += int64(n)
+	return n, err
+}
+
+// heartbeatLoop renews the import's lease every HeartbeatInterval and stops the
+// import when its transfer is closed (by another process, or in the window before
+// this import was registered) or its lease was taken over. The first check is
+// immediate.
+func (m *Machine) heartbeatLoop(ctx context.Context, log *slog.Logger, ref UploadRef, token string, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(m.heartbeat)
+	defer tick.Stop()
+	for {
+		var (
+			state   State
+			settled bool
+		)
+		err := m.pool.QueryRow(ctx, `
+			WITH u AS (
+				UPDATE migration_uploads SET lease_until = now() + $4 * interval '1 millisecond'
+				WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3 AND state = 'importing'
+				RETURNING transfer_id)
+			SELECT t.state, t.settled_at IS NOT NULL FROM migration_transfers t JOIN u USING (transfer_id)`,
+			ref.TransferID, ref.S3Key, token, m.leaseTTL.Milliseconds()).Scan(&state, &settled)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, pgx.ErrNoRows):
+			log.WarnContext(ctx, "import lease lost to another worker; stopping")
+			cancel(errLeaseLost)
+			return
+		case err != nil:
+			// The database may be back before the lease expires; the import goes on.
+			log.WarnContext(ctx, "import heartbeat failed", slog.Any("error", err))
+		case state.Final():
+			cancel(fmt.Errorf("%w: transfer %s", ErrTransferStopped, state))
+			return
+		case settled:
+			cancel(fmt.Errorf("%w: transfer settled", ErrTransferStopped))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// importFailed records a failed or stopped import and decides what Import returns.
+// cause is the import context's cancel cause (errImportFinished when it was not
+// cancelled).
+func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logger, ref UploadRef, c importClaim, ierr error) error {
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
+	defer cancel()
+	skip := func(reason string) error {
+		if _, err := m.pool.Exec(bctx, `UPDATE migration_uploads SET state = 'skipped', skip_reason = $4,
+			lease_token = NULL, lease_until = NULL, last_error = $5, updated_at = now()
+			WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`,
+			ref.TransferID, ref.S3Key, c.token, reason, ierr.Error()); err != nil {
+			return fmt.Errorf("migration: import %s of transfer %s: mark skipped: %w", ref.S3Key, ref.TransferID, err)
+		}
+		return nil
+	}
+	switch {
+	case errors.Is(cause, ErrTransferStopped) && ctx.Err() == nil:
+		log.InfoContext(ctx, "import stopped: transfer closed", slog.Any("cause", cause))
+		return skip(cause.Error())
+	case errors.Is(cause, errLeaseLost) && ctx.Err() == nil:
+		// Another worker owns the upload now; its outcome is the upload's.
+		return fmt.Errorf("migration: import %s of transfer %s: %w (lease taken over)", ref.S3Key, ref.TransferID, ErrImportInProgress)
+	case errors.Is(ierr, ErrTransferSettled):
+		log.InfoContext(ctx, "product says the transfer is settled; upload skipped")
+		if err := m.markSettledByProduct(bctx, ref.TransferID); err != nil {
+			return err
+		}
+		return skip("transfer settled")
+	}
+	log.WarnContext(ctx, "import failed; upload queued again", slog.Any("error", ierr))
+	if _, err := m.pool.Exec(bctx, `UPDATE migration_uploads SET state = 'queued', last_error = $4,
+		lease_token = NULL, lease_until = NULL, updated_at = now()
+		WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`,
+		ref.TransferID, ref.S3Key, c.token, ierr.Error()); err != nil {
+		ierr = errors.Join(ierr, fmt.Errorf("record failure: %w", err))
+	}
+	return fmt.Errorf("migration: import %s of transfer %s (attempt %d): %w", ref.S3Key, ref.TransferID, c.attempt, ierr)
+}
+
+// finishImport records the upload imported and decides, under the transfer's lock,
+// whether the transfer is now complete; progress and settle calls follow the commit.
+func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref UploadRef, c importClaim, size int64, sum string) error {
+	var (
+		report    int
+		settle    bool
+		imported  int
+		remaining int
+	)
+	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+		report, settle = 0, false
+		t, err := scanTransfer(tx.QueryRow(ctx,
+			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ref.TransferID))
+		if err != nil {
+			return fmt.Errorf("lock transfer: %w", err)
+		}
+		// Recorded whoever holds the lease now: the Importer did succeed. If another
+		// worker finished first, the row is already imported and stays as it is.
+		if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'imported', size_bytes = $3, sha256 = $4,
+			imported_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL, skip_reason = NULL,
+			updated_at = now()
+			WHERE transfer_id = $1 AND s3_key = $2 AND state <> 'imported'`,
+			ref.TransferID, ref.S3Key, size, sum); err != nil {
+			return fmt.Errorf("mark imported: %w", err)
+		}
+		var finalDone bool
+		if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'imported'),
+				count(*) FILTER (WHERE state IN ('parked', 'queued', 'importing')),
+				coalesce(bool_or(state = 'imported' AND label = $2), false)
+			FROM migration_uploads WHERE transfer_id = $1`, ref.TransferID, m.finalLabel).
+			Scan(&imported, &remaining, &finalDone); err != nil {
+			return fmt.Errorf("count uploads: %w", err)
+		}
+		switch {
+		case t.Closed():
+			settle = t.settlePending()
+		case finalDone && remaining == 0:
+			if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'succeeded', settle_status = 'SUCCESS',
+				finished_at = now(), updated_at = now() WHERE transfer_id = $1`, ref.TransferID); err != nil {
+				return fmt.Errorf("mark succeeded: %w", err)
+			}
+			settle = true
+		default:
+			p := min(99, max(1, imported*100/(imported+remaining)))
+			if p > t.LastPercent {
+				if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET last_percent = $2, updated_at = now()
+					WHERE transfer_id = $1`, ref.TransferID, p); err != nil {
+					return fmt.Errorf("record percent: %w", err)
+				}
+				report = p
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// The Importer succeeded but the record did not: the retry imports again,
+		// which the Importer's per-s3Key idempotency makes harmless.
+		return fmt.Errorf("migration: import %s of transfer %s: record imported: %w", ref.S3Key, ref.TransferID, err)
+	}
+	log.InfoContext(ctx, "upload imported", slog.Int("imported", imported), slog.Int("remaining", remaining))
+	if report > 0 {
+		m.reportProgress(ctx, log, c.transfer.ClientKey, ref.TransferID, Progress{
+			Status: StatusInProgress, Percent: report,
+			Message: fmt.Sprintf("imported %d of %d uploads", imported, imported+remaining),
+		})
+	}
+	if settle {
+		return m.settle(ctx, ref.TransferID)
+	}
+	return nil
+}
+
+// reportProgress sends an IN_PROGRESS report. Progress is advisory: a failure is
+// logged, not returned (the upload is imported either way), except the product's
+// "already settled" answer, which is recorded as final.
+func (m *Machine) reportProgress(ctx context.Context, log *slog.Logger, clientKey, transferID string, p Progress) {
+	err := m.amp.ReportProgress(ctx, clientKey, transferID, p)
+	switch {
+	case errors.Is(err, ErrTransferSettled):
+		log.InfoContext(ctx, "product says the transfer is settled")
+		if err := m.markSettledByProduct(ctx, transferID); err != nil {
+			log.WarnContext(ctx, "could not record settled transfer", slog.Any("error", err))
+		}
+	case err != nil:
+		log.WarnContext(ctx, "progress report failed", slog.Int("percent", p.Percent), slog.Any("error", err))
+	}
+}
+
+// runningImport is one import of this process that a cancellation can stop.
+type runningImport struct{ cancel context.CancelCauseFunc }
+
+// register makes the import stoppable by stopLocal; the returned func undoes it.
+func (m *Machine) register(transferID string, cancel context.CancelCauseFunc) func() {
+	ri := &runningImport{cancel: cancel}
+	m.mu.Lock()
+	set := m.running[transferID]
+	if set == nil {
+		set = make(map[*runningImport]struct{})
+		m.running[transferID] = set
+	}
+	set[ri] = struct{}{}
+	m.mu.Unlock()
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if set := m.running[transferID]; set != nil {
+			delete(set, ri)
+			if len(set) == 0 {
+				delete(m.running, transferID)
+			}
+		}
+	}
+}
+
+// stopLocal cancels this process's running imports of the transfer. Imports in
+// other processes notice at their next heartbeat.
+func (m *Machine) stopLocal(transferID, why string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ri := range m.running[transferID] {
+		ri.cancel(fmt.Errorf("%w: %s", ErrTransferStopped, why))
+	}
+}
+
+func newLeaseToken() (string, error) {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("lease token: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
