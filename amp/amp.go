@@ -1,0 +1,317 @@
+// Package amp is the worker's client for the App Migration Platform REST API
+// of a Connect app (PROTOCOL §5.4), under the tenant's
+// /rest/atlassian-connect/1/migration.
+//
+// Every call goes through product.Client, so it is signed as the app, sent
+// only to the tenant's stored and allowed baseUrl, and retried like any other
+// product call. The one exception is the migrated data itself: OpenData
+// fetches the presigned URL that the product's data API answered, with a
+// separate plain HTTP client that never carries the app's JWT.
+//
+// Errors wrap product's sentinels (ErrForbidden, ErrUnavailable...) and add
+// the migration-specific ones the task layer branches on: ErrTransferSettled
+// and ErrTransferExpired are final for a transfer and must not be retried.
+package amp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/connectrelay/connectrelay/product"
+)
+
+// base is the migration API's path below the tenant baseUrl.
+const base = "/rest/atlassian-connect/1/migration"
+
+// Routes of the migration API, as reported to product.Config.Observe and in
+// errors: templates, so that metrics stay low-cardinality.
+const (
+	RouteData        = base + "/data/{s3Key}"
+	RouteListData    = base + "/data/{transferId}/all"
+	RouteProgress    = base + "/progress/{transferId}"
+	RouteError       = base + "/error/{transferId}"
+	RouteFeedback    = base + "/feedback/{transferId}"
+	RouteMappingPage = base + "/mapping/{transferId}/page"
+	RouteMappingFind = base + "/mapping/{transferId}/find"
+	RouteWebhook     = base + "/webhook"
+)
+
+// Progress statuses. IN_PROGRESS reports; the other three settle the
+// transfer, after which every call for it answers 403 (ErrTransferSettled).
+const (
+	StatusInProgress = "IN_PROGRESS"
+	StatusSuccess    = "SUCCESS"
+	StatusIncomplete = "INCOMPLETE"
+	StatusFailed     = "FAILED"
+)
+
+var (
+	// ErrTransferSettled means the transfer was already settled (SUCCESS,
+	// INCOMPLETE or FAILED), so the platform refuses further calls for it with
+	// 403. It is final: the task should stop, not retry.
+	ErrTransferSettled = errors.New("amp: transfer already settled")
+	// ErrTransferExpired means the platform no longer accepts progress for the
+	// transfer: it answers 400 once 14 days have passed since the first
+	// notification. ReportProgress validates its payload first, so a 400 for
+	// a well-formed report is read as this. It is final.
+	ErrTransferExpired = errors.New("amp: transfer no longer accepts progress")
+	// ErrInvalidArgument means a call was refused before any request was made
+	// (empty identifiers, an unknown status, a relative webhook URL...).
+	ErrInvalidArgument = errors.New("amp: invalid argument")
+	// ErrBadDataURL means the data API answered without a usable http(s) URL.
+	ErrBadDataURL = errors.New("amp: product answered an unusable data URL")
+	// ErrDownloadFailed means the presigned URL answered something other than
+	// 200 (after the one re-request an expired URL earns). See DownloadError.
+	ErrDownloadFailed = errors.New("amp: data download failed")
+	// ErrDownloadStalled means the presigned URL sent no data (headers or
+	// body) for the stall timeout. It is transient.
+	ErrDownloadStalled = errors.New("amp: data download stalled")
+)
+
+// DefaultStallTimeout is how long a download may go without receiving a
+// byte before it is abandoned. Downloads have no overall deadline, because
+// an app data file may be tens of gigabytes.
+const DefaultStallTimeout = 2 * time.Minute
+
+// Client calls one app's migration API on any tenant. It is safe for
+// concurrent use.
+type Client struct {
+	p     *product.Client
+	dl    *http.Client
+	stall time.Duration
+	log   *slog.Logger
+}
+
+// Option adjusts a Client built by New.
+type Option func(*Client)
+
+// WithStallTimeout sets how long a download may receive nothing before it is
+// abandoned with ErrDownloadStalled (default DefaultStallTimeout).
+func WithStallTimeout(d time.Duration) Option {
+	return func(c *Client) {
+		if d > 0 {
+			c.stall = d
+		}
+	}
+}
+
+// WithLogger sets the logger for download re-requests (default slog.Default).
+// Presigned URLs are credentials and are never logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *Client) {
+		if l != nil {
+			c.log = l
+		}
+	}
+}
+
+// New returns a Client calling the migration API through p and fetching
+// presigned data URLs with download. download must not add credentials of
+// its own and should not set http.Client.Timeout, which would cap the whole
+// body of large files; if nil, a client with a 30 s response-header timeout,
+// no overall timeout and no transparent decompression (the importer gets the
+// bytes exactly as uploaded) is used.
+func New(p *product.Client, download *http.Client, opts ...Option) *Client {
+	if download == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.ResponseHeaderTimeout = 30 * time.Second
+		tr.DisableCompression = true
+		download = &http.Client{Transport: tr}
+	}
+	c := &Client{p: p, dl: download, stall: DefaultStallTimeout, log: slog.Default()}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// Upload is one file the server app uploaded for a transfer.
+type Upload struct {
+	Label string `json:"label"`
+	S3Key string `json:"s3Key"`
+}
+
+// Progress is a transfer progress report or settlement.
+type Progress struct {
+	// Status is one of StatusInProgress, StatusSuccess, StatusIncomplete,
+	// StatusFailed.
+	Status string `json:"status"`
+	// Percent is 0–100; the platform ignores a value lower than one already
+	// reported.
+	Percent int `json:"percent"`
+	// Message is shown to the admin running the migration.
+	Message string `json:"message"`
+}
+
+// Mapping is one server-to-cloud identifier mapping.
+type Mapping struct {
+	ServerID string
+	CloudID  string
+}
+
+func required(name, v string) error {
+	if v == "" {
+		return fmt.Errorf("%w: empty %s", ErrInvalidArgument, name)
+	}
+	return nil
+}
+
+// transferErr wraps a failed transfer-scoped call. The platform answers 403
+// to every call for a settled transfer (DAC FAQ), so 403 is reported as
+// ErrTransferSettled (still wrapping product.ErrForbidden).
+func transferErr(op, transferID string, err error) error {
+	if errors.Is(err, product.ErrForbidden) {
+		return fmt.Errorf("amp: %s for transfer %s: %w: %w", op, transferID, ErrTransferSettled, err)
+	}
+	return fmt.Errorf("amp: %s for transfer %s: %w", op, transferID, err)
+}
+
+// DataURL asks the product for a presigned URL of an uploaded file. The URL
+// is a bearer credential valid for about an hour: never log it.
+func (c *Client) DataURL(ctx context.Context, clientKey, s3Key string) (string, error) {
+	if err := required("s3Key", s3Key); err != nil {
+		return "", err
+	}
+	var out struct {
+		URL string `json:"url"`
+	}
+	req := product.Request{Path: base + "/data/" + url.PathEscape(s3Key), Route: RouteData}
+	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
+		return "", fmt.Errorf("amp: data URL for %s: %w", s3Key, err)
+	}
+	if _, err := checkDataURL(out.URL); err != nil {
+		return "", fmt.Errorf("amp: data URL for %s: %w", s3Key, err)
+	}
+	return out.URL, nil
+}
+
+// checkDataURL accepts only absolute http(s) URLs without userinfo.
+func checkDataURL(raw string) (*url.URL, error) {
+	if raw == "" {
+		return nil, fmt.Errorf("%w: empty url", ErrBadDataURL)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: does not parse", ErrBadDataURL)
+	}
+	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+		return nil, fmt.Errorf("%w: scheme %q host %q", ErrBadDataURL, u.Scheme, u.Hostname())
+	}
+	return u, nil
+}
+
+// ListData lists the files uploaded for a transfer so far.
+func (c *Client) ListData(ctx context.Context, clientKey, transferID string) ([]Upload, error) {
+	if err := required("transferId", transferID); err != nil {
+		return nil, err
+	}
+	var out []Upload
+	req := product.Request{Path: base + "/data/" + url.PathEscape(transferID) + "/all", Route: RouteListData}
+	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
+		return nil, transferErr("list data", transferID, err)
+	}
+	return out, nil
+}
+
+// ReportProgress reports progress or settles the transfer. A 403 means the
+// transfer is already settled (ErrTransferSettled) and a 400 for this
+// validated payload that it is past its 14 days (ErrTransferExpired); both
+// are final.
+func (c *Client) ReportProgress(ctx context.Context, clientKey, transferID string, p Progress) error {
+	if err := required("transferId", transferID); err != nil {
+		return err
+	}
+	switch p.Status {
+	case StatusInProgress, StatusSuccess, StatusIncomplete, StatusFailed:
+	default:
+		return fmt.Errorf("%w: progress status %q", ErrInvalidArgument, p.Status)
+	}
+	if p.Percent < 0 || p.Percent > 100 {
+		return fmt.Errorf("%w: progress percent %d outside 0–100", ErrInvalidArgument, p.Percent)
+	}
+	req := product.Request{Method: http.MethodPost, Path: base + "/progress/" + url.PathEscape(transferID), Body: p, Route: RouteProgress}
+	err := c.p.Do(ctx, clientKey, req, nil)
+	if err != nil && errors.Is(err, product.ErrBadRequest) {
+		return fmt.Errorf("amp: report progress for transfer %s: %w: %w", transferID, ErrTransferExpired, err)
+	}
+	if err != nil {
+		return transferErr("report progress", transferID, err)
+	}
+	return nil
+}
+
+// ErrorDetails fetches what the server-side listener reported when it failed
+// ({"exceptionType","safeStackTrace"} on recent CCMA/JCMA), as raw JSON
+// because its shape depends on the server app's version. It is nil when the
+// product answered with an empty body.
+func (c *Client) ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error) {
+	if err := required("transferId", transferID); err != nil {
+		return nil, err
+	}
+	var out json.RawMessage
+	req := product.Request{Path: base + "/error/" + url.PathEscape(transferID), Route: RouteError}
+	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
+		return nil, transferErr("error details", transferID, err)
+	}
+	return out, nil
+}
+
+// Feedback sends details back to the server app; new feedback overwrites the
+// previous one, so repeating it is harmless.
+func (c *Client) Feedback(ctx context.Context, clientKey, transferID string, details any) error {
+	if err := required("transferId", transferID); err != nil {
+		return err
+	}
+	if details == nil {
+		return fmt.Errorf("%w: nil feedback details", ErrInvalidArgument)
+	}
+	body := struct {
+		Details any `json:"details"`
+	}{details}
+	req := product.Request{Method: http.MethodPost, Path: base + "/feedback/" + url.PathEscape(transferID), Body: body, Route: RouteFeedback}
+	if err := c.p.Do(ctx, clientKey, req, nil); err != nil {
+		return transferErr("feedback", transferID, err)
+	}
+	return nil
+}
+
+// Webhook returns the migration webhook endpoints registered for the app on
+// the tenant.
+func (c *Client) Webhook(ctx context.Context, clientKey string) ([]string, error) {
+	var out struct {
+		Endpoints []string `json:"endpoints"`
+	}
+	if err := c.p.Do(ctx, clientKey, product.Request{Path: base + "/webhook", Route: RouteWebhook}, &out); err != nil {
+		return nil, fmt.Errorf("amp: get webhook: %w", err)
+	}
+	return out.Endpoints, nil
+}
+
+// SetWebhook replaces the registered migration webhook endpoints. The
+// platform requires a non-empty list of absolute URLs; that is checked here
+// so a misconfiguration fails before any call.
+func (c *Client) SetWebhook(ctx context.Context, clientKey string, endpoints []string) error {
+	if len(endpoints) == 0 {
+		return fmt.Errorf("%w: no webhook endpoints", ErrInvalidArgument)
+	}
+	for _, e := range endpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("%w: webhook endpoint %q is not an absolute http(s) URL", ErrInvalidArgument, e)
+		}
+	}
+	body := struct {
+		Endpoints []string `json:"endpoints"`
+	}{endpoints}
+	req := product.Request{Method: http.MethodPut, Path: base + "/webhook", Body: body, Route: RouteWebhook}
+	if err := c.p.Do(ctx, clientKey, req, nil); err != nil {
+		return fmt.Errorf("amp: set webhook: %w", err)
+	}
+	return nil
+}

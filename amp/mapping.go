@@ -1,0 +1,113 @@
+package amp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"iter"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+
+	"github.com/connectrelay/connectrelay/product"
+)
+
+// MaxPageSize is the largest mapping page the platform serves (and its
+// default).
+const MaxPageSize = 5000
+
+// findBatch bounds the keys sent in one /find call. The platform documents
+// no limit; this keeps a request body small and is merged transparently.
+const findBatch = 1000
+
+type mappingPage struct {
+	Items map[string]json.RawMessage `json:"items"`
+	Meta  struct {
+		HasNext    bool   `json:"hasNext"`
+		LastEntity string `json:"lastEntity"`
+	} `json:"meta"`
+}
+
+// cloudID reads a mapping value; the platform documents strings, but a
+// numeric ID is kept as its JSON text rather than failing the page.
+func cloudID(raw json.RawMessage) string {
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s
+	}
+	return string(raw)
+}
+
+// Mappings iterates over every server-to-cloud mapping of a namespace (e.g.
+// "identity:user", "jira:issue") for a transfer, fetching pages of pageSize
+// (0 or more than MaxPageSize means MaxPageSize) lazily: a loop that breaks
+// early fetches no further pages. Within a page, mappings come in server ID
+// order. An error is yielded once, as the last element.
+func (c *Client) Mappings(ctx context.Context, clientKey, transferID, namespace string, pageSize int) iter.Seq2[Mapping, error] {
+	return func(yield func(Mapping, error) bool) {
+		if err := required("transferId", transferID); err != nil {
+			yield(Mapping{}, err)
+			return
+		}
+		if err := required("namespace", namespace); err != nil {
+			yield(Mapping{}, err)
+			return
+		}
+		if pageSize <= 0 || pageSize > MaxPageSize {
+			pageSize = MaxPageSize
+		}
+		path := base + "/mapping/" + url.PathEscape(transferID) + "/page"
+		last := ""
+		for {
+			q := url.Values{"namespace": {namespace}, "pageSize": {strconv.Itoa(pageSize)}}
+			if last != "" {
+				q.Set("lastEntity", last)
+			}
+			var page mappingPage
+			req := product.Request{Path: path, Query: q, Route: RouteMappingPage}
+			if err := c.p.Do(ctx, clientKey, req, &page); err != nil {
+				yield(Mapping{}, transferErr("mappings "+namespace, transferID, err))
+				return
+			}
+			for _, k := range slices.Sorted(maps.Keys(page.Items)) {
+				if !yield(Mapping{ServerID: k, CloudID: cloudID(page.Items[k])}, nil) {
+					return
+				}
+			}
+			if !page.Meta.HasNext {
+				return
+			}
+			if page.Meta.LastEntity == "" || page.Meta.LastEntity == last {
+				yield(Mapping{}, fmt.Errorf("amp: mappings %s for transfer %s: hasNext without a new lastEntity (%q)", namespace, transferID, page.Meta.LastEntity))
+				return
+			}
+			last = page.Meta.LastEntity
+		}
+	}
+}
+
+// FindMappings looks up the cloud IDs of specific server keys. Keys the
+// platform does not know are absent from the result.
+func (c *Client) FindMappings(ctx context.Context, clientKey, transferID, namespace string, keys []string) (map[string]string, error) {
+	if err := required("transferId", transferID); err != nil {
+		return nil, err
+	}
+	if err := required("namespace", namespace); err != nil {
+		return nil, err
+	}
+	found := make(map[string]string, len(keys))
+	path := base + "/mapping/" + url.PathEscape(transferID) + "/find"
+	for batch := range slices.Chunk(keys, findBatch) {
+		var out map[string]json.RawMessage
+		req := product.Request{Method: http.MethodPost, Path: path, Query: url.Values{"namespace": {namespace}}, Body: batch, Route: RouteMappingFind}
+		if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
+			return nil, transferErr("find mappings "+namespace, transferID, err)
+		}
+		for k, v := range out {
+			found[k] = cloudID(v)
+		}
+	}
+	return found, nil
+}
