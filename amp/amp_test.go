@@ -557,8 +557,8 @@ func TestWebhook(t *testing.T) {
 // lastEntity of every call.
 func mappingPages(t *testing.T, calls *[]string, mu *sync.Mutex) http.HandlerFunc {
 	pages := map[string]string{
-		"":  `{"items":{"email/b@example.com":"acc-2","email/a@example.com":"acc-1"},"meta":{"hasNext":true,"lastEntity":"email/b@example.com","pageSize":2}}`,
-		"email/b@example.com": `{"items":{"email/c@example.com":"acc-3","jira.userkey/JIRAUSER10":"acc-4"},"meta":{"hasNext":true,"lastEntity":"jira.userkey/JIRAUSER10","pageSize":2}}`,
+		"":                        `{"items":{"email/b@example.com":"acc-2","email/a@example.com":"acc-1"},"meta":{"hasNext":true,"lastEntity":"email/b@example.com","pageSize":2}}`,
+		"email/b@example.com":     `{"items":{"email/c@example.com":"acc-3","jira.userkey/JIRAUSER10":"acc-4"},"meta":{"hasNext":true,"lastEntity":"jira.userkey/JIRAUSER10","pageSize":2}}`,
 		"jira.userkey/JIRAUSER10": `{"items":{"jira.username/zed":"acc-5"},"meta":{"hasNext":false,"lastEntity":"jira.username/zed","pageSize":2}}`,
 	}
 	return func(w http.ResponseWriter, r *http.Request) {

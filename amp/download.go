@@ -28,6 +28,7 @@ type DownloadError struct {
 	Expired bool
 }
 
+// Error reports the storage answer without the presigned URL.
 func (e *DownloadError) Error() string {
 	msg := fmt.Sprintf("amp: data download: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
 	if e.Body != "" {
@@ -182,6 +183,8 @@ type stallReader struct {
 	once   sync.Once
 }
 
+// Read arms the stall watchdog only while waiting for the network and
+// reports a stall as ErrDownloadStalled rather than a bare cancellation.
 func (r *stallReader) Read(p []byte) (int, error) {
 	r.w.arm()
 	n, err := r.body.Read(p)
@@ -197,6 +200,7 @@ func (r *stallReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close releases the connection and the watchdog; it is safe to call twice.
 func (r *stallReader) Close() error {
 	var err error
 	r.once.Do(func() {

@@ -65,6 +65,7 @@ type StatusError struct {
 	RetryAfter time.Duration
 }
 
+// Error describes the failed call by route, never by concrete URL or token.
 func (e *StatusError) Error() string {
 	msg := fmt.Sprintf("product: %s %s: %d %s", e.Method, e.Route, e.StatusCode, http.StatusText(e.StatusCode))
 	if e.Body != "" {
@@ -103,10 +104,12 @@ type RetryLaterError struct {
 	Err   error
 }
 
+// Error says how long to wait and why.
 func (e *RetryLaterError) Error() string {
 	return fmt.Sprintf("retry after %s: %v", e.After, e.Err)
 }
 
+// Unwrap exposes the answer that asked for the delay.
 func (e *RetryLaterError) Unwrap() error { return e.Err }
 
 // RetryAfter reports how long the product asked us to wait before trying
@@ -132,6 +135,7 @@ type RedirectError struct {
 	Location   string
 }
 
+// Error names the refused Location so an operator can see where the site moved.
 func (e *RedirectError) Error() string {
 	return fmt.Sprintf("product: %s %s: %d redirect to %q not followed", e.Method, e.Route, e.StatusCode, e.Location)
 }

@@ -69,6 +69,7 @@ type appKeySecrets struct {
 	secret []byte
 }
 
+// SharedSecret returns the tenant secret for the app key and refuses any other issuer.
 func (s appKeySecrets) SharedSecret(_ context.Context, iss string, _ bool) ([]byte, error) {
 	if iss != s.appKey {
 		return nil, fmt.Errorf("issuer %q is not the app key: %w", iss, connect.ErrUnknownIssuer)
