@@ -1,0 +1,239 @@
+package handlers_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/handlers"
+	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/internal/testenv"
+	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/schema"
+	"github.com/connectrelay/connectrelay/tasks"
+	"github.com/connectrelay/connectrelay/tenant"
+)
+
+const appKey = "com.example.relay-test"
+
+// syncBuffer collects log output from concurrent handlers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// harness is a receiver wired to a real Postgres database, a real Redis DB and a
+// fake Atlassian, served on loopback.
+type harness struct {
+	t         *testing.T
+	atl       *atlassiantest.Atlassian
+	baseURL   string
+	pool      *pgxpool.Pool
+	store     *tenant.Store
+	rdb       *redis.Client
+	inspector *asynq.Inspector
+	metrics   *metrics.Metrics
+	logs      *syncBuffer
+	srv       *httptest.Server
+}
+
+type harnessOpts struct {
+	databaseURL string // default: a fresh test database
+	redisAddr   string // default: a claimed test Redis DB
+	keyServer   string // default: the fake's key server
+	adminToken  string
+	monitoring  http.Handler
+}
+
+func newHarness(t *testing.T, o harnessOpts) *harness {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := &harness{t: t, atl: atlassiantest.New(t), logs: &syncBuffer{}, metrics: metrics.New()}
+
+	dbURL := o.databaseURL
+	migrate := dbURL == ""
+	if migrate {
+		dbURL = testenv.PostgresURL(t)
+	}
+	pool, err := schema.Open(ctx, dbURL)
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	if migrate {
+		if err := schema.Migrate(ctx, pool); err != nil {
+			t.Fatalf("migrate: %v", err)
+		}
+	}
+	h.pool = pool
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	box, err := tenant.NewSecretBox(key)
+	if err != nil {
+		t.Fatalf("secret box: %v", err)
+	}
+	logger := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.store = tenant.NewStore(pool, box, logger)
+
+	var rdbOpts *redis.Options
+	if o.redisAddr != "" {
+		rdbOpts = &redis.Options{Addr: o.redisAddr}
+	} else {
+		rdbOpts = &redis.Options{Addr: testenv.RedisAddr(), DB: testenv.Redis(t)}
+	}
+	rdbOpts.ContextTimeoutEnabled = true
+	rdbOpts.DialTimeout, rdbOpts.ReadTimeout, rdbOpts.WriteTimeout = 300*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond
+	rdbOpts.MaxRetries = 1
+	h.rdb = redis.NewClient(rdbOpts)
+	t.Cleanup(func() { _ = h.rdb.Close() })
+	aq := asynq.NewClientFromRedisClient(h.rdb)
+	h.inspector = asynq.NewInspectorFromRedisClient(h.rdb)
+
+	h.srv = httptest.NewUnstartedServer(nil)
+	h.baseURL = "http://" + h.srv.Listener.Addr().String()
+	keyBase := o.keyServer
+	if keyBase == "" {
+		keyBase = h.atl.KeyServer.URL
+	}
+	cfg := config.Config{
+		AppKey: appKey, AppName: "Relay test", BaseURL: h.baseURL,
+		AllowedBaseURLs: []string{"https://old-app.example.com"},
+		ProductHosts:    config.DefaultProductHosts, Scopes: []string{"READ", "WRITE"},
+		AdminToken: o.adminToken, JWTLeeway: 30 * time.Second,
+	}
+	hosts, err := connect.NewHostPolicy(cfg.ProductHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	install, err := connect.NewInstallVerifier(connect.InstallConfig{
+		AppBaseURL: cfg.BaseURL, AllowedBaseURLs: cfg.AllowedBaseURLs, Hosts: hosts,
+		Keys: connect.NewKeyServer(connect.KeyServerConfig{BaseURL: keyBase, Timeout: 500 * time.Millisecond}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := tenant.NewSecretCache(h.store, time.Minute)
+	requests, err := connect.NewHS256Verifier(connect.HS256Config{AppBaseURLs: cfg.AppBaseURLs(), Secrets: handlers.Secrets(cache)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := handlers.New(handlers.Deps{
+		Config: cfg, Install: install, Requests: requests, Tenants: h.store, Secrets: cache,
+		Queue: tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring,
+		Ready: []handlers.Check{
+			{Name: "postgres", Check: func(ctx context.Context) error { return pool.Ping(ctx) }},
+			{Name: "redis", Check: func(ctx context.Context) error { return h.rdb.Ping(ctx).Err() }},
+		},
+	})
+	if err != nil {
+		t.Fatalf("handlers.New: %v", err)
+	}
+	h.srv.Config.Handler = srv
+	h.srv.Start()
+	t.Cleanup(h.srv.Close)
+	return h
+}
+
+// do sends req and returns status and body.
+func (h *harness) do(req *http.Request) (int, string) {
+	h.t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// install sends a genuinely signed installed for clientKey.
+func (h *harness) install(clientKey, baseURL, secret string) (int, string) {
+	h.t.Helper()
+	body := atlassiantest.InstallBody(clientKey, baseURL, secret, appKey)
+	return h.do(h.atl.Request(h.t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: clientKey}))
+}
+
+// hs256 sends an HS256-signed lifecycle or webhook POST.
+func (h *harness) hs256(path, clientKey, secret string, body any) (int, string) {
+	h.t.Helper()
+	return h.do(h.atl.Request(h.t, h.baseURL, path, body, atlassiantest.Token{Alg: "HS256", Issuer: clientKey, Secret: []byte(secret)}))
+}
+
+func lifecycleBody(clientKey, baseURL, event string) map[string]any {
+	return map[string]any{"key": appKey, "clientKey": clientKey, "baseUrl": baseURL, "eventType": event}
+}
+
+// tasksIn lists the pending tasks of a queue.
+func (h *harness) tasksIn(queue string) []*asynq.TaskInfo {
+	h.t.Helper()
+	list, err := h.inspector.ListPendingTasks(queue, asynq.PageSize(1000))
+	if err != nil && !isQueueNotFound(err) {
+		h.t.Fatalf("list %s tasks: %v", queue, err)
+	}
+	return list
+}
+
+func isQueueNotFound(err error) bool {
+	return err != nil && (err == asynq.ErrQueueNotFound || bytes.Contains([]byte(err.Error()), []byte("not found")))
+}
+
+// tenantRow is the stored row of a tenant as JSON, for byte-for-byte comparisons.
+func (h *harness) tenantRow(clientKey string) string {
+	h.t.Helper()
+	var s string
+	err := h.pool.QueryRow(context.Background(), `SELECT row_to_json(t)::text FROM tenants t WHERE client_key = $1`, clientKey).Scan(&s)
+	if err != nil {
+		h.t.Fatalf("read tenant row %s: %v", clientKey, err)
+	}
+	return s
+}
+
+func decodePayload(t *testing.T, ti *asynq.TaskInfo) tasks.LifecyclePayload {
+	t.Helper()
+	var p tasks.LifecyclePayload
+	if err := json.Unmarshal(ti.Payload, &p); err != nil {
+		t.Fatalf("decode payload %s: %v", ti.Payload, err)
+	}
+	return p
+}
+
+// seedTenant stores a tenant directly (for tests whose Redis is down, where an
+// installed callback cannot complete).
+func (h *harness) seedTenant(clientKey, baseURL, secret string) {
+	h.t.Helper()
+	b, _ := json.Marshal(atlassiantest.InstallBody(clientKey, baseURL, secret, appKey))
+	p, err := tenant.ParseInstallPayload(b)
+	if err != nil {
+		h.t.Fatalf("parse install payload: %v", err)
+	}
+	if _, err := h.store.Install(context.Background(), p, time.Now(), time.Now()); err != nil {
+		h.t.Fatalf("seed tenant: %v", err)
+	}
+}

@@ -1,0 +1,195 @@
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/tasks"
+	"github.com/connectrelay/connectrelay/tenant"
+)
+
+// lifecycle wraps a lifecycle handler to count its outcome, and for installed the
+// install-callback SLI exactly as Atlassian computes it (only 200/204 are good).
+func (s *Server) lifecycle(event string, h echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if err := h(c); err != nil {
+			s.errorHandler(err, c)
+			s.logRejected(c, event, err)
+		}
+		status := c.Response().Status
+		s.d.Metrics.LifecycleCallbacks.WithLabelValues(event, outcome(status)).Inc()
+		if event == "installed" {
+			s.d.Metrics.InstallSLI.WithLabelValues(metrics.SLIResult(status)).Inc()
+		}
+		return nil
+	}
+}
+
+func (s *Server) logRejected(c echo.Context, event string, err error) {
+	s.d.Logger.WarnContext(c.Request().Context(), "lifecycle callback rejected",
+		slog.String("event", event), slog.Int("status", c.Response().Status), slog.String("reason", err.Error()))
+}
+
+func outcome(status int) string {
+	switch {
+	case status >= 200 && status < 300:
+		return "ok"
+	case status == http.StatusBadRequest:
+		return "bad_request"
+	case status == http.StatusUnauthorized:
+		return "unauthorized"
+	case status == http.StatusForbidden:
+		return "forbidden"
+	case status == http.StatusRequestEntityTooLarge:
+		return "too_large"
+	case status == http.StatusServiceUnavailable:
+		return "unavailable"
+	default:
+		return "http_" + fmtStatus(status)
+	}
+}
+
+// installed handles the install callback: parse, verify the RS256 signed install
+// (iss must equal the body's clientKey), upsert the tenant synchronously so the new
+// secret is durable before the 2xx, then enqueue the slow initialization.
+func (s *Server) installed(c echo.Context) error {
+	body, err := s.readBody(c)
+	if err != nil {
+		return err
+	}
+	p, err := tenant.ParseInstallPayload(body)
+	if err != nil {
+		return fail(http.StatusBadRequest, "invalid install payload", err)
+	}
+	if p.EventType != "" && p.EventType != "installed" {
+		return fail(http.StatusBadRequest, "eventType is not installed", nil)
+	}
+	claims, err := s.d.Install.Verify(c.Request().Context(), c.Request(), p.ClientKey, p.BaseURL)
+	if err != nil {
+		return authError(err)
+	}
+	ctx, cancel := withStoreTimeout(c)
+	defer cancel()
+	now := s.d.Now()
+	res, err := s.d.Tenants.Install(ctx, p, now, claims.IssuedAt)
+	if err != nil {
+		return dependencyError("tenant store", err)
+	}
+	if s.d.Secrets != nil {
+		s.d.Secrets.Invalidate(p.ClientKey)
+	}
+	if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeTenantInit, p.ClientKey, res.EventID); err != nil {
+		// The tenant is saved, but its initialization is not queued: answer 503
+		// so Atlassian re-sends installed, which is an idempotent upsert and
+		// enqueues again.
+		return dependencyError("task queue", err)
+	}
+	s.d.Logger.InfoContext(ctx, "tenant installed",
+		slog.String("client_key", p.ClientKey), slog.String("base_url", p.BaseURL),
+		slog.Bool("created", res.Created), slog.Any("changes", res.Changes),
+		slog.Any("linked_client_keys", res.LinkedClientKeys), slog.Int64("event_id", res.EventID))
+	return c.NoContent(http.StatusNoContent)
+}
+
+// lifecycleBody is the part of a non-installed lifecycle body the receiver reads.
+// Nothing else in it is trusted or stored: only a verified installed may change
+// a tenant's record.
+type lifecycleBody struct {
+	ClientKey string `json:"clientKey"`
+	BaseURL   string `json:"baseUrl"`
+	EventType string `json:"eventType"`
+}
+
+func parseLifecycleBody(b []byte, wantEvent string, requireIDs bool) (lifecycleBody, error) {
+	var lb lifecycleBody
+	if err := json.Unmarshal(b, &lb); err != nil {
+		return lb, fail(http.StatusBadRequest, "body is not a JSON lifecycle payload", err)
+	}
+	if requireIDs && (lb.ClientKey == "" || lb.BaseURL == "") {
+		return lb, fail(http.StatusBadRequest, "clientKey and baseUrl are required", nil)
+	}
+	if lb.EventType != "" && lb.EventType != wantEvent {
+		return lb, fail(http.StatusBadRequest, "eventType is not "+wantEvent, nil)
+	}
+	return lb, nil
+}
+
+// uninstalled marks the tenant uninstalled and keeps its secret (a late disabled,
+// or a re-install, must still verify). An uninstall of a tenant we never saw is
+// answered 204: the signature proved it comes from Atlassian and there is nothing
+// to do.
+func (s *Server) uninstalled(c echo.Context) error {
+	body, err := s.readBody(c)
+	if err != nil {
+		return err
+	}
+	lb, err := parseLifecycleBody(body, "uninstalled", true)
+	if err != nil {
+		return err
+	}
+	claims, err := s.d.Install.Verify(c.Request().Context(), c.Request(), lb.ClientKey, lb.BaseURL)
+	if err != nil {
+		return authError(err)
+	}
+	ctx, cancel := withStoreTimeout(c)
+	defer cancel()
+	eventID, err := s.d.Tenants.Uninstall(ctx, lb.ClientKey, s.d.Now(), claims.IssuedAt)
+	if errors.Is(err, tenant.ErrNotFound) {
+		s.d.Logger.InfoContext(ctx, "uninstall for unknown tenant ignored", slog.String("client_key", lb.ClientKey))
+		return c.NoContent(http.StatusNoContent)
+	}
+	if err != nil {
+		return dependencyError("tenant store", err)
+	}
+	if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeTenantUninstalled, lb.ClientKey, eventID); err != nil {
+		return dependencyError("task queue", err)
+	}
+	s.d.Logger.InfoContext(ctx, "tenant uninstalled", slog.String("client_key", lb.ClientKey), slog.Int64("event_id", eventID))
+	return c.NoContent(http.StatusNoContent)
+}
+
+// enabledOrDisabled handles enabled and disabled: HS256 with the tenant's current
+// secret and a computed qsh. enabled enqueues the migration webhook registration.
+func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
+	event, typ := "disabled", tasks.TypeTenantDisabled
+	if enabled {
+		event, typ = "enabled", tasks.TypeTenantEnabled
+	}
+	return func(c echo.Context) error {
+		body, err := s.readBody(c)
+		if err != nil {
+			return err
+		}
+		claims, err := s.d.Requests.Verify(c.Request().Context(), c.Request(), connect.QSHComputed)
+		if err != nil {
+			return authError(err)
+		}
+		lb, err := parseLifecycleBody(body, event, false)
+		if err != nil {
+			return err
+		}
+		if lb.ClientKey != "" && lb.ClientKey != claims.Issuer {
+			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrIssuerMismatch)
+		}
+		ctx, cancel := withStoreTimeout(c)
+		defer cancel()
+		eventID, err := s.d.Tenants.SetEnabled(ctx, claims.Issuer, enabled, s.d.Now(), claims.IssuedAt)
+		if errors.Is(err, tenant.ErrNotFound) {
+			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrUnknownIssuer)
+		}
+		if err != nil {
+			return dependencyError("tenant store", err)
+		}
+		if _, err := s.d.Queue.Lifecycle(ctx, typ, claims.Issuer, eventID); err != nil {
+			return dependencyError("task queue", err)
+		}
+		s.d.Logger.InfoContext(ctx, "tenant "+event, slog.String("client_key", claims.Issuer), slog.Int64("event_id", eventID))
+		return c.NoContent(http.StatusNoContent)
+	}
+}

@@ -1,0 +1,68 @@
+package handlers
+
+import (
+	"log/slog"
+	"net/http"
+	"slices"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/migration"
+)
+
+// migrationEvent is the App Migration Platform webhook. AMP re-sends any event
+// not acknowledged with 200 within 5 s, so the handler only authenticates,
+// validates and enqueues under a deterministic TaskID; a re-sent event finds its
+// task already there and is acknowledged again.
+func (s *Server) migrationEvent(c echo.Context) error {
+	if err := s.handleMigrationEvent(c); err != nil {
+		s.errorHandler(err, c)
+		s.d.Logger.WarnContext(c.Request().Context(), "migration event rejected",
+			slog.Int("status", c.Response().Status), slog.String("reason", err.Error()))
+	}
+	s.d.Metrics.WebhookSLI.WithLabelValues(metrics.SLIResult(c.Response().Status)).Inc()
+	return nil
+}
+
+func (s *Server) handleMigrationEvent(c echo.Context) error {
+	body, err := s.readBody(c)
+	if err != nil {
+		return err
+	}
+	claims, err := s.d.Requests.Verify(c.Request().Context(), c.Request(), connect.QSHComputed)
+	if err != nil {
+		return authError(err)
+	}
+	ev, err := migration.ParseEvent(body)
+	if err != nil {
+		s.d.Metrics.MigrationEvents.WithLabelValues("invalid", "rejected").Inc()
+		return fail(http.StatusBadRequest, "invalid migration event", err)
+	}
+	typeLabel := string(ev.Type)
+	if !ev.Known() {
+		typeLabel = "unknown"
+	}
+	// The signing tenant must be a party of the migration: a tenant's valid
+	// token must never inject events into another tenant's transfer.
+	if !slices.Contains(ev.ClientKeys(), claims.Issuer) {
+		s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, "rejected").Inc()
+		return fail(http.StatusForbidden, "event does not belong to the signing tenant", nil)
+	}
+	ctx, cancel := withStoreTimeout(c)
+	defer cancel()
+	dup, err := s.d.Queue.MigrationEvent(ctx, claims.Issuer, ev.DedupeKey(), body)
+	if err != nil {
+		return dependencyError("task queue", err)
+	}
+	result := "enqueued"
+	if dup {
+		result = "duplicate"
+	}
+	s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, result).Inc()
+	s.d.Logger.InfoContext(ctx, "migration event accepted",
+		slog.String("client_key", claims.Issuer), slog.String("event_type", string(ev.Type)),
+		slog.String("transfer_id", ev.TransferID), slog.String("dedupe_key", ev.DedupeKey()), slog.Bool("duplicate", dup))
+	return c.NoContent(http.StatusOK)
+}

@@ -1,0 +1,243 @@
+package handlers_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connectrelay/connectrelay/handlers"
+	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/internal/testenv"
+	"github.com/connectrelay/connectrelay/tasks"
+)
+
+func migrationEvent(eventType, transferID, messageID, jiraClientKey string) map[string]any {
+	ev := map[string]any{
+		"eventType":   eventType,
+		"cloudAppKey": appKey,
+		"transferId":  transferID,
+		"migrationDetails": map[string]any{
+			"migrationId": "mig-1", "migrationScopeId": "scope-1", "name": "Test migration",
+			"createdAt": 1702530783417, "jiraClientKey": jiraClientKey, "confluenceClientKey": "unknown",
+			"cloudUrl": site,
+		},
+	}
+	if messageID != "" {
+		ev["messageId"] = messageID
+	}
+	if eventType == "app-data-uploaded" {
+		ev["s3Key"] = "s3-key-1"
+		ev["label"] = "part-1"
+	}
+	return ev
+}
+
+func TestMigrationEvents_AcknowledgesOnceAndDeduplicates(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.install("ck-1", site, secretA)
+	tests := []struct {
+		name   string
+		events []map[string]any
+		want   int // tasks enqueued
+	}{
+		{"same messageId five times", repeat(migrationEvent("listener-triggered", "tr-1", "msg-1", "ck-1"), 5), 1},
+		{"no messageId, same content twice", repeat(migrationEvent("app-data-uploaded", "tr-2", "", "ck-1"), 2), 1},
+		{"unknown event type", repeat(migrationEvent("brand-new-event", "tr-3", "msg-3", "ck-1"), 1), 1},
+	}
+	total := 0
+	for _, tt := range tests {
+		for i, ev := range tt.events {
+			if code, body := h.hs256(handlers.PathMigrationEvents, "ck-1", secretA, ev); code != http.StatusOK {
+				t.Fatalf("%s: delivery %d = %d %s, want 200", tt.name, i, code, body)
+			}
+		}
+		total += tt.want
+		if got := len(h.tasksIn(tasks.QueueMigration)); got != total {
+			t.Errorf("%s: %d migration tasks pending, want %d", tt.name, got, total)
+		}
+	}
+}
+
+func TestMigrationEvents_RejectsCrossTenantAndInvalidEvents(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.install("ck-1", site, secretA)
+	h.install("ck-2", "https://other.atlassian.net", secretA+"-2")
+	noDetails := migrationEvent("listener-triggered", "tr-1", "m", "ck-1")
+	delete(noDetails, "migrationDetails")
+	noS3Key := migrationEvent("app-data-uploaded", "tr-1", "m", "ck-1")
+	delete(noS3Key, "s3Key")
+	tests := []struct {
+		name string
+		body any
+		tok  atlassiantest.Token
+		want int
+	}{
+		{"event of another tenant", migrationEvent("listener-triggered", "tr-1", "m1", "ck-2"), atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA)}, http.StatusForbidden},
+		{"missing migrationDetails", noDetails, atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA)}, http.StatusBadRequest},
+		{"upload without s3Key", noS3Key, atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA)}, http.StatusBadRequest},
+		{"not JSON", "garbage", atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA)}, http.StatusBadRequest},
+		{"context qsh", migrationEvent("listener-triggered", "tr-1", "m2", "ck-1"), atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA), QSH: "context-qsh"}, http.StatusUnauthorized},
+		{"wrong secret", migrationEvent("listener-triggered", "tr-1", "m3", "ck-1"), atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte("nope")}, http.StatusUnauthorized},
+		{"RS256 token", migrationEvent("listener-triggered", "tr-1", "m4", "ck-1"), atlassiantest.Token{Issuer: "ck-1"}, http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if code, body := h.do(h.atl.Request(t, h.baseURL, handlers.PathMigrationEvents, tt.body, tt.tok)); code != tt.want {
+				t.Errorf("status = %d %s, want %d", code, body, tt.want)
+			}
+		})
+	}
+	if n := len(h.tasksIn(tasks.QueueMigration)); n != 0 {
+		t.Errorf("%d migration tasks enqueued by rejected events", n)
+	}
+}
+
+func TestMigrationEvents_RedisUnreachableAnswers503Fast(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{redisAddr: testenv.ClosedAddr(t)})
+	h.seedTenant("ck-1", site, secretA)
+	start := time.Now()
+	code, _ := h.hs256(handlers.PathMigrationEvents, "ck-1", secretA, migrationEvent("listener-triggered", "tr-1", "m", "ck-1"))
+	if code != http.StatusServiceUnavailable || time.Since(start) > time.Second {
+		t.Errorf("event with Redis down = %d after %s, want 503 within 1s", code, time.Since(start))
+	}
+}
+
+func TestDescriptor_DeclaresTheServedLifecyclePathsAndSignedInstall(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	resp, err := http.Get(h.baseURL + handlers.PathDescriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var d struct {
+		Key           string            `json:"key"`
+		BaseURL       string            `json:"baseUrl"`
+		Lifecycle     map[string]string `json:"lifecycle"`
+		Scopes        []string          `json:"scopes"`
+		APIMigrations map[string]bool   `json:"apiMigrations"`
+		Migration     map[string]string `json:"cloudAppMigration"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Key != appKey || d.BaseURL != h.baseURL || !d.APIMigrations["signed-install"] {
+		t.Errorf("descriptor = %+v", d)
+	}
+	for event, path := range map[string]string{"installed": handlers.PathInstalled, "uninstalled": handlers.PathUninstalled, "enabled": handlers.PathEnabled, "disabled": handlers.PathDisabled} {
+		if d.Lifecycle[event] != path {
+			t.Errorf("lifecycle.%s = %q, want %q", event, d.Lifecycle[event], path)
+		}
+	}
+	if d.Migration["migrationWebhookPath"] != handlers.PathMigrationEvents {
+		t.Errorf("migrationWebhookPath = %q", d.Migration["migrationWebhookPath"])
+	}
+	if strings.Join(d.Scopes, ",") != "READ,WRITE" {
+		t.Errorf("scopes = %v", d.Scopes)
+	}
+}
+
+func TestHealth_ReadyReportsEachDependency(t *testing.T) {
+	t.Parallel()
+	up := newHarness(t, harnessOpts{})
+	down := newHarness(t, harnessOpts{redisAddr: testenv.ClosedAddr(t), databaseURL: "postgres://postgres@" + testenv.ClosedAddr(t) + "/postgres?sslmode=disable"})
+	tests := []struct {
+		name string
+		h    *harness
+		path string
+		want int
+		body string
+	}{
+		{"healthz up", up, handlers.PathHealth, 200, `"ok"`},
+		{"readyz up", up, handlers.PathReady, 200, `"postgres":"ok"`},
+		{"healthz with dependencies down", down, handlers.PathHealth, 200, `"ok"`},
+		{"readyz with dependencies down", down, handlers.PathReady, 503, `"redis":"unavailable"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			resp, err := http.Get(tt.h.baseURL + tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.want || !strings.Contains(string(b), tt.body) {
+				t.Errorf("%s = %d %s, want %d containing %s", tt.path, resp.StatusCode, b, tt.want, tt.body)
+			}
+			if time.Since(start) > time.Second {
+				t.Errorf("%s took %s", tt.path, time.Since(start))
+			}
+		})
+	}
+}
+
+func TestMetrics_ExposeTheInstallSLI(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for i := range 3 {
+		h.install(fmt.Sprintf("ck-%d", i), site, secretA)
+	}
+	h.do(h.atl.Request(t, h.baseURL, handlers.PathInstalled, atlassiantest.InstallBody("ck-x", site, secretA, appKey), atlassiantest.Token{Alg: "none-at-all"}))
+	resp, err := http.Get(h.baseURL + handlers.PathMetrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`connectrelay_install_callback_sli_total{result="good"} 3`,
+		`connectrelay_install_callback_sli_total{result="bad"} 1`,
+		`connectrelay_lifecycle_callbacks_total{event="installed",outcome="unauthorized"} 1`,
+		`connectrelay_http_request_duration_seconds_count{code="204",method="POST",route="/installed"} 3`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+func TestMonitoring_RequiresTheAdminToken(t *testing.T) {
+	t.Parallel()
+	const token = "admin-token-0123456789abcdef"
+	ui := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "asynq ui at "+r.URL.Path) })
+	h := newHarness(t, harnessOpts{adminToken: token, monitoring: ui})
+	bare := newHarness(t, harnessOpts{monitoring: ui})
+	tests := []struct {
+		name string
+		h    *harness
+		set  func(r *http.Request)
+		want int
+	}{
+		{"no credentials", h, func(*http.Request) {}, 401},
+		{"wrong bearer", h, func(r *http.Request) { r.Header.Set("Authorization", "Bearer nope") }, 401},
+		{"token prefix only", h, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token[:10]) }, 401},
+		{"bearer token", h, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) }, 200},
+		{"basic auth password", h, func(r *http.Request) { r.SetBasicAuth("ops", token) }, 200},
+		{"no ADMIN_TOKEN configured", bare, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) }, 404},
+	}
+	for _, tt := range tests {
+		for _, path := range []string{handlers.PathMonitoring, handlers.PathMonitoring + "/queues/default"} {
+			req, _ := http.NewRequest(http.MethodGet, tt.h.baseURL+path, nil)
+			tt.set(req)
+			if code, body := tt.h.do(req); code != tt.want {
+				t.Errorf("%s %s = %d %s, want %d", tt.name, path, code, body, tt.want)
+			}
+		}
+	}
+}
+
+func repeat[T any](v T, n int) []T {
+	out := make([]T, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
+}

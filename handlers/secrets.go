@@ -1,0 +1,34 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/tenant"
+)
+
+// TenantSecretSource is the tenant package's secret lookup as the receiver uses it.
+type TenantSecretSource interface {
+	SharedSecret(ctx context.Context, clientKey string, refresh bool) ([]byte, error)
+}
+
+// Secrets adapts the tenant secret cache to connect.SecretStore: an unknown tenant
+// becomes connect.ErrUnknownIssuer (401), anything else connect.ErrSecretUnavailable
+// (503), so a database outage never looks like a bad token.
+func Secrets(src TenantSecretSource) connect.SecretStore { return secretAdapter{src} }
+
+type secretAdapter struct{ src TenantSecretSource }
+
+func (a secretAdapter) SharedSecret(ctx context.Context, clientKey string, refresh bool) ([]byte, error) {
+	b, err := a.src.SharedSecret(ctx, clientKey, refresh)
+	switch {
+	case err == nil:
+		return b, nil
+	case errors.Is(err, tenant.ErrNotFound):
+		return nil, fmt.Errorf("%w: %w", connect.ErrUnknownIssuer, err)
+	default:
+		return nil, fmt.Errorf("%w: %w", connect.ErrSecretUnavailable, err)
+	}
+}

@@ -1,0 +1,303 @@
+// Package handlers is the receiver's HTTP side: the Echo application with the
+// lifecycle callbacks, the App Migration Platform webhook, the descriptor, health,
+// metrics and the guarded monitoring UI.
+//
+// Echo types stay inside this package (and the receiver's wiring), so moving to
+// Echo v5 touches one package. The handlers are thin on purpose: authenticate,
+// validate, persist only what must be durable before the 2xx (a verified install's
+// secret), enqueue, answer. Everything slow happens in the worker.
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/tenant"
+)
+
+// Route paths, relative to CONNECT_BASE_URL. The descriptor is built from the same
+// constants, so the app and its lifecycle paths can never disagree.
+const (
+	PathInstalled       = "/installed"
+	PathUninstalled     = "/uninstalled"
+	PathEnabled         = "/enabled"
+	PathDisabled        = "/disabled"
+	PathMigrationEvents = config.MigrationWebhookPath
+	PathDescriptor      = "/atlassian-connect.json"
+	PathHealth          = "/healthz"
+	PathReady           = "/readyz"
+	PathMetrics         = "/metrics"
+	PathMonitoring      = "/monitoring"
+)
+
+// DefaultBodyLimit bounds every callback body. Real installed bodies are under
+// 2 KiB and migration events under 4 KiB; 64 KiB leaves room for growth while an
+// attacker cannot make us buffer much.
+const DefaultBodyLimit = 64 << 10
+
+// StoreTimeout bounds the Postgres and Redis work of one request, so that an
+// unavailable dependency yields a 503 well within a second (the contract), far
+// inside AMP's 5 s acknowledgement budget.
+const StoreTimeout = 800 * time.Millisecond
+
+// TenantStore is what the lifecycle handlers need of the tenant repository.
+type TenantStore interface {
+	Install(ctx context.Context, p tenant.InstallPayload, at, iat time.Time) (tenant.InstallResult, error)
+	Uninstall(ctx context.Context, clientKey string, at, iat time.Time) (int64, error)
+	SetEnabled(ctx context.Context, clientKey string, enabled bool, at, iat time.Time) (int64, error)
+}
+
+// Queue is what the handlers need of the task queue. duplicate reports that the
+// task was already enqueued (a re-delivery); an error means the queue is
+// unavailable.
+type Queue interface {
+	Lifecycle(ctx context.Context, typ, clientKey string, eventID int64) (duplicate bool, err error)
+	MigrationEvent(ctx context.Context, clientKey, dedupeKey string, body json.RawMessage) (duplicate bool, err error)
+}
+
+// InstallVerifier verifies the RS256 signed-install JWT of installed/uninstalled.
+type InstallVerifier interface {
+	Verify(ctx context.Context, r *http.Request, clientKey, productBaseURL string) (*connect.Claims, error)
+}
+
+// RequestVerifier verifies the HS256 JWT of every other product->app call.
+type RequestVerifier interface {
+	Verify(ctx context.Context, r *http.Request, policy connect.QSHPolicy) (*connect.Claims, error)
+}
+
+// SecretInvalidator drops a tenant's cached secret after an install on this
+// replica changed it.
+type SecretInvalidator interface {
+	Invalidate(clientKey string)
+}
+
+// Check is one readiness probe: a dependency that must answer for the receiver to
+// take traffic.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Deps are the receiver's collaborators; cmd/receiver builds them from Config.
+type Deps struct {
+	Config   config.Config
+	Install  InstallVerifier
+	Requests RequestVerifier
+	Tenants  TenantStore
+	Secrets  SecretInvalidator
+	Queue    Queue
+	Ready    []Check
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
+	// Monitoring is the asynq UI (asynqmon) rooted at /monitoring; it is mounted
+	// only when Config.AdminToken is set.
+	Monitoring http.Handler
+	// Descriptor, when set, may add to the descriptor (modules, vendor, links)
+	// before it is served. The lifecycle paths, signed-install flag and migration
+	// webhook path are set afterwards, so they cannot be broken by it.
+	Descriptor func(d map[string]any)
+	// BodyLimit overrides DefaultBodyLimit when positive.
+	BodyLimit int64
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Server is the receiver's HTTP application.
+type Server struct {
+	d          Deps
+	echo       *echo.Echo
+	descriptor []byte
+}
+
+// New builds the Echo application with every route of the contract.
+func New(d Deps) (*Server, error) {
+	switch {
+	case d.Install == nil, d.Requests == nil, d.Tenants == nil, d.Queue == nil, d.Metrics == nil:
+		return nil, errors.New("handlers: Install, Requests, Tenants, Queue and Metrics are required")
+	}
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.BodyLimit <= 0 {
+		d.BodyLimit = DefaultBodyLimit
+	}
+	s := &Server{d: d}
+	desc, err := s.buildDescriptor()
+	if err != nil {
+		return nil, err
+	}
+	s.descriptor = desc
+
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = s.errorHandler
+	e.Use(s.observe)
+
+	e.POST(PathInstalled, s.lifecycle("installed", s.installed))
+	e.POST(PathUninstalled, s.lifecycle("uninstalled", s.uninstalled))
+	e.POST(PathEnabled, s.lifecycle("enabled", s.enabledOrDisabled(true)))
+	e.POST(PathDisabled, s.lifecycle("disabled", s.enabledOrDisabled(false)))
+	e.POST(PathMigrationEvents, s.migrationEvent)
+	e.GET(PathDescriptor, s.serveDescriptor)
+	e.GET(PathHealth, s.health)
+	e.GET(PathReady, s.ready)
+	e.GET(PathMetrics, echo.WrapHandler(d.Metrics.Handler()))
+	if d.Config.AdminToken != "" && d.Monitoring != nil {
+		guard := s.requireAdmin
+		e.Any(PathMonitoring, echo.WrapHandler(d.Monitoring), guard)
+		e.Any(PathMonitoring+"/*", echo.WrapHandler(d.Monitoring), guard)
+	}
+	s.echo = e
+	return s, nil
+}
+
+// ServeHTTP makes the Server an http.Handler, so it can run under any
+// http.Server (the receiver's, or httptest in tests).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+// httpError is what handlers return to answer with a status and a short reason;
+// the reason goes to the log and, for 4xx, to the client. It never holds a token
+// or a secret.
+type httpError struct {
+	status int
+	reason string
+	err    error
+}
+
+func (e *httpError) Error() string {
+	if e.err != nil {
+		return e.reason + ": " + e.err.Error()
+	}
+	return e.reason
+}
+
+func (e *httpError) Unwrap() error { return e.err }
+
+func fail(status int, reason string, err error) error {
+	return &httpError{status: status, reason: reason, err: err}
+}
+
+// errorHandler answers every error as small JSON. Unknown errors become 503, not
+// 500: they come from our dependencies, never from the caller's input (input
+// problems are classified as 4xx where they are found), and a 503 makes Atlassian
+// retry.
+func (s *Server) errorHandler(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status, reason := http.StatusServiceUnavailable, "temporarily unavailable"
+	var he *httpError
+	var ee *echo.HTTPError
+	switch {
+	case errors.As(err, &he):
+		status, reason = he.status, he.reason
+	case errors.As(err, &ee):
+		status, reason = ee.Code, http.StatusText(ee.Code)
+	default:
+		s.d.Logger.ErrorContext(c.Request().Context(), "unclassified error", slog.String("route", c.Path()), slog.Any("error", err))
+	}
+	if status == http.StatusUnauthorized {
+		c.Response().Header().Set("WWW-Authenticate", `JWT realm="`+s.d.Config.AppKey+`"`)
+	}
+	if status == http.StatusServiceUnavailable {
+		c.Response().Header().Set("Retry-After", "1")
+	}
+	if c.Request().Method == http.MethodHead {
+		_ = c.NoContent(status)
+		return
+	}
+	_ = c.JSON(status, map[string]string{"error": reason})
+}
+
+// observe logs every request (never its Authorization header or body) and records
+// its latency per route template.
+func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			s.errorHandler(err, c)
+		}
+		status := c.Response().Status
+		route := c.Path()
+		if route == "" {
+			route = "unmatched"
+		}
+		d := time.Since(start)
+		s.d.Metrics.HTTPDuration.WithLabelValues(route, c.Request().Method, strconv.Itoa(status)).Observe(d.Seconds())
+		attrs := []slog.Attr{
+			slog.String("method", c.Request().Method),
+			slog.String("route", route),
+			slog.Int("status", status),
+			slog.Float64("duration_ms", float64(d.Microseconds())/1000),
+			slog.String("remote_ip", c.RealIP()),
+		}
+		if err != nil {
+			attrs = append(attrs, slog.String("reason", err.Error()))
+		}
+		level := slog.LevelInfo
+		switch {
+		case route == PathHealth || route == PathReady || route == PathMetrics:
+			level = slog.LevelDebug
+		case status >= 500:
+			level = slog.LevelError
+		case status >= 400:
+			level = slog.LevelWarn
+		}
+		s.d.Logger.LogAttrs(c.Request().Context(), level, "http request", attrs...)
+		return nil
+	}
+}
+
+// readBody reads the request body up to the limit: 413 beyond it, decided from
+// Content-Length before reading when the client declared one.
+func (s *Server) readBody(c echo.Context) ([]byte, error) {
+	r := c.Request()
+	if r.ContentLength > s.d.BodyLimit {
+		return nil, fail(http.StatusRequestEntityTooLarge, "body too large", nil)
+	}
+	b, err := readLimited(r, s.d.BodyLimit)
+	if errors.Is(err, errTooLarge) {
+		return nil, fail(http.StatusRequestEntityTooLarge, "body too large", nil)
+	}
+	if err != nil {
+		return nil, fail(http.StatusBadRequest, "could not read body", err)
+	}
+	return b, nil
+}
+
+// authError turns a verification error into 401 (bad or missing credentials) or
+// 503 (the key server or the secret store could not be asked).
+func authError(err error) error {
+	if connect.StatusCode(err) == http.StatusServiceUnavailable {
+		return fail(http.StatusServiceUnavailable, "authentication temporarily unavailable", err)
+	}
+	return fail(http.StatusUnauthorized, "unauthorized", err)
+}
+
+// dependencyError classifies a store or queue failure: always 503, so that
+// Atlassian re-sends; the cause is logged.
+func dependencyError(what string, err error) error {
+	return fail(http.StatusServiceUnavailable, what+" temporarily unavailable", err)
+}
+
+func withStoreTimeout(c echo.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.Request().Context(), StoreTimeout)
+}
+
+func fmtStatus(status int) string { return fmt.Sprintf("%d", status) }

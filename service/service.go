@@ -1,0 +1,82 @@
+// Package service assembles the receiver and the worker from a Config. The
+// binaries in cmd/ call it with the bundled defaults; a vendor calls it from their
+// own main with their own TenantInitializer and MigrationImporter (see the README
+// and example_test.go), so they never have to copy the wiring.
+package service
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/schema"
+	"github.com/connectrelay/connectrelay/tasks"
+	"github.com/connectrelay/connectrelay/tenant"
+)
+
+// NewLogger builds the JSON slog logger both binaries log with.
+func NewLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "warn":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// DefaultLogger is NewLogger on standard error.
+func DefaultLogger(cfg config.Config) *slog.Logger { return NewLogger(os.Stderr, cfg.LogLevel) }
+
+// MigrateTimeout bounds schema migration at start-up; several processes starting
+// at once wait for each other on an advisory lock.
+const MigrateTimeout = 60 * time.Second
+
+// stores are the durable dependencies both processes share.
+type stores struct {
+	pool    *pgxpool.Pool
+	redis   *redis.Client
+	tenants *tenant.Store
+}
+
+func openStores(ctx context.Context, cfg config.Config, logger *slog.Logger) (*stores, error) {
+	pool, err := schema.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	mctx, cancel := context.WithTimeout(ctx, MigrateTimeout)
+	defer cancel()
+	if err := schema.Migrate(mctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("migrate schema: %w", err)
+	}
+	box, err := tenant.NewSecretBox(cfg.SecretKey, cfg.PreviousSecretKeys...)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("secret box: %w", err)
+	}
+	rdb, err := tasks.OpenRedis(cfg.RedisURL)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &stores{pool: pool, redis: rdb, tenants: tenant.NewStore(pool, box, logger)}, nil
+}
+
+func (s *stores) close() {
+	_ = s.redis.Close()
+	s.pool.Close()
+}

@@ -1,0 +1,252 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/connectrelay/connectrelay/amp"
+	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/dedupe"
+	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/migration"
+	"github.com/connectrelay/connectrelay/product"
+	"github.com/connectrelay/connectrelay/tasks"
+	"github.com/connectrelay/connectrelay/tenant"
+)
+
+// Worker polling intervals. asynq's defaults (1 s and 5 s) would add up to a
+// second to every task's pickup and five to every retry (STACK-NOTES §2).
+const (
+	TaskCheckInterval        = 50 * time.Millisecond
+	DelayedTaskCheckInterval = 500 * time.Millisecond
+)
+
+// WorkerOptions customise the worker; every field is optional.
+type WorkerOptions struct {
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
+	// Initializer is the vendor's tenant initialization (no-op when nil).
+	Initializer tasks.TenantInitializer
+	// Listener receives enabled, disabled and uninstalled (ignored when nil).
+	Listener tasks.LifecycleListener
+	// Importer is the vendor's MigrationImporter; the bundled one records label,
+	// size and SHA-256 of each upload in Postgres.
+	Importer migration.Importer
+	// HTTPClient calls the product (and presigned download URLs); tests pass
+	// one with short timeouts.
+	HTTPClient *http.Client
+	// MetricsListener, when set, serves /metrics on it instead of on
+	// cfg.WorkerMetricsAddr.
+	MetricsListener net.Listener
+	// Product tunes the outbound client (attempts, backoff); AppKey, Hosts,
+	// HTTPClient, Logger and Observe are always set by the worker.
+	Product product.Config
+}
+
+// Worker is an assembled worker: call Run to process tasks until ctx ends.
+type Worker struct {
+	cfg     config.Config
+	opts    WorkerOptions
+	stores  *stores
+	server  *asynq.Server
+	handler *tasks.Worker
+	queue   *asynq.Client
+}
+
+// NewWorker connects to Postgres (applying migrations) and Redis and builds the
+// task handlers.
+func NewWorker(ctx context.Context, cfg config.Config, opts WorkerOptions) (*Worker, error) {
+	if opts.Logger == nil {
+		opts.Logger = DefaultLogger(cfg)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	st, err := openStores(ctx, cfg, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{cfg: cfg, opts: opts, stores: st}
+	if err := w.build(); err != nil {
+		w.close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Worker) build() error {
+	cfg, log := w.cfg, w.opts.Logger
+	hosts, err := connect.NewHostPolicy(cfg.ProductHosts)
+	if err != nil {
+		return fmt.Errorf("CONNECT_PRODUCT_HOSTS: %w", err)
+	}
+	pc := w.opts.Product
+	pc.AppKey, pc.Hosts, pc.Logger = cfg.AppKey, hosts, log
+	pc.HTTPClient = w.opts.HTTPClient
+	pc.Observe = func(method, route string, status int, _ error) { w.opts.Metrics.ObserveOutbound(method, route, status) }
+	client, err := product.New(pc, tenantTargets{w.stores.tenants})
+	if err != nil {
+		return fmt.Errorf("product client: %w", err)
+	}
+	download := w.opts.HTTPClient
+	if download == nil {
+		download = &http.Client{Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			ResponseHeaderTimeout: 30 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			IdleConnTimeout:       90 * time.Second,
+		}}
+	}
+	ampClient := amp.New(client, download)
+	w.queue = asynq.NewClientFromRedisClient(w.stores.redis)
+	enq := tasks.NewEnqueuer(w.queue)
+	importer := w.opts.Importer
+	if importer == nil {
+		importer = migration.NewRecordingImporter(w.stores.pool)
+	}
+	machine, err := migration.NewMachine(w.stores.pool, ampAdapter{ampClient}, importer, tasks.ImportScheduler{Enqueuer: enq},
+		migration.Options{FinalLabel: cfg.MigrationFinalLabel, Logger: log})
+	if err != nil {
+		return fmt.Errorf("migration machine: %w", err)
+	}
+	w.handler, err = tasks.NewWorker(tasks.WorkerDeps{
+		Tenants:     w.stores.tenants,
+		Product:     client,
+		Webhooks:    ampClient,
+		WebhookURL:  cfg.MigrationWebhookURL(),
+		Initializer: w.opts.Initializer,
+		Listener:    w.opts.Listener,
+		Migration:   tasks.MigrationDeps{Runner: machine, Dedupe: dedupe.New(w.stores.redis, dedupe.Options{})},
+		Metrics:     w.opts.Metrics,
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	w.server = asynq.NewServerFromRedisClient(w.stores.redis, asynq.Config{
+		Concurrency:              cfg.WorkerConcurrency,
+		Queues:                   tasks.Queues,
+		TaskCheckInterval:        TaskCheckInterval,
+		DelayedTaskCheckInterval: DelayedTaskCheckInterval,
+		RetryDelayFunc:           tasks.RetryDelay,
+		IsFailure:                tasks.IsFailure,
+		ErrorHandler:             w.handler.ErrorHandler(),
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		Logger:                   asynqLogger{log.With(slog.String("component", "asynq"))},
+		LogLevel:                 asynq.WarnLevel,
+	})
+	return nil
+}
+
+// Run processes tasks until ctx ends, then stops taking tasks and waits up to
+// cfg.ShutdownTimeout for running ones; asynq puts unfinished tasks back in
+// their queue, so another worker runs them.
+func (w *Worker) Run(ctx context.Context) error {
+	defer w.close()
+	metricsSrv, err := w.serveMetrics()
+	if err != nil {
+		return err
+	}
+	if err := w.server.Start(w.handler.Mux()); err != nil {
+		return fmt.Errorf("start asynq server: %w", err)
+	}
+	w.opts.Logger.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
+	<-ctx.Done()
+	w.opts.Logger.Info("worker shutting down")
+	w.server.Shutdown()
+	if metricsSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = metricsSrv.Shutdown(sctx)
+	}
+	w.opts.Logger.Info("worker stopped")
+	return nil
+}
+
+func (w *Worker) serveMetrics() (*http.Server, error) {
+	ln := w.opts.MetricsListener
+	if ln == nil {
+		if w.cfg.WorkerMetricsAddr == "" {
+			return nil, nil
+		}
+		var err error
+		if ln, err = net.Listen("tcp", w.cfg.WorkerMetricsAddr); err != nil {
+			return nil, fmt.Errorf("listen on WORKER_METRICS_ADDR %s: %w", w.cfg.WorkerMetricsAddr, err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", w.opts.Metrics.Handler())
+	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			w.opts.Logger.Error("worker metrics server stopped", slog.String("error", err.Error()))
+		}
+	}()
+	return srv, nil
+}
+
+func (w *Worker) close() {
+	if w.queue != nil {
+		_ = w.queue.Close()
+	}
+	w.stores.close()
+}
+
+// tenantTargets resolves a tenant's current baseUrl and secret for every
+// outbound call, so a rename or a rotation takes effect at once.
+type tenantTargets struct{ store *tenant.Store }
+
+func (t tenantTargets) Target(ctx context.Context, clientKey string) (product.Target, error) {
+	tn, err := t.store.Get(ctx, clientKey)
+	if err != nil {
+		return product.Target{}, err
+	}
+	secret, err := t.store.SharedSecret(ctx, clientKey)
+	if err != nil {
+		return product.Target{}, err
+	}
+	return product.Target{ClientKey: clientKey, BaseURL: tn.BaseURL, Secret: secret}, nil
+}
+
+// ampAdapter maps the migration machine's view of AMP onto the amp client.
+type ampAdapter struct{ c *amp.Client }
+
+func (a ampAdapter) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error) {
+	return a.c.OpenData(ctx, clientKey, s3Key)
+}
+
+func (a ampAdapter) ReportProgress(ctx context.Context, clientKey, transferID string, p migration.Progress) error {
+	err := a.c.ReportProgress(ctx, clientKey, transferID, amp.Progress{Status: p.Status, Percent: p.Percent, Message: p.Message})
+	if errors.Is(err, amp.ErrTransferSettled) {
+		return fmt.Errorf("%w: %w", migration.ErrTransferSettled, err)
+	}
+	return err
+}
+
+func (a ampAdapter) ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error) {
+	return a.c.ErrorDetails(ctx, clientKey, transferID)
+}
+
+// asynqLogger bridges asynq's logger interface to slog.
+type asynqLogger struct{ l *slog.Logger }
+
+func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...)) }
+func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...)) }
+func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...)) }
+func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...)) }
+func (a asynqLogger) Fatal(args ...any) {
+	a.l.Error(fmt.Sprint(args...))
+	os.Exit(1)
+}

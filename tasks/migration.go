@@ -1,0 +1,104 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/connectrelay/connectrelay/dedupe"
+	"github.com/connectrelay/connectrelay/migration"
+)
+
+// MigrationRunner is the transfer state machine as the worker drives it.
+type MigrationRunner interface {
+	HandleEvent(ctx context.Context, clientKey string, ev migration.Event) error
+	Import(ctx context.Context, ref migration.UploadRef) error
+}
+
+// Deduper claims an event key for processing (see package dedupe).
+type Deduper interface {
+	Claim(ctx context.Context, key string) (*dedupe.Claim, error)
+}
+
+// MigrationDeps are what the migration task handlers need.
+type MigrationDeps struct {
+	Runner MigrationRunner
+	Dedupe Deduper
+}
+
+// migrationEvent processes one AMP event at most once per dedupe key: the claim
+// keeps two workers from running the same event at once (a duplicate that slipped
+// past the receiver), and the done marker keeps a re-run after a crash from
+// repeating its side effects.
+func (w *Worker) migrationEvent(ctx context.Context, t *asynq.Task) error {
+	m := w.d.Migration
+	if m.Runner == nil || m.Dedupe == nil {
+		return fmt.Errorf("migration tasks are not configured on this worker: %w", asynq.SkipRetry)
+	}
+	var p MigrationEventPayload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil || p.ClientKey == "" {
+		return fmt.Errorf("%s: bad payload: %v: %w", t.Type(), err, asynq.SkipRetry)
+	}
+	ev, err := migration.ParseEvent(p.Event)
+	if err != nil {
+		return fmt.Errorf("%s: %w: %w", t.Type(), err, asynq.SkipRetry)
+	}
+	key := ev.DedupeKey()
+	claim, err := m.Dedupe.Claim(ctx, key)
+	switch {
+	case errors.Is(err, dedupe.ErrAlreadyDone):
+		w.d.Logger.InfoContext(ctx, "migration event already processed", slog.String("dedupe_key", key))
+		return nil
+	case errors.Is(err, dedupe.ErrInProgress):
+		return &RetryLater{After: 10 * time.Second, Err: err}
+	case err != nil:
+		return fmt.Errorf("claim %s: %w", key, err)
+	}
+	if err := m.Runner.HandleEvent(ctx, p.ClientKey, ev); err != nil {
+		// Let a retry (or another worker) take the event at once rather than
+		// wait for the claim to expire.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = claim.Release(rctx)
+		return permanent(fmt.Errorf("%s %s of transfer %s: %w", t.Type(), ev.Type, ev.TransferID, err))
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := claim.Done(dctx); err != nil {
+		// The effects are recorded in Postgres and idempotent there; a re-run
+		// would find them done. Log rather than fail the task.
+		w.d.Logger.WarnContext(ctx, "could not mark migration event done", slog.String("dedupe_key", key), slog.String("error", err.Error()))
+	}
+	return nil
+}
+
+func (w *Worker) migrationImport(ctx context.Context, t *asynq.Task) error {
+	m := w.d.Migration
+	if m.Runner == nil {
+		return fmt.Errorf("migration tasks are not configured on this worker: %w", asynq.SkipRetry)
+	}
+	var p ImportPayload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil || p.ClientKey == "" || p.TransferID == "" || p.S3Key == "" {
+		return fmt.Errorf("%s: bad payload: %v: %w", t.Type(), err, asynq.SkipRetry)
+	}
+	ref := migration.UploadRef{ClientKey: p.ClientKey, TransferID: p.TransferID, S3Key: p.S3Key, Label: p.Label}
+	if err := m.Runner.Import(ctx, ref); err != nil {
+		return permanent(fmt.Errorf("import %s of transfer %s: %w", p.S3Key, p.TransferID, err))
+	}
+	return nil
+}
+
+// ImportScheduler enqueues per-upload import tasks for the migration state
+// machine (it implements migration.Scheduler).
+type ImportScheduler struct{ Enqueuer *Enqueuer }
+
+// ScheduleImport enqueues the import of one upload; scheduling twice is harmless.
+func (s ImportScheduler) ScheduleImport(ctx context.Context, ref migration.UploadRef) error {
+	_, err := s.Enqueuer.Import(ctx, ImportPayload{ClientKey: ref.ClientKey, TransferID: ref.TransferID, S3Key: ref.S3Key, Label: ref.Label})
+	return err
+}
