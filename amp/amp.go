@@ -116,15 +116,23 @@ func WithLogger(l *slog.Logger) Option {
 // its own and should not set http.Client.Timeout, which would cap the whole
 // body of large files; if nil, a client with a 30 s response-header timeout,
 // no overall timeout and no transparent decompression (the importer gets the
-// bytes exactly as uploaded) is used.
+// bytes exactly as uploaded) is used. Unless download has its own
+// CheckRedirect, storage redirects are followed at most 5 times and never
+// from https to plain http.
 func New(p *product.Client, download *http.Client, opts ...Option) *Client {
-	if download == nil {
+	var dl http.Client
+	if download != nil {
+		dl = *download
+	} else {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.ResponseHeaderTimeout = 30 * time.Second
 		tr.DisableCompression = true
-		download = &http.Client{Transport: tr}
+		dl.Transport = tr
 	}
-	c := &Client{p: p, dl: download, stall: DefaultStallTimeout, log: slog.Default()}
+	if dl.CheckRedirect == nil {
+		dl.CheckRedirect = checkDownloadRedirect
+	}
+	c := &Client{p: p, dl: &dl, stall: DefaultStallTimeout, log: slog.Default()}
 	for _, o := range opts {
 		o(c)
 	}
@@ -312,6 +320,22 @@ func (c *Client) SetWebhook(ctx context.Context, clientKey string, endpoints []s
 	req := product.Request{Method: http.MethodPut, Path: base + "/webhook", Body: body, Route: RouteWebhook}
 	if err := c.p.Do(ctx, clientKey, req, nil); err != nil {
 		return fmt.Errorf("amp: set webhook: %w", err)
+	}
+	return nil
+}
+
+// maxDownloadRedirects bounds storage redirects (S3 answers 307 while a new
+// bucket's DNS propagates).
+const maxDownloadRedirects = 5
+
+// checkDownloadRedirect keeps a presigned download on TLS once it started
+// there and stops redirect loops.
+func checkDownloadRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxDownloadRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxDownloadRedirects)
+	}
+	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing a redirect from https to %s", req.URL.Scheme)
 	}
 	return nil
 }

@@ -715,3 +715,52 @@ func TestFindMappings(t *testing.T) {
 		t.Errorf("no keys made a request")
 	}
 }
+
+func TestOpenDataRedirects(t *testing.T) {
+	plain := newFakeS3(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "plain") })
+	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			t.Errorf("TLS storage got Authorization")
+		}
+		switch r.URL.Path {
+		case "/moved":
+			http.Redirect(w, r, "/here?X-Amz-Signature=s2", http.StatusTemporaryRedirect)
+		case "/here":
+			_, _ = io.WriteString(w, "tls data")
+		case "/downgrade":
+			http.Redirect(w, r, plain.presigned("k", "SIG-DOWN"), http.StatusTemporaryRedirect)
+		}
+	}))
+	t.Cleanup(tlsSrv.Close)
+
+	site := producttest.New(t, producttest.Config{AppKey: testAppKey, Secret: testSecret})
+	hosts, err := connect.NewHostPolicy([]string{"127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := product.New(product.Config{AppKey: testAppKey, Hosts: hosts}, staticTargets{baseURL: site.BaseURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(pc, tlsSrv.Client(), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+
+	site.SetHandler(jsonBody(200, map[string]string{"url": tlsSrv.URL + "/moved?X-Amz-Signature=s1"}))
+	rc, err := c.OpenData(t.Context(), testClientKey, "k")
+	if err != nil {
+		t.Fatalf("same-scheme redirect: %v", err)
+	}
+	data, _ := io.ReadAll(rc)
+	_ = rc.Close()
+	if string(data) != "tls data" {
+		t.Errorf("data = %q", data)
+	}
+
+	site.SetHandler(jsonBody(200, map[string]string{"url": tlsSrv.URL + "/downgrade?X-Amz-Signature=s1"}))
+	_, err = c.OpenData(t.Context(), testClientKey, "k")
+	if err == nil || strings.Contains(err.Error(), "SIG-DOWN") {
+		t.Errorf("https->http redirect: err = %v, want a refusal that does not leak the URL", err)
+	}
+	if n := len(plain.Hits()); n != 0 {
+		t.Errorf("plain-http storage received %d requests", n)
+	}
+}
