@@ -27,10 +27,13 @@ CREATE TABLE tenants (
     first_installed_at                  timestamptz NOT NULL,
     last_installed_at                   timestamptz NOT NULL,
     last_lifecycle_at                   timestamptz NOT NULL,
-    -- JWT iat of the last applied installed payload and of the last applied state change
-    -- (installed/uninstalled/enabled/disabled): older events are recorded, not applied.
-    install_iat                         timestamptz NOT NULL,
-    state_iat                           timestamptz NOT NULL,
+    -- JWT iats ordering out-of-order lifecycle events (older ones are recorded, not
+    -- applied): of the installed whose data is stored, of the event that last set
+    -- installed (installed/uninstalled), of the event that last set enabled
+    -- (installed/enabled/disabled/uninstalled).
+    data_iat                            timestamptz NOT NULL,
+    installed_iat                       timestamptz NOT NULL,
+    enabled_iat                         timestamptz NOT NULL,
 
     license_state                       text NOT NULL DEFAULT 'unknown'
         CHECK (license_state IN ('unknown', 'active', 'inactive')),

@@ -1,0 +1,159 @@
+package tenant
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Secret cache defaults.
+const (
+	// DefaultSecretCacheTTL is how long a decrypted secret is reused when
+	// NewSecretCache is given no TTL.
+	DefaultSecretCacheTTL = 5 * time.Minute
+	// SecretCacheSize bounds the number of cached secrets; the least recently used
+	// entry is dropped beyond it.
+	SecretCacheSize = 10_000
+)
+
+// SecretCache keeps decrypted shared secrets in memory for the receiver's HS256
+// verification, so a burst of enabled/disabled or migration webhooks does not cost a
+// query and a decryption each. It is bounded (SecretCacheSize, least recently used
+// dropped) and entries expire after the TTL.
+//
+// Another receiver may store a rotated secret at any time, so a caller whose
+// verification fails with a cached secret asks again with refresh=true, which reads
+// the store and replaces the entry. Absence is not cached: a tenant installed through
+// another receiver is found at once. A SecretCache is safe for concurrent use.
+type SecretCache struct {
+	store *Store
+	ttl   time.Duration
+	max   int
+	now   func() time.Time
+
+	mu      sync.Mutex
+	lru     *list.List // of *cacheEntry, most recently used first
+	entries map[string]*list.Element
+	// gen counts invalidations, so a read that started before an Invalidate does not
+	// put back the secret the invalidation was meant to drop.
+	gen uint64
+}
+
+type cacheEntry struct {
+	clientKey string
+	secret    []byte
+	expires   time.Time
+}
+
+// NewSecretCache returns a cache reading from store; ttl <= 0 means
+// DefaultSecretCacheTTL.
+func NewSecretCache(store *Store, ttl time.Duration) *SecretCache {
+	if ttl <= 0 {
+		ttl = DefaultSecretCacheTTL
+	}
+	return &SecretCache{
+		store:   store,
+		ttl:     ttl,
+		max:     SecretCacheSize,
+		now:     time.Now,
+		lru:     list.New(),
+		entries: make(map[string]*list.Element),
+	}
+}
+
+// SharedSecret returns the decrypted shared secret of clientKey, from memory when a
+// fresh entry exists and refresh is false, otherwise from the store (updating the
+// cache). The returned slice is the caller's own copy. Errors wrap ErrNotFound (the
+// entry is dropped), ErrUnavailable or ErrDecrypt.
+func (c *SecretCache) SharedSecret(ctx context.Context, clientKey string, refresh bool) ([]byte, error) {
+	if !refresh {
+		if secret, ok := c.lookup(clientKey); ok {
+			return secret, nil
+		}
+	}
+	gen := c.generation()
+	secret, err := c.store.SharedSecret(ctx, clientKey)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			c.drop(clientKey, false)
+		}
+		return nil, err
+	}
+	c.put(clientKey, secret, gen) // put keeps a copy of its own
+	return secret, nil
+}
+
+// Invalidate drops clientKey's entry. Call it after a local install stored a new
+// secret, so the next request of that tenant does not verify against the old one.
+func (c *SecretCache) Invalidate(clientKey string) { c.drop(clientKey, true) }
+
+// drop removes clientKey's entry. Only an Invalidate bumps the generation: a lookup
+// of an unknown clientKey (anyone can send one) must not stop other entries from
+// being cached.
+func (c *SecretCache) drop(clientKey string, bump bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if bump {
+		c.gen++
+	}
+	c.removeLocked(clientKey)
+}
+
+func (c *SecretCache) removeLocked(clientKey string) {
+	if el, ok := c.entries[clientKey]; ok {
+		c.lru.Remove(el)
+		delete(c.entries, clientKey)
+	}
+}
+
+func (c *SecretCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+func (c *SecretCache) lookup(clientKey string) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[clientKey]
+	if !ok {
+		return nil, false
+	}
+	e := el.Value.(*cacheEntry)
+	if !c.now().Before(e.expires) {
+		c.removeLocked(clientKey)
+		return nil, false
+	}
+	c.lru.MoveToFront(el)
+	return bytes.Clone(e.secret), true
+}
+
+// put caches secret, read when the generation was gen, unless an Invalidate came
+// in between (the read may predate the install that invalidated).
+func (c *SecretCache) put(clientKey string, secret []byte, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
+	e := &cacheEntry{clientKey: clientKey, secret: bytes.Clone(secret), expires: c.now().Add(c.ttl)}
+	if el, ok := c.entries[clientKey]; ok {
+		el.Value = e
+		c.lru.MoveToFront(el)
+		return
+	}
+	c.entries[clientKey] = c.lru.PushFront(e)
+	for c.lru.Len() > c.max {
+		c.removeLocked(c.lru.Back().Value.(*cacheEntry).clientKey)
+	}
+}
+
+// Len reports how many secrets are cached, for metrics.
+func (c *SecretCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len()
+}

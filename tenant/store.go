@@ -1,0 +1,774 @@
+package tenant
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DefaultOpTimeout bounds a Store operation whose context has no deadline, so a
+// black-holed Postgres can never block a caller forever. Callers with a deadline of
+// their own (the receiver's 1 s budget) are not affected.
+const DefaultOpTimeout = 10 * time.Second
+
+// linkLockClass namespaces the transaction advisory locks taken per baseUrl ("clnk");
+// the two-key form cannot collide with schema's single-key migration lock.
+const linkLockClass int32 = 0x636c6e6b
+
+// Store keeps tenants in PostgreSQL (tables created by package schema). Every method
+// is safe for concurrent use, from any number of processes: writes run in one
+// transaction holding the tenant's row lock.
+type Store struct {
+	pool *pgxpool.Pool
+	box  *SecretBox
+	log  *slog.Logger
+}
+
+// NewStore returns a Store over pool, encrypting secrets with box. A nil logger
+// discards logs. Log lines carry clientKeys and change notes, never secrets.
+func NewStore(pool *pgxpool.Pool, box *SecretBox, logger *slog.Logger) *Store {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Store{pool: pool, box: box, log: logger}
+}
+
+func bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, DefaultOpTimeout)
+}
+
+// SQL built once from hostFields, so the column list, arguments and scan targets
+// cannot disagree. Host fields are named arguments called after their columns.
+var (
+	hostColumns   = joinFields(true, func(f hostField) string { return f.column })
+	tenantColumns = hostColumns + `, extra, installed, enabled, first_installed_at, last_installed_at,
+		last_lifecycle_at, data_iat, installed_iat, enabled_iat, license_state, license_checked_at, webhook_endpoints,
+		webhook_registered_at, secret_key_id, secret_nonce, secret_ciphertext`
+
+	insertTenantSQL = `INSERT INTO tenants (` + hostColumns + `, extra, installed, enabled,
+		first_installed_at, last_installed_at, last_lifecycle_at, data_iat, installed_iat, enabled_iat,
+		secret_key_id, secret_nonce, secret_ciphertext)
+		VALUES (` + joinFields(true, func(f hostField) string { return "@" + f.column }) + `, @extra, true, false,
+		@at, @at, @at, @iat, @iat, @iat, @secret_key_id, @secret_nonce, @secret_ciphertext)
+		ON CONFLICT (client_key) DO NOTHING
+		RETURNING ` + tenantColumns
+
+	// The clientKey never changes, so it is not in the SET list.
+	updateInstallSQL = `UPDATE tenants SET ` + joinFields(false, func(f hostField) string { return f.column + " = @" + f.column }) + `,
+		extra = @extra, installed = @installed, installed_iat = @installed_iat,
+		last_installed_at = @at, data_iat = @iat, last_lifecycle_at = GREATEST(last_lifecycle_at, @at),
+		secret_key_id = @secret_key_id, secret_nonce = @secret_nonce, secret_ciphertext = @secret_ciphertext,
+		updated_at = now()
+		WHERE client_key = @client_key
+		RETURNING ` + tenantColumns
+
+	lockTenantSQL = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
+	getTenantSQL  = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1`
+)
+
+// joinFields joins part(f) over the host fields, with or without client_key.
+func joinFields(withKey bool, part func(hostField) string) string {
+	var parts []string
+	for _, f := range hostFields {
+		if withKey || f.column != "client_key" {
+			parts = append(parts, part(f))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// installArgs are the named arguments of insertTenantSQL and updateInstallSQL.
+func installArgs(p *InstallPayload, sealed Sealed, at, iat time.Time) pgx.NamedArgs {
+	args := pgx.NamedArgs{
+		"extra": p.Extra, "at": at, "iat": iat,
+		"secret_key_id": sealed.KeyID, "secret_nonce": sealed.Nonce, "secret_ciphertext": sealed.Ciphertext,
+	}
+	for _, f := range hostFields {
+		args[f.column] = *f.ptr(&p.HostInfo)
+	}
+	return args
+}
+
+func scanTenant(row pgx.Row) (Tenant, Sealed, error) {
+	var t Tenant
+	var s Sealed
+	var extra []byte
+	dest := make([]any, 0, len(hostFields)+16)
+	for _, f := range hostFields {
+		dest = append(dest, f.ptr(&t.HostInfo))
+	}
+	dest = append(dest, &extra, &t.Installed, &t.Enabled, &t.FirstInstalledAt, &t.LastInstalledAt,
+		&t.LastLifecycleAt, &t.DataIssuedAt, &t.InstalledIssuedAt, &t.EnabledIssuedAt, &t.LicenseState, &t.LicenseCheckedAt,
+		&t.WebhookEndpoints, &t.WebhookRegisteredAt, &t.SecretKeyID, &s.Nonce, &s.Ciphertext)
+	if err := row.Scan(dest...); err != nil {
+		return Tenant{}, Sealed{}, err
+	}
+	t.Extra = extra
+	s.KeyID = t.SecretKeyID
+	for _, tp := range []*time.Time{&t.FirstInstalledAt, &t.LastInstalledAt, &t.LastLifecycleAt,
+		&t.DataIssuedAt, &t.InstalledIssuedAt, &t.EnabledIssuedAt} {
+		*tp = tp.UTC()
+	}
+	for _, tp := range []**time.Time{&t.LicenseCheckedAt, &t.WebhookRegisteredAt} {
+		if *tp != nil {
+			u := (*tp).UTC()
+			*tp = &u
+		}
+	}
+	return t, s, nil
+}
+
+// lockTenant reads a tenant and holds its row lock until the transaction ends. FOR NO
+// KEY UPDATE, not FOR UPDATE: it still serialises writers of the tenant, but does not
+// block the key-share locks that inserting history or link rows for the same tenant
+// takes, so concurrent installs of different clientKeys cannot deadlock on them.
+func lockTenant(ctx context.Context, tx pgx.Tx, clientKey string) (Tenant, Sealed, error) {
+	t, s, err := scanTenant(tx.QueryRow(ctx, lockTenantSQL, clientKey))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tenant{}, Sealed{}, fmt.Errorf("clientKey %s: %w", clientKey, ErrNotFound)
+	}
+	return t, s, err
+}
+
+func insertEvent(ctx context.Context, tx pgx.Tx, clientKey, typ string, at, iat time.Time, applied bool, changes []string) (int64, error) {
+	if changes == nil {
+		changes = []string{}
+	}
+	var issuedAt *time.Time
+	if !iat.IsZero() {
+		issuedAt = &iat
+	}
+	var id int64
+	err := tx.QueryRow(ctx, `INSERT INTO tenant_events (client_key, type, at, issued_at, applied, changes)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
+		clientKey, typ, at, issuedAt, applied, changes).Scan(&id)
+	if err != nil {
+		return 0, fmt.Errorf("record %s event: %w", typ, err)
+	}
+	return id, nil
+}
+
+// sanitizeExtra makes sure what is stored as extra is a JSON object without the
+// secret fields, whoever built the payload.
+func sanitizeExtra(raw json.RawMessage) (json.RawMessage, error) {
+	if len(raw) == 0 {
+		return json.RawMessage(`{}`), nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		return nil, invalid("extra is not a JSON object")
+	}
+	delete(m, fieldSharedSecret)
+	delete(m, fieldPublicKey)
+	out, err := json.Marshal(m)
+	if err != nil {
+		return nil, invalid("extra: %v", err)
+	}
+	return out, nil
+}
+
+func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// Install records a verified installed: an idempotent upsert keyed by clientKey, in one
+// transaction holding the tenant's row lock, so concurrent duplicates leave one
+// consistent tenant whose secret is one of those sent. It saves everything the payload
+// carries (the secret sealed with the box's primary key) and appends a history row
+// whose changes are computed against the previous record.
+//
+// at is when the request was received, iat the JWT iat (zero means at). An installed
+// whose iat is older than the last applied one is recorded but not applied: a delayed
+// retry must not put back a secret Atlassian has since rotated. An installed for an
+// uninstalled tenant installs it again only if its iat is not older than the
+// uninstall's. Install never enables a tenant; a new tenant starts disabled.
+//
+// A baseUrl new to this tenant that other tenants already hold (a site import) is
+// recorded as links and in the history of every tenant involved; the other tenants are
+// otherwise untouched.
+//
+// Errors wrap ErrInvalidPayload for a payload missing clientKey, key, baseUrl or
+// sharedSecret, and ErrUnavailable when Postgres cannot answer.
+func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time) (InstallResult, error) {
+	p.EventType = EventInstalled
+	if err := p.validate(); err != nil {
+		return InstallResult{}, err
+	}
+	if iat.IsZero() {
+		iat = at
+	}
+	extra, err := sanitizeExtra(p.Extra)
+	if err != nil {
+		return InstallResult{}, err
+	}
+	p.Extra = extra
+	sealed, err := s.box.Seal(p.ClientKey, []byte(p.SharedSecret))
+	if err != nil {
+		return InstallResult{}, err
+	}
+	ctx, cancel := bound(ctx)
+	defer cancel()
+
+	var res InstallResult
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		res = InstallResult{}
+		t, _, err := scanTenant(tx.QueryRow(ctx, insertTenantSQL, installArgs(&p, sealed, at, iat)))
+		switch {
+		case err == nil:
+			res.Created, res.Applied, res.Tenant = true, true, t
+			res.Changes = []string{"installed (new tenant)"}
+			if err := s.linkBaseURL(ctx, tx, &res, "", at, iat); err != nil {
+				return err
+			}
+		case errors.Is(err, pgx.ErrNoRows):
+			// The clientKey exists (or a concurrent first install just committed it):
+			// ON CONFLICT DO NOTHING waited for that transaction, so the lock below
+			// sees the row.
+			if err := s.reinstall(ctx, tx, &res, p, sealed, at, iat); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("insert tenant: %w", err)
+		}
+		res.EventID, err = insertEvent(ctx, tx, p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes)
+		return err
+	})
+	if err != nil {
+		return InstallResult{}, storeErr(err, "install tenant %s", p.ClientKey)
+	}
+	s.log.InfoContext(ctx, "tenant installed",
+		slog.String("client_key", p.ClientKey), slog.Bool("created", res.Created),
+		slog.Bool("applied", res.Applied), slog.Any("changes", res.Changes))
+	return res, nil
+}
+
+// reinstall applies an installed to an existing tenant, filling res.
+func (s *Store) reinstall(ctx context.Context, tx pgx.Tx, res *InstallResult, p InstallPayload, sealed Sealed, at, iat time.Time) error {
+	prev, prevSealed, err := lockTenant(ctx, tx, p.ClientKey)
+	if err != nil {
+		return err
+	}
+	if iat.Before(prev.DataIssuedAt) {
+		res.Changes = []string{fmt.Sprintf("not applied: iat %s is older than the last applied installed (iat %s)",
+			fmtTime(iat), fmtTime(prev.DataIssuedAt))}
+		res.Tenant, _, err = scanTenant(tx.QueryRow(ctx, `UPDATE tenants
+			SET last_lifecycle_at = GREATEST(last_lifecycle_at, $2), updated_at = now()
+			WHERE client_key = $1 RETURNING `+tenantColumns, p.ClientKey, at))
+		return err
+	}
+	res.Applied = true
+
+	installed, installedIAT := prev.Installed, prev.InstalledIssuedAt
+	if !prev.Installed {
+		if iat.Before(prev.InstalledIssuedAt) {
+			res.Changes = append(res.Changes, fmt.Sprintf("stays uninstalled: iat %s is older than the uninstall (iat %s)",
+				fmtTime(iat), fmtTime(prev.InstalledIssuedAt)))
+		} else {
+			installed, installedIAT = true, iat
+			res.Changes = append(res.Changes, "reinstalled after uninstall")
+		}
+	}
+	old, err := s.box.Open(p.ClientKey, prevSealed)
+	switch {
+	case err != nil:
+		s.log.WarnContext(ctx, "previous shared secret cannot be decrypted; replacing it",
+			slog.String("client_key", p.ClientKey), slog.String("key_id", prevSealed.KeyID))
+		res.Changes = append(res.Changes, "secret replaced (the previous one could not be decrypted)")
+	case subtle.ConstantTimeCompare(old, []byte(p.SharedSecret)) != 1:
+		res.Changes = append(res.Changes, "secret rotated")
+	}
+	for _, f := range hostFields {
+		if a, b := *f.ptr(&prev.HostInfo), *f.ptr(&p.HostInfo); a != b {
+			res.Changes = append(res.Changes, fmt.Sprintf("%s %q -> %q", f.json, a, b))
+		}
+	}
+	var changedExtra []string
+	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(key ORDER BY key), '{}')
+		FROM jsonb_each($1::jsonb) a FULL JOIN jsonb_each($2::jsonb) b USING (key)
+		WHERE a.value IS DISTINCT FROM b.value`, prev.Extra, p.Extra).Scan(&changedExtra); err != nil {
+		return fmt.Errorf("compare extra fields: %w", err)
+	}
+	if len(changedExtra) > 0 {
+		res.Changes = append(res.Changes, "extra fields changed: "+strings.Join(changedExtra, ", "))
+	}
+
+	args := installArgs(&p, sealed, at, iat)
+	args["installed"], args["installed_iat"] = installed, installedIAT
+	if res.Tenant, _, err = scanTenant(tx.QueryRow(ctx, updateInstallSQL, args)); err != nil {
+		return fmt.Errorf("update tenant: %w", err)
+	}
+	if prev.BaseURL != p.BaseURL {
+		return s.linkBaseURL(ctx, tx, res, prev.BaseURL, at, iat)
+	}
+	return nil
+}
+
+// linkBaseURL records the other tenants holding res.Tenant's baseUrl, which is new for
+// it (created, or renamed from prevBaseURL). It runs after the tenant's own row is
+// written and under a transaction advisory lock on the baseUrl: of two concurrent
+// installs with one baseUrl, the second to take the lock sees the first's committed
+// row, so a site import is never missed.
+func (s *Store) linkBaseURL(ctx context.Context, tx pgx.Tx, res *InstallResult, prevBaseURL string, at, iat time.Time) error {
+	ck, baseURL := res.Tenant.ClientKey, res.Tenant.BaseURL
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, linkLockClass, baseURL); err != nil {
+		return fmt.Errorf("lock baseUrl: %w", err)
+	}
+	rows, err := tx.Query(ctx, `SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2 ORDER BY client_key`, baseURL, ck)
+	if err != nil {
+		return fmt.Errorf("find tenants with baseUrl: %w", err)
+	}
+	others, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("find tenants with baseUrl: %w", err)
+	}
+	if len(others) == 0 {
+		return nil
+	}
+	held := fmt.Sprintf("baseUrl %q also held by clientKey(s) %s", baseURL, strings.Join(others, ", "))
+	theirs := fmt.Sprintf("baseUrl %q now also held by clientKey %s (renamed from %q)", baseURL, ck, prevBaseURL)
+	if res.Created {
+		held = "site import: " + held
+		theirs = fmt.Sprintf("site import: baseUrl %q now also held by new clientKey %s", baseURL, ck)
+	}
+	for _, other := range others {
+		if _, err := tx.Exec(ctx, `INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
+			VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, ck, other, baseURL, at); err != nil {
+			return fmt.Errorf("record link: %w", err)
+		}
+		if _, err := insertEvent(ctx, tx, other, EventLinked, at, iat, true, []string{theirs}); err != nil {
+			return err
+		}
+	}
+	res.Changes = append(res.Changes, held)
+	res.LinkedClientKeys = others
+	s.log.WarnContext(ctx, "baseUrl held by several tenants",
+		slog.String("client_key", ck), slog.String("base_url", baseURL), slog.Any("other_client_keys", others))
+	return nil
+}
+
+// Uninstall records an uninstalled: the tenant becomes not installed and not enabled,
+// and keeps its secret and data (an uninstall may be followed by a reinstall, or be
+// missed entirely, so nothing is deleted on it). It is not applied, only recorded, if
+// its iat is older than the event that last set Installed (a reinstall overtook it);
+// see SetEnabled. at is when it was received, iat the JWT iat (zero means at). Errors
+// wrap ErrNotFound for an unknown clientKey and ErrUnavailable when Postgres cannot
+// answer.
+func (s *Store) Uninstall(ctx context.Context, clientKey string, at, iat time.Time) (int64, error) {
+	return s.changeState(ctx, clientKey, EventUninstalled, at, iat, func(prev lifecycleState, iat time.Time) (lifecycleState, string) {
+		if iat.Before(prev.installedIAT) {
+			return prev, notApplied("uninstalled", iat, "installed", prev.installedIAT)
+		}
+		return lifecycleState{
+			installed: false, installedIAT: iat,
+			enabled: false, enabledIAT: latest(prev.enabledIAT, iat),
+		}, ""
+	})
+}
+
+// SetEnabled records an enabled or disabled.
+//
+// Lifecycle events can be processed out of order: disabled and uninstalled arrive
+// milliseconds apart in parallel, and any of them may be re-sent late. Every event is
+// recorded in the history, but an event changes the tenant only if its JWT iat is not
+// older than the iat of the event that last set the same flag: enabled/disabled are
+// ordered against the last enabled/disabled/uninstalled (so a late enabled cannot
+// re-enable a tenant disabled or uninstalled after it), uninstalled against the last
+// install or uninstall (so it is overtaken only by a reinstall, never by a disabled).
+// Equal iats (the claim has one-second resolution) apply in processing order. A tenant
+// is enabled only while installed (a database constraint): an enabled for a tenant that
+// is not installed is recorded but not applied. Together, any order of a disabled and
+// an uninstalled ends with installed=false, enabled=false.
+//
+// at is when it was received, iat the JWT iat (zero means at). Errors wrap ErrNotFound
+// for an unknown clientKey and ErrUnavailable when Postgres cannot answer.
+func (s *Store) SetEnabled(ctx context.Context, clientKey string, enabled bool, at, iat time.Time) (int64, error) {
+	typ := EventDisabled
+	if enabled {
+		typ = EventEnabled
+	}
+	return s.changeState(ctx, clientKey, typ, at, iat, func(prev lifecycleState, iat time.Time) (lifecycleState, string) {
+		if iat.Before(prev.enabledIAT) {
+			return prev, notApplied(typ, iat, "enabled", prev.enabledIAT)
+		}
+		if enabled && !prev.installed {
+			return prev, "not applied: tenant is not installed"
+		}
+		next := prev
+		next.enabled, next.enabledIAT = enabled, iat
+		return next, ""
+	})
+}
+
+// lifecycleState is the part of a tenant lifecycle events change.
+type lifecycleState struct {
+	installed, enabled       bool
+	installedIAT, enabledIAT time.Time
+}
+
+func notApplied(event string, iat time.Time, flag string, last time.Time) string {
+	return fmt.Sprintf("not applied: %s iat %s is older than the last change of %s (iat %s)", event, fmtTime(iat), flag, fmtTime(last))
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// changeState applies one lifecycle event under the tenant's row lock and records it.
+// decide returns the next state, or why the event is not applied.
+func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat time.Time,
+	decide func(prev lifecycleState, iat time.Time) (lifecycleState, string),
+) (int64, error) {
+	if iat.IsZero() {
+		iat = at
+	}
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var id int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		t, _, err := lockTenant(ctx, tx, clientKey)
+		if err != nil {
+			return err
+		}
+		prev := lifecycleState{t.Installed, t.Enabled, t.InstalledIssuedAt, t.EnabledIssuedAt}
+		next, why := decide(prev, iat)
+		var changes []string
+		if why != "" {
+			changes = []string{why}
+		}
+		if next.installed != prev.installed {
+			changes = append(changes, fmt.Sprintf("installed %t -> %t", prev.installed, next.installed))
+		}
+		if next.enabled != prev.enabled {
+			changes = append(changes, fmt.Sprintf("enabled %t -> %t", prev.enabled, next.enabled))
+		}
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET installed = $2, enabled = $3, installed_iat = $4, enabled_iat = $5,
+			last_lifecycle_at = GREATEST(last_lifecycle_at, $6), updated_at = now()
+			WHERE client_key = $1`, clientKey, next.installed, next.enabled, next.installedIAT, next.enabledIAT, at); err != nil {
+			return fmt.Errorf("update tenant: %w", err)
+		}
+		id, err = insertEvent(ctx, tx, clientKey, typ, at, iat, why == "", changes)
+		return err
+	})
+	if err != nil {
+		return 0, storeErr(err, "%s tenant %s", typ, clientKey)
+	}
+	s.log.InfoContext(ctx, "tenant lifecycle event",
+		slog.String("client_key", clientKey), slog.String("event", typ), slog.Int64("event_id", id))
+	return id, nil
+}
+
+// Get returns the tenant with clientKey. Errors wrap ErrNotFound or ErrUnavailable.
+func (s *Store) Get(ctx context.Context, clientKey string) (Tenant, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	t, _, err := scanTenant(s.pool.QueryRow(ctx, getTenantSQL, clientKey))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tenant{}, fmt.Errorf("get tenant %s: %w", clientKey, ErrNotFound)
+	}
+	if err != nil {
+		return Tenant{}, storeErr(err, "get tenant %s", clientKey)
+	}
+	return t, nil
+}
+
+// SharedSecret returns the decrypted shared secret of clientKey, for verifying and
+// signing its JWTs. It is returned whether or not the tenant is installed: deciding
+// what an uninstalled tenant may do is the caller's job. Errors wrap ErrNotFound,
+// ErrUnavailable or ErrDecrypt.
+func (s *Store) SharedSecret(ctx context.Context, clientKey string) ([]byte, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var sealed Sealed
+	err := s.pool.QueryRow(ctx, `SELECT secret_key_id, secret_nonce, secret_ciphertext FROM tenants WHERE client_key = $1`,
+		clientKey).Scan(&sealed.KeyID, &sealed.Nonce, &sealed.Ciphertext)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("shared secret of %s: %w", clientKey, ErrNotFound)
+	}
+	if err != nil {
+		return nil, storeErr(err, "shared secret of %s", clientKey)
+	}
+	secret, err := s.box.Open(clientKey, sealed)
+	if err != nil {
+		s.log.ErrorContext(ctx, "stored shared secret cannot be decrypted",
+			slog.String("client_key", clientKey), slog.String("key_id", sealed.KeyID))
+		return nil, fmt.Errorf("shared secret of %s: %w", clientKey, err)
+	}
+	return secret, nil
+}
+
+// History returns the newest limit events of clientKey, newest first (limit <= 0 means
+// 100). Errors wrap ErrNotFound or ErrUnavailable.
+func (s *Store) History(ctx context.Context, clientKey string, limit int) ([]Event, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT id, client_key, type, at, issued_at, applied, changes
+		FROM tenant_events WHERE client_key = $1 ORDER BY id DESC LIMIT $2`, clientKey, limit)
+	if err != nil {
+		return nil, storeErr(err, "history of %s", clientKey)
+	}
+	events, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Event, error) {
+		var e Event
+		var iat *time.Time
+		if err := r.Scan(&e.ID, &e.ClientKey, &e.Type, &e.At, &iat, &e.Applied, &e.Changes); err != nil {
+			return Event{}, err
+		}
+		e.At = e.At.UTC()
+		if iat != nil {
+			e.IssuedAt = iat.UTC()
+		}
+		return e, nil
+	})
+	if err != nil {
+		return nil, storeErr(err, "history of %s", clientKey)
+	}
+	if len(events) == 0 {
+		if err := s.mustExist(ctx, clientKey); err != nil {
+			return nil, fmt.Errorf("history of %s: %w", clientKey, err)
+		}
+	}
+	return events, nil
+}
+
+// Links returns the site-import links clientKey takes part in, either as the newer or
+// the older tenant, oldest first. Errors wrap ErrNotFound or ErrUnavailable.
+func (s *Store) Links(ctx context.Context, clientKey string) ([]Link, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, `SELECT client_key, other_client_key, base_url, detected_at
+		FROM tenant_links WHERE client_key = $1 OR other_client_key = $1
+		ORDER BY detected_at, client_key, other_client_key`, clientKey)
+	if err != nil {
+		return nil, storeErr(err, "links of %s", clientKey)
+	}
+	links, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Link, error) {
+		var l Link
+		err := r.Scan(&l.ClientKey, &l.OtherClientKey, &l.BaseURL, &l.DetectedAt)
+		l.DetectedAt = l.DetectedAt.UTC()
+		return l, err
+	})
+	if err != nil {
+		return nil, storeErr(err, "links of %s", clientKey)
+	}
+	if len(links) == 0 {
+		if err := s.mustExist(ctx, clientKey); err != nil {
+			return nil, fmt.Errorf("links of %s: %w", clientKey, err)
+		}
+	}
+	return links, nil
+}
+
+func (s *Store) mustExist(ctx context.Context, clientKey string) error {
+	var exists bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE client_key = $1)`, clientKey).Scan(&exists); err != nil {
+		return storeErr(err, "look up tenant")
+	}
+	if !exists {
+		return ErrNotFound
+	}
+	return nil
+}
+
+func (s *Store) queryTenants(ctx context.Context, sql string, args ...any) ([]Tenant, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Tenant, error) {
+		t, _, err := scanTenant(r)
+		return t, err
+	})
+}
+
+// ByBaseURL returns every tenant whose baseUrl is exactly baseURL, oldest first. More
+// than one means a site import. Errors wrap ErrUnavailable.
+func (s *Store) ByBaseURL(ctx context.Context, baseURL string) ([]Tenant, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	ts, err := s.queryTenants(ctx, `SELECT `+tenantColumns+` FROM tenants WHERE base_url = $1
+		ORDER BY first_installed_at, client_key`, baseURL)
+	if err != nil {
+		return nil, storeErr(err, "tenants with baseUrl %s", baseURL)
+	}
+	return ts, nil
+}
+
+// List returns tenants ordered by clientKey, for operators (limit <= 0 means 100, at
+// most 1000). Errors wrap ErrUnavailable.
+func (s *Store) List(ctx context.Context, limit, offset int) ([]Tenant, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 1000)
+	offset = max(offset, 0)
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	ts, err := s.queryTenants(ctx, `SELECT `+tenantColumns+` FROM tenants ORDER BY client_key LIMIT $1 OFFSET $2`, limit, offset)
+	if err != nil {
+		return nil, storeErr(err, "list tenants")
+	}
+	return ts, nil
+}
+
+// SetLicense records the license state the worker read from the License REST API at
+// checkedAt. A result older than the one stored is ignored, so a slow retry cannot
+// overwrite a newer check. A change of state is recorded in the history. state must
+// be one of the License* constants. Errors wrap ErrNotFound or ErrUnavailable.
+func (s *Store) SetLicense(ctx context.Context, clientKey, state string, checkedAt time.Time) error {
+	if !slices.Contains([]string{LicenseUnknown, LicenseActive, LicenseInactive}, state) {
+		return fmt.Errorf("set license of %s: unknown license state %q", clientKey, state)
+	}
+	return s.workerUpdate(ctx, clientKey, "set license", func(ctx context.Context, tx pgx.Tx, prev Tenant) error {
+		if prev.LicenseCheckedAt != nil && checkedAt.Before(*prev.LicenseCheckedAt) {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET license_state = $2, license_checked_at = $3, updated_at = now()
+			WHERE client_key = $1`, clientKey, state, checkedAt); err != nil {
+			return err
+		}
+		if prev.LicenseState == state {
+			return nil
+		}
+		_, err := insertEvent(ctx, tx, clientKey, EventLicense, checkedAt, time.Time{}, true,
+			[]string{fmt.Sprintf("license %s -> %s", prev.LicenseState, state)})
+		return err
+	})
+}
+
+// SetWebhookRegistered records that the worker registered the migration webhook
+// endpoints at at. An older registration than the one stored is ignored; a change of
+// endpoints is recorded in the history. Errors wrap ErrNotFound or ErrUnavailable.
+func (s *Store) SetWebhookRegistered(ctx context.Context, clientKey string, endpoints []string, at time.Time) error {
+	if endpoints == nil {
+		endpoints = []string{}
+	}
+	return s.workerUpdate(ctx, clientKey, "set webhook registration", func(ctx context.Context, tx pgx.Tx, prev Tenant) error {
+		if prev.WebhookRegisteredAt != nil && at.Before(*prev.WebhookRegisteredAt) {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET webhook_endpoints = $2, webhook_registered_at = $3, updated_at = now()
+			WHERE client_key = $1`, clientKey, endpoints, at); err != nil {
+			return err
+		}
+		if slices.Equal(prev.WebhookEndpoints, endpoints) {
+			return nil
+		}
+		_, err := insertEvent(ctx, tx, clientKey, EventWebhook, at, time.Time{}, true,
+			[]string{fmt.Sprintf("migration webhook endpoints %q -> %q", prev.WebhookEndpoints, endpoints)})
+		return err
+	})
+}
+
+// workerUpdate runs fn in a transaction holding clientKey's row lock, passing it the
+// bounded context.
+func (s *Store) workerUpdate(ctx context.Context, clientKey, what string, fn func(context.Context, pgx.Tx, Tenant) error) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		prev, _, err := lockTenant(ctx, tx, clientKey)
+		if err != nil {
+			return err
+		}
+		return fn(ctx, tx, prev)
+	})
+	if err != nil {
+		return storeErr(err, "%s of %s", what, clientKey)
+	}
+	return nil
+}
+
+// ReencryptSecrets re-seals, with the box's primary key, every stored secret sealed
+// with another key, batch rows per transaction (batch <= 0 means 100), and returns how
+// many it re-sealed. It is the second step of a key rotation (see SecretBox) and can
+// run while the service is live: rows locked by a concurrent write are skipped (that
+// write seals with the primary key anyway) and a later run picks up any left. Rows
+// that cannot be decrypted are left as they are and reported, after all others are
+// done, in an error wrapping ErrDecrypt.
+func (s *Store) ReencryptSecrets(ctx context.Context, batch int) (int, error) {
+	if batch <= 0 {
+		batch = 100
+	}
+	done := 0
+	failed := []string{}
+	for {
+		n, undecryptable, err := s.reencryptBatch(ctx, batch, failed)
+		if err != nil {
+			return done, storeErr(err, "re-encrypt secrets")
+		}
+		done += n
+		failed = append(failed, undecryptable...)
+		if n == 0 && len(undecryptable) == 0 {
+			break
+		}
+	}
+	if len(failed) > 0 {
+		s.log.ErrorContext(ctx, "shared secrets left undecryptable by re-encryption", slog.Any("client_keys", failed))
+		return done, fmt.Errorf("re-encrypt secrets: %d tenant(s) %s: %w", len(failed), strings.Join(failed, ", "), ErrDecrypt)
+	}
+	return done, nil
+}
+
+// reencryptBatch re-seals up to batch rows not sealed with the primary key, skipping
+// the clientKeys in skip, and returns how many it re-sealed and which it could not
+// decrypt.
+func (s *Store) reencryptBatch(ctx context.Context, batch int, skip []string) (int, []string, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var done int
+	var failed []string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		done, failed = 0, nil
+		rows, err := tx.Query(ctx, `SELECT client_key, secret_key_id, secret_nonce, secret_ciphertext
+			FROM tenants WHERE secret_key_id <> $1 AND NOT client_key = ANY($2)
+			ORDER BY client_key LIMIT $3 FOR NO KEY UPDATE SKIP LOCKED`,
+			s.box.PrimaryKeyID(), skip, batch)
+		if err != nil {
+			return err
+		}
+		type sealedRow struct {
+			clientKey string
+			sealed    Sealed
+		}
+		found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (sealedRow, error) {
+			var x sealedRow
+			err := r.Scan(&x.clientKey, &x.sealed.KeyID, &x.sealed.Nonce, &x.sealed.Ciphertext)
+			return x, err
+		})
+		if err != nil {
+			return err
+		}
+		for _, x := range found {
+			secret, err := s.box.Open(x.clientKey, x.sealed)
+			if err != nil {
+				failed = append(failed, x.clientKey)
+				continue
+			}
+			sealed, err := s.box.Seal(x.clientKey, secret)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE tenants SET secret_key_id = $2, secret_nonce = $3, secret_ciphertext = $4,
+				updated_at = now() WHERE client_key = $1`, x.clientKey, sealed.KeyID, sealed.Nonce, sealed.Ciphertext); err != nil {
+				return err
+			}
+			done++
+		}
+		return nil
+	})
+	return done, failed, err
+}
