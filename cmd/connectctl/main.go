@@ -1,0 +1,21 @@
+// Command connectctl is the Connect JWT debugging tool:
+//
+//	connectctl qsh METHOD URL [--base-url U]
+//	connectctl jwt decode TOKEN [--method M --url U --base-url B --secret S]
+//
+// It prints canonical requests and query string hashes, and explains why a
+// token is refused. The shared secret may come from $CONNECTCTL_SECRET so it
+// stays out of shell history; it is never printed. The logic lives in
+// internal/ctl; main only wires it to the process.
+package main
+
+import (
+	"os"
+	"time"
+
+	"github.com/connectrelay/connectrelay/cmd/connectctl/internal/ctl"
+)
+
+func main() {
+	os.Exit(ctl.Run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr, time.Now))
+}
