@@ -49,6 +49,8 @@ type WorkerOptions struct {
 	// MetricsListener, when set, serves /metrics on it instead of on
 	// cfg.WorkerMetricsAddr.
 	MetricsListener net.Listener
+	// RetryDelay replaces tasks.RetryDelay (tests use a short constant delay).
+	RetryDelay asynq.RetryDelayFunc
 	// Product tunes the outbound client (attempts, backoff); AppKey, Hosts,
 	// HTTPClient, Logger and Observe are always set by the worker.
 	Product product.Config
@@ -99,16 +101,9 @@ func (w *Worker) build() error {
 	if err != nil {
 		return fmt.Errorf("product client: %w", err)
 	}
-	download := w.opts.HTTPClient
-	if download == nil {
-		download = &http.Client{Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			ResponseHeaderTimeout: 30 * time.Second,
-			TLSHandshakeTimeout:   10 * time.Second,
-			IdleConnTimeout:       90 * time.Second,
-		}}
-	}
-	ampClient := amp.New(client, download)
+	// A nil download client makes amp use its own: no overall timeout (files
+	// may be gigabytes), a stall watchdog, no transparent decompression.
+	ampClient := amp.New(client, w.opts.HTTPClient)
 	w.queue = asynq.NewClientFromRedisClient(w.stores.redis)
 	enq := tasks.NewEnqueuer(w.queue)
 	importer := w.opts.Importer
@@ -134,12 +129,16 @@ func (w *Worker) build() error {
 	if err != nil {
 		return err
 	}
+	retryDelay := w.opts.RetryDelay
+	if retryDelay == nil {
+		retryDelay = tasks.RetryDelay
+	}
 	w.server = asynq.NewServerFromRedisClient(w.stores.redis, asynq.Config{
 		Concurrency:              cfg.WorkerConcurrency,
 		Queues:                   tasks.Queues,
 		TaskCheckInterval:        TaskCheckInterval,
 		DelayedTaskCheckInterval: DelayedTaskCheckInterval,
-		RetryDelayFunc:           tasks.RetryDelay,
+		RetryDelayFunc:           retryDelay,
 		IsFailure:                tasks.IsFailure,
 		ErrorHandler:             w.handler.ErrorHandler(),
 		ShutdownTimeout:          cfg.ShutdownTimeout,
