@@ -69,9 +69,7 @@ func appendCanonicalRequest(b *strings.Builder, method string, u *url.URL, baseP
 // canonicalURI follows atlassian-jwt's canonicalizeUri step by step, so that
 // edge cases ("//", a base path without a trailing slash) hash the same.
 func canonicalURI(path, basePath string) string {
-	if strings.HasPrefix(path, basePath) {
-		path = path[len(basePath):]
-	}
+	path = strings.TrimPrefix(path, basePath)
 	if path == "" {
 		return "/"
 	}
