@@ -1,0 +1,138 @@
+package tenant
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// fakeClock is a settable clock for the cache's TTL.
+type fakeClock struct{ now time.Time }
+
+func (c *fakeClock) Now() time.Time { return c.now }
+
+func newTestCache(b *testBundle, ttl time.Duration) (*SecretCache, *fakeClock) {
+	clock := &fakeClock{now: base}
+	c := NewSecretCache(b.store, ttl)
+	c.now = clock.Now
+	return c, clock
+}
+
+func cached(t *testing.T, c *SecretCache, clientKey string, refresh bool) string {
+	t.Helper()
+	s, err := c.SharedSecret(testCtx(t), clientKey, refresh)
+	if err != nil {
+		t.Fatalf("cache.SharedSecret(%s, %v): %v", clientKey, refresh, err)
+	}
+	return string(s)
+}
+
+func TestSecretCacheServesRefreshesAndInvalidates(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, clock := newTestCache(b, time.Minute)
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "s1"}), ts(1), ts(1))
+	if got := cached(t, c, "ck", false); got != "s1" {
+		t.Fatalf("first read = %q, want s1", got)
+	}
+
+	// Another receiver rotates the secret: this cache keeps serving s1 ...
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "s2"}), ts(2), ts(2))
+	if got := cached(t, c, "ck", false); got != "s1" {
+		t.Errorf("cached read after a remote rotation = %q, want s1 (served from memory)", got)
+	}
+	// ... until verification fails and the caller refreshes.
+	if got := cached(t, c, "ck", true); got != "s2" {
+		t.Errorf("refresh = %q, want s2", got)
+	}
+	if got := cached(t, c, "ck", false); got != "s2" {
+		t.Errorf("read after refresh = %q, want s2", got)
+	}
+
+	// A local install invalidates.
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "s3"}), ts(3), ts(3))
+	c.Invalidate("ck")
+	if got := cached(t, c, "ck", false); got != "s3" {
+		t.Errorf("read after Invalidate = %q, want s3", got)
+	}
+
+	// Entries expire.
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "s4"}), ts(4), ts(4))
+	clock.now = clock.now.Add(59 * time.Second)
+	if got := cached(t, c, "ck", false); got != "s3" {
+		t.Errorf("read before TTL = %q, want s3", got)
+	}
+	clock.now = clock.now.Add(time.Second)
+	if got := cached(t, c, "ck", false); got != "s4" {
+		t.Errorf("read at TTL = %q, want s4", got)
+	}
+
+	// Callers get their own copy.
+	s, _ := c.SharedSecret(testCtx(t), "ck", false)
+	s[0] = 'X'
+	if got := cached(t, c, "ck", false); got != "s4" {
+		t.Errorf("after mutating a returned secret, cache has %q", got)
+	}
+}
+
+func TestSecretCacheIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := newTestCache(b, time.Hour)
+	c.max = 2
+	for _, ck := range []string{"a", "b", "c"} {
+		b.install(t, payload(t, ck, nil), ts(1), ts(1))
+	}
+	cached(t, c, "a", false)
+	cached(t, c, "b", false)
+	cached(t, c, "a", false) // a is now more recently used than b
+	cached(t, c, "c", false)
+	if c.Len() != 2 {
+		t.Fatalf("Len = %d, want 2", c.Len())
+	}
+	// b was evicted: rotating it in the store shows through without a refresh,
+	// while a still comes from memory.
+	b.install(t, payload(t, "a", map[string]any{"sharedSecret": "a2"}), ts(2), ts(2))
+	b.install(t, payload(t, "b", map[string]any{"sharedSecret": "b2"}), ts(2), ts(2))
+	if got := cached(t, c, "a", false); got != "secret-of-a" {
+		t.Errorf("a = %q, want the cached secret-of-a", got)
+	}
+	if got := cached(t, c, "b", false); got != "b2" {
+		t.Errorf("b = %q, want b2 read from the store (evicted)", got)
+	}
+}
+
+func TestSecretCacheDoesNotKeepAReadOvertakenByInvalidate(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := newTestCache(b, time.Hour)
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "old"}), ts(1), ts(1))
+	// A read that started before an install + Invalidate finishes after them.
+	gen := c.generation()
+	stale, err := b.store.SharedSecret(context.Background(), "ck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "new"}), ts(2), ts(2))
+	c.Invalidate("ck")
+	c.put("ck", stale, gen)
+	if got := cached(t, c, "ck", false); got != "new" {
+		t.Errorf("cache = %q, want new (the stale read must not be cached)", got)
+	}
+}
+
+func TestSecretCacheDoesNotCacheAbsence(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := newTestCache(b, time.Hour)
+	if _, err := c.SharedSecret(testCtx(t), "later", false); err == nil {
+		t.Fatal("unknown clientKey found")
+	}
+	b.install(t, payload(t, "later", nil), ts(1), ts(1))
+	if got := cached(t, c, "later", false); got != "secret-of-later" {
+		t.Errorf("after install elsewhere = %q, want it found without refresh", got)
+	}
+	if c.Len() != 1 {
+		t.Errorf("Len = %d, want 1", c.Len())
+	}
+}
