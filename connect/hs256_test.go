@@ -178,6 +178,9 @@ func TestHS256VerifierRefusesAttacks(t *testing.T) {
 		{"four segments", func(*testing.T) string { return "a.b.c.d" }, "", QSHComputed, ErrMalformedToken},
 		{"header not JSON", func(*testing.T) string { return "bm90IGpzb24.e30.c2ln" }, "", QSHComputed, ErrMalformedToken},
 		{"header not base64url", func(*testing.T) string { return "!!!.e30.c2ln" }, "", QSHComputed, ErrMalformedToken},
+		{"alg none hidden behind a case-variant ALG", func(t *testing.T) string {
+			return rawToken(`{"alg":"none","ALG":"HS256"}`, valid(t), hmacSign(secret))
+		}, "", QSHComputed, ErrBadAlgorithm},
 		{"alg is not a string", func(t *testing.T) string { return rawToken(`{"alg":1}`, valid(t), nil) }, "", QSHComputed, ErrMalformedToken},
 		{"crit header", func(t *testing.T) string {
 			return rawToken(`{"alg":"HS256","crit":["b64"],"b64":false}`, valid(t), hmacSign(secret))

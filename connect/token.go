@@ -102,10 +102,8 @@ func queryToken(rawQuery string) (string, int) {
 // any library sees the token, so that the algorithm is checked against what
 // the endpoint requires instead of being taken from the token.
 type tokenHeader struct {
-	Alg  string          `json:"alg"`
-	Kid  string          `json:"kid"`
-	Typ  string          `json:"typ"`
-	Crit json.RawMessage `json:"crit"`
+	Alg, Kid, Typ string
+	Crit          json.RawMessage
 }
 
 // parseHeader checks the compact serialisation of raw (three base64url
@@ -131,9 +129,23 @@ func parseHeader(raw string) (tokenHeader, error) {
 	if err != nil {
 		return h, fmt.Errorf("%w: header is not base64url", ErrMalformedToken)
 	}
-	if err := json.Unmarshal(b, &h); err != nil {
-		return h, fmt.Errorf("%w: header is not a JSON object of strings: %v", ErrMalformedToken, err)
+	// Read exact member names, as golang-jwt does (its header is a map):
+	// encoding/json's case-insensitive struct matching would let
+	// {"alg":"none","ALG":"HS256"} mean one thing here and another there.
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(b, &members); err != nil {
+		return h, fmt.Errorf("%w: header is not a JSON object: %v", ErrMalformedToken, err)
 	}
+	for name, dst := range map[string]*string{"alg": &h.Alg, "kid": &h.Kid, "typ": &h.Typ} {
+		v, ok := members[name]
+		if !ok {
+			continue
+		}
+		if err := json.Unmarshal(v, dst); err != nil {
+			return h, fmt.Errorf("%w: header %s is not a string", ErrMalformedToken, name)
+		}
+	}
+	h.Crit = members["crit"]
 	if len(h.Crit) > 0 {
 		// RFC 7515 §4.1.11: a recipient must refuse critical extensions it
 		// does not understand, and this package understands none.
