@@ -291,3 +291,40 @@ func TestNewInstallVerifierValidatesConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifiersAreSafeForConcurrentUse shares one verifier of each kind
+// between goroutines (run with -race).
+func TestVerifiersAreSafeForConcurrentUse(t *testing.T) {
+	k, _ := testKeys(t)
+	stub := newKeyServerStub(t, map[string][]byte{testKid: publicPEM(t, &k.PublicKey)})
+	inst := newInstallVerifier(t, newTestKeyServer(KeyServerConfig{}, stub))
+	hs := newHSVerifier(t, staticSecrets(tenantKey, []byte(tenantSecret)))
+	rsTok := signRS256(t, installClaims(t, installTarget, ""), k, testKid)
+	hsTok := signHS256(t, hsClaims(t, "POST", appBase+"/enabled", ""), []byte(tenantSecret))
+	badTok := signHS256(t, hsClaims(t, "POST", appBase+"/enabled", ""), []byte("wrong"))
+
+	errs := make(chan error, 40)
+	for i := range 20 {
+		go func() {
+			_, err := inst.Verify(context.Background(), newRequest(t, "POST", installTarget, rsTok), installClientKey, installProduct)
+			errs <- err
+		}()
+		go func() {
+			// Every other request carries a bad signature to exercise the refresh path.
+			tok := hsTok
+			if i%2 == 1 {
+				tok = badTok
+			}
+			_, err := hs.Verify(context.Background(), newRequest(t, "POST", appBase+"/enabled", tok), QSHComputed)
+			if i%2 == 1 && errors.Is(err, ErrBadSignature) {
+				err = nil
+			}
+			errs <- err
+		}()
+	}
+	for range 40 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
