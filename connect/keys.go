@@ -36,8 +36,9 @@ type KeyServerConfig struct {
 	// {BaseURL}/{kid} only. Empty selects Atlassian's primary and fallback CDNs
 	// by product host (PROTOCOL §1.2 table; KeyServerBases).
 	BaseURL string
-	// HTTPClient performs the fetches; a client with a bounded transport and
-	// at most 3 redirects when nil.
+	// HTTPClient performs the fetches; when nil, a client with bounded dial,
+	// TLS and header timeouts that follows at most 3 redirects and never
+	// downgrades from https.
 	HTTPClient *http.Client
 	// Timeout bounds each fetch (each CDN attempt); 2 s when zero.
 	Timeout time.Duration
@@ -137,13 +138,21 @@ func defaultKeyClient() *http.Client {
 			IdleConnTimeout:       90 * time.Second,
 			ForceAttemptHTTP2:     true,
 		},
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= 3 {
-				return errors.New("too many redirects")
-			}
-			return nil
-		},
+		CheckRedirect: keyRedirectPolicy,
 	}
+}
+
+// keyRedirectPolicy follows at most 3 redirects and never from https to
+// another scheme: a key fetched over plain http could be swapped in transit,
+// and with it every signed install.
+func keyRedirectPolicy(req *http.Request, via []*http.Request) error {
+	if len(via) >= 3 {
+		return errors.New("too many redirects")
+	}
+	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing redirect from https to %s", req.URL.Scheme)
+	}
+	return nil
 }
 
 // Atlassian's install key servers (PROTOCOL §1.2, from atlassian-connect-

@@ -416,3 +416,35 @@ func TestKeyServerCallerCancellationDoesNotPoisonOthers(t *testing.T) {
 		t.Errorf("requests = %d, want 1", got)
 	}
 }
+
+func TestKeyRedirectPolicyNeverDowngradesFromHTTPS(t *testing.T) {
+	req := func(raw string) *http.Request {
+		r, err := http.NewRequestWithContext(t.Context(), "GET", raw, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	tests := []struct {
+		name string
+		next string
+		via  []string
+		ok   bool
+	}{
+		{"https to https", "https://cdn2.example/k", []string{"https://cdn.example/k"}, true},
+		{"https to http", "http://cdn2.example/k", []string{"https://cdn.example/k"}, false},
+		{"http override to http", "http://127.0.0.1:1/k", []string{"http://127.0.0.1:2/k"}, true},
+		{"fourth redirect", "https://e/k", []string{"https://a/k", "https://b/k", "https://c/k"}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var via []*http.Request
+			for _, v := range tc.via {
+				via = append(via, req(v))
+			}
+			if err := keyRedirectPolicy(req(tc.next), via); (err == nil) != tc.ok {
+				t.Errorf("keyRedirectPolicy = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
