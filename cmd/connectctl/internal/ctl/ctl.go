@@ -404,6 +404,7 @@ func serviceVerdict(tok, method, rawURL, baseURL, secret string, now time.Time) 
 // anyTenant is a SecretStore that has the given secret for every issuer.
 type anyTenant string
 
+// SharedSecret returns the one secret whatever the issuer.
 func (s anyTenant) SharedSecret(context.Context, string, bool) ([]byte, error) {
 	if s == "" {
 		return nil, errors.New("no secret")
