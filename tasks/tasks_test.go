@@ -102,8 +102,12 @@ func TestEnqueuer_RecognisesRedeliveriesByTaskID(t *testing.T) {
 		{"next history event", func() (bool, error) { return e.Lifecycle(ctx, TypeTenantInit, "ck-1", 8) }, false},
 		{"first migration event", func() (bool, error) { return e.MigrationEvent(ctx, "ck-1", "msg:m1", []byte(`{}`)) }, false},
 		{"re-sent migration event", func() (bool, error) { return e.MigrationEvent(ctx, "ck-1", "msg:m1", []byte(`{}`)) }, true},
-		{"import", func() (bool, error) { return e.Import(ctx, ImportPayload{ClientKey: "ck-1", TransferID: "t", S3Key: "k"}) }, false},
-		{"import again", func() (bool, error) { return e.Import(ctx, ImportPayload{ClientKey: "ck-1", TransferID: "t", S3Key: "k"}) }, true},
+		{"import", func() (bool, error) {
+			return e.Import(ctx, ImportPayload{ClientKey: "ck-1", TransferID: "t", S3Key: "k"})
+		}, false},
+		{"import again", func() (bool, error) {
+			return e.Import(ctx, ImportPayload{ClientKey: "ck-1", TransferID: "t", S3Key: "k"})
+		}, true},
 	}
 	for _, s := range steps {
 		dup, err := s.do()
@@ -141,4 +145,3 @@ func TestEnqueuer_RedisDownIsUnavailableWithinASecond(t *testing.T) {
 		}
 	}
 }
-
