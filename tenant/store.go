@@ -704,7 +704,7 @@ func (s *Store) ReencryptSecrets(ctx context.Context, batch int) (int, error) {
 		batch = 100
 	}
 	done := 0
-	failed := []string{}
+	failed := []string{} // never nil: NULL in "= ANY($2)" would match no row at all
 	for {
 		n, undecryptable, err := s.reencryptBatch(ctx, batch, failed)
 		if err != nil {

@@ -429,6 +429,8 @@ func TestOutOfOrderEvents(t *testing.T) {
 	}
 }
 
+func version(i int) string { return fmt.Sprintf("1.0.%d", i) }
+
 func TestConcurrentInstallsOfOneClientKey(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -440,7 +442,7 @@ func TestConcurrentInstallsOfOneClientKey(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		sent[i] = fmt.Sprintf("secret-%02d", i)
-		p := payload(t, "ck", map[string]any{"sharedSecret": sent[i]})
+		p := payload(t, "ck", map[string]any{"sharedSecret": sent[i], "pluginsVersion": version(i)})
 		wg.Go(func() {
 			<-start
 			results[i], errs[i] = b.store.Install(testCtx(t), p, ts(1), ts(1))
@@ -469,29 +471,35 @@ func TestConcurrentInstallsOfOneClientKey(t *testing.T) {
 	}
 	h := b.history(t, "ck")
 	if len(h) != n {
-		t.Errorf("%d history rows, want %d", len(h), n)
+		t.Fatalf("%d history rows, want %d", len(h), n)
 	}
-	// The install recorded last is the one whose secret is stored.
+	// Replay the history in commit order (event ids): each install must have been
+	// compared with the one committed just before it, which only holds if the row
+	// lock serialised them. Each carries its own pluginsVersion to make that visible.
+	sentBy := make(map[int64]int, n)
 	for i, r := range results {
-		if r.EventID == h[0].ID && sent[i] != secret {
-			t.Errorf("last recorded install sent %q, but %q is stored", sent[i], secret)
+		sentBy[r.EventID] = i
+	}
+	slices.Reverse(h) // oldest first
+	for k, e := range h {
+		i, ok := sentBy[e.ID]
+		if !ok {
+			t.Fatalf("history row %d belongs to no install", e.ID)
+		}
+		if k == 0 {
+			if diff := cmp.Diff([]string{"installed (new tenant)"}, e.Changes); diff != "" || !results[i].Created {
+				t.Errorf("first row (-want +got):\n%s", diff)
+			}
+			continue
+		}
+		prev := sentBy[h[k-1].ID]
+		want := []string{"secret rotated", fmt.Sprintf("pluginsVersion %q -> %q", version(prev), version(i))}
+		if diff := cmp.Diff(want, e.Changes); diff != "" {
+			t.Errorf("row %d of %d (-want +got):\n%s", k, n, diff)
 		}
 	}
-	// Each install compared against the one committed before it: every one after the
-	// first changed the secret, and none claims another change.
-	rotated := 0
-	for _, e := range h {
-		if slices.Contains(e.Changes, "secret rotated") {
-			rotated++
-		}
-	}
-	if rotated != n-1 {
-		t.Errorf("%d rows say secret rotated, want %d", rotated, n-1)
-	}
-	for _, e := range h {
-		if len(e.Changes) != 1 {
-			t.Errorf("event %d changes %q, want exactly one note", e.ID, e.Changes)
-		}
+	if last := sentBy[h[n-1].ID]; sent[last] != secret {
+		t.Errorf("last recorded install sent %q, but %q is stored", sent[last], secret)
 	}
 }
 
