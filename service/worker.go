@@ -136,6 +136,7 @@ func (w *Worker) build() error {
 	w.server = asynq.NewServerFromRedisClient(w.stores.redis, asynq.Config{
 		Concurrency:              cfg.WorkerConcurrency,
 		Queues:                   tasks.Queues,
+		StrictPriority:           true,
 		TaskCheckInterval:        TaskCheckInterval,
 		DelayedTaskCheckInterval: DelayedTaskCheckInterval,
 		RetryDelayFunc:           retryDelay,

@@ -37,15 +37,18 @@ const (
 	TypeMigrationImport = "migration:import"
 )
 
-// Queue names, in priority order: lifecycle work (what a customer waits for
-// after an install) before migration work before maintenance.
+// Queue names, in strict priority order: lifecycle work (what a customer waits
+// for after an install) before migration work before maintenance. Lifecycle tasks
+// are few and short, so putting them first never starves migrations for long,
+// while a backlog of gigabyte imports never delays a new tenant's initialization.
 const (
 	QueueLifecycle   = "lifecycle"
 	QueueMigration   = "migration"
 	QueueMaintenance = "maintenance"
 )
 
-// Queues are the worker's queues and their priority weights.
+// Queues are the worker's queues and their priorities (the worker runs them with
+// asynq's StrictPriority, so a higher number always goes first).
 var Queues = map[string]int{QueueLifecycle: 6, QueueMigration: 3, QueueMaintenance: 1}
 
 // Retention windows: how long a completed task (and so its TaskID) is kept, which
