@@ -221,7 +221,6 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 
 	var res InstallResult
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		res = InstallResult{}
 		t, _, err := scanTenant(tx.QueryRow(ctx, insertTenantSQL, installArgs(&p, sealed, at, iat)))
 		switch {
 		case err == nil:
@@ -234,7 +233,7 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 			// The clientKey exists (or a concurrent first install just committed it):
 			// ON CONFLICT DO NOTHING waited for that transaction, so the lock below
 			// sees the row.
-			if err := s.reinstall(ctx, tx, &res, p, sealed, at, iat); err != nil {
+			if err := s.updateExisting(ctx, tx, &res, p, sealed, at, iat); err != nil {
 				return err
 			}
 		default:
@@ -252,8 +251,8 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 	return res, nil
 }
 
-// reinstall applies an installed to an existing tenant, filling res.
-func (s *Store) reinstall(ctx context.Context, tx pgx.Tx, res *InstallResult, p InstallPayload, sealed Sealed, at, iat time.Time) error {
+// updateExisting applies an installed to an existing tenant, filling res.
+func (s *Store) updateExisting(ctx context.Context, tx pgx.Tx, res *InstallResult, p InstallPayload, sealed Sealed, at, iat time.Time) error {
 	prev, prevSealed, err := lockTenant(ctx, tx, p.ClientKey)
 	if err != nil {
 		return err
