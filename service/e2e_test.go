@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/product/producttest"
 	"github.com/connectrelay/connectrelay/service"
+	"github.com/connectrelay/connectrelay/tasks"
 	"github.com/connectrelay/connectrelay/tenant"
 )
 
@@ -501,5 +503,52 @@ func TestReceiver_MetricsExposeTheSLIAfterInstalls(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(b), `connectrelay_install_callback_sli_total{result="good"} 3`) {
 		t.Errorf("/metrics lacks the install SLI counter:\n%s", b)
+	}
+}
+
+func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, "")
+	const secret = "shared-secret-e2e-license-0123456789ab"
+	st := newSite()
+	prod := newProduct(t, secret, st)
+	e.startWorker(service.WorkerOptions{})
+	e.install("ck-1", prod, secret)
+	eventually(t, 5*time.Second, "license active", func() bool {
+		tn, err := e.store.Get(context.Background(), "ck-1")
+		return err == nil && tn.LicenseState == tenant.LicenseActive
+	})
+	// The customer unsubscribes: no lifecycle event, only the License API knows.
+	st.mu.Lock()
+	st.addonBody = `{"key":"` + appKey + `","state":"ENABLED","license":{"active":false}}`
+	st.mu.Unlock()
+	opt, _ := redis.ParseURL(e.cfg.RedisURL)
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	sweep, opts := tasks.LicenseSweepTask()
+	for range 2 { // a second scheduler's sweep the same day is a no-op
+		if _, err := asynq.NewClientFromRedisClient(rdb).Enqueue(sweep, opts...); err != nil && !errors.Is(err, asynq.ErrDuplicateTask) {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "license inactive", func() bool {
+		tn, err := e.store.Get(context.Background(), "ck-1")
+		return err == nil && tn.LicenseState == tenant.LicenseInactive
+	})
+	hist, err := e.store.History(context.Background(), "ck-1", 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ev := range hist {
+		for _, c := range ev.Changes {
+			found = found || strings.Contains(c, "active -> inactive")
+		}
+	}
+	if !found {
+		t.Errorf("history does not record the license change: %+v", hist)
+	}
+	if n := st.hits(); n != 2 {
+		t.Errorf("addon calls = %d, want 2 (initialization, one sweep check)", n)
 	}
 }

@@ -58,12 +58,13 @@ type WorkerOptions struct {
 
 // Worker is an assembled worker: call Run to process tasks until ctx ends.
 type Worker struct {
-	cfg     config.Config
-	opts    WorkerOptions
-	stores  *stores
-	server  *asynq.Server
-	handler *tasks.Worker
-	queue   *asynq.Client
+	cfg       config.Config
+	opts      WorkerOptions
+	stores    *stores
+	server    *asynq.Server
+	scheduler *asynq.Scheduler
+	handler   *tasks.Worker
+	queue     *asynq.Client
 }
 
 // NewWorker connects to Postgres (applying migrations) and Redis and builds the
@@ -123,6 +124,7 @@ func (w *Worker) build() error {
 		Initializer: w.opts.Initializer,
 		Listener:    w.opts.Listener,
 		Migration:   tasks.MigrationDeps{Runner: machine, Dedupe: dedupe.New(w.stores.redis, dedupe.Options{})},
+		Enqueuer:    enq,
 		Metrics:     w.opts.Metrics,
 		Logger:      log,
 	})
@@ -146,6 +148,14 @@ func (w *Worker) build() error {
 		Logger:                   asynqLogger{log.With(slog.String("component", "asynq"))},
 		LogLevel:                 asynq.WarnLevel,
 	})
+	w.scheduler = asynq.NewSchedulerFromRedisClient(w.stores.redis, &asynq.SchedulerOpts{
+		Logger:   asynqLogger{log.With(slog.String("component", "asynq-scheduler"))},
+		LogLevel: asynq.WarnLevel,
+	})
+	sweep, sweepOpts := tasks.LicenseSweepTask()
+	if _, err := w.scheduler.Register(tasks.LicenseSweepSchedule, sweep, sweepOpts...); err != nil {
+		return fmt.Errorf("schedule license sweep: %w", err)
+	}
 	return nil
 }
 
@@ -161,9 +171,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.server.Start(w.handler.Mux()); err != nil {
 		return fmt.Errorf("start asynq server: %w", err)
 	}
+	if err := w.scheduler.Start(); err != nil {
+		w.server.Shutdown()
+		return fmt.Errorf("start asynq scheduler: %w", err)
+	}
 	w.opts.Logger.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
 	w.opts.Logger.Info("worker shutting down")
+	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	if metricsSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -38,6 +38,7 @@ type TenantStore interface {
 	Get(ctx context.Context, clientKey string) (tenant.Tenant, error)
 	SetLicense(ctx context.Context, clientKey, state string, checkedAt time.Time) error
 	SetWebhookRegistered(ctx context.Context, clientKey string, endpoints []string, at time.Time) error
+	List(ctx context.Context, limit, offset int) ([]tenant.Tenant, error)
 }
 
 // WebhookAPI reads and replaces the tenant's registered migration webhooks.
@@ -56,6 +57,7 @@ type WorkerDeps struct {
 	Initializer TenantInitializer // optional
 	Listener    LifecycleListener // optional
 	Migration   MigrationDeps     // optional: migration tasks fail permanently without it
+	Enqueuer    *Enqueuer         // enqueues follow-up tasks (the license sweep)
 	Metrics     *metrics.Metrics
 	Logger      *slog.Logger
 	Now         func() time.Time
@@ -90,6 +92,8 @@ func (w *Worker) Mux() *asynq.ServeMux {
 	mux.HandleFunc(TypeTenantUninstalled, w.lifecycleEvent("uninstalled"))
 	mux.HandleFunc(TypeMigrationEvent, w.migrationEvent)
 	mux.HandleFunc(TypeMigrationImport, w.migrationImport)
+	mux.HandleFunc(TypeLicenseSweep, w.licenseSweep)
+	mux.HandleFunc(TypeLicenseCheck, w.licenseCheck)
 	return mux
 }
 
@@ -160,13 +164,8 @@ func (w *Worker) tenantInit(ctx context.Context, t *asynq.Task) error {
 		w.d.Logger.InfoContext(ctx, "tenant uninstalled before initialization; skipped", slog.String("client_key", p.ClientKey))
 		return nil
 	}
-	info, err := w.d.Product.Addon(ctx, p.ClientKey)
-	if err != nil {
-		return permanent(fmt.Errorf("license check: %w", err))
-	}
-	state := product.LicenseState(info)
-	if err := w.d.Tenants.SetLicense(ctx, p.ClientKey, state, w.d.Now()); err != nil {
-		return fmt.Errorf("record license of %s: %w", p.ClientKey, err)
+	if err := w.recordLicense(ctx, p.ClientKey); err != nil {
+		return err
 	}
 	if w.d.Initializer != nil {
 		if err := w.d.Initializer.InitializeTenant(ctx, tn, w.d.Product); err != nil {
@@ -185,7 +184,7 @@ func (w *Worker) tenantInit(ctx context.Context, t *asynq.Task) error {
 			}
 		}
 	}
-	w.d.Logger.InfoContext(ctx, "tenant initialized", slog.String("client_key", p.ClientKey), slog.String("license", state))
+	w.d.Logger.InfoContext(ctx, "tenant initialized", slog.String("client_key", p.ClientKey))
 	return nil
 }
 
