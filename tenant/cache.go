@@ -7,6 +7,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // Secret cache defaults.
@@ -31,6 +33,10 @@ const (
 type SecretCache struct {
 	store *Store
 	ttl   time.Duration
+	// loads collapses concurrent store reads of one clientKey: a burst of
+	// requests with a bad signature for a known tenant (each of which asks for a
+	// refresh) costs one query at a time, not one per request.
+	loads singleflight.Group
 	max   int
 	now   func() time.Time
 
@@ -74,16 +80,27 @@ func (c *SecretCache) SharedSecret(ctx context.Context, clientKey string, refres
 			return secret, nil
 		}
 	}
-	gen := c.generation()
-	secret, err := c.store.SharedSecret(ctx, clientKey)
+	// Refreshes and plain misses are collapsed separately: a refresh must not
+	// join a plain miss, which may have started before the rotation it looks for.
+	flight := "m:" + clientKey
+	if refresh {
+		flight = "r:" + clientKey
+	}
+	v, err, _ := c.loads.Do(flight, func() (any, error) {
+		gen := c.generation()
+		secret, err := c.store.SharedSecret(ctx, clientKey)
+		if err == nil {
+			c.put(clientKey, secret, gen) // put keeps a copy of its own
+		}
+		return secret, err
+	})
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			c.drop(clientKey, false)
 		}
 		return nil, err
 	}
-	c.put(clientKey, secret, gen) // put keeps a copy of its own
-	return secret, nil
+	return bytes.Clone(v.([]byte)), nil
 }
 
 // Invalidate drops clientKey's entry. Call it after a local install stored a new

@@ -2,6 +2,7 @@ package tenant
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 )
@@ -134,5 +135,37 @@ func TestSecretCacheDoesNotCacheAbsence(t *testing.T) {
 	}
 	if c.Len() != 1 {
 		t.Errorf("Len = %d, want 1", c.Len())
+	}
+}
+
+func TestSecretCacheConcurrentRefreshesAllSeeTheRotatedSecret(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := newTestCache(b, time.Minute)
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "s1"}), ts(1), ts(1))
+	cached(t, c, "ck", false)
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "s2"}), ts(2), ts(2))
+	var wg sync.WaitGroup
+	got := make([]string, 50)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := c.SharedSecret(testCtx(t), "ck", true)
+			if err != nil {
+				t.Errorf("refresh %d: %v", i, err)
+				return
+			}
+			got[i] = string(s)
+		}()
+	}
+	wg.Wait()
+	for i, g := range got {
+		if g != "s2" {
+			t.Errorf("refresh %d = %q, want s2", i, g)
+		}
+	}
+	if s := cached(t, c, "ck", false); s != "s2" {
+		t.Errorf("cache after refreshes = %q, want s2", s)
 	}
 }
