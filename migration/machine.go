@@ -500,44 +500,65 @@ func (m *Machine) fetchErrorDetails(ctx context.Context, log *slog.Logger, clien
 // settled" answer counts as settled. Any other failure is recorded on the transfer
 // and returned, so that the task is retried; every later event or import of the
 // transfer tries again too.
+//
+// The call is made while holding the transfer's row lock, so that workers racing
+// to settle one transfer (an import completing it while a duplicate event arrives)
+// make one call between them: the second one finds it settled. The lock is held
+// for one bounded HTTP call; ctx bounds the wait for it.
 func (m *Machine) settle(ctx context.Context, transferID string) error {
-	t, err := scanTransfer(m.pool.QueryRow(ctx,
-		`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1`, transferID))
-	if err != nil {
-		return fmt.Errorf("migration: settle %s: load transfer: %w", transferID, err)
-	}
-	if !t.settlePending() {
-		return nil
-	}
-	p := Progress{Status: t.SettleStatus, Percent: t.LastPercent}
-	switch t.SettleStatus {
-	case StatusSuccess:
-		p.Percent, p.Message = 100, "all uploaded data imported"
-	case StatusIncomplete:
-		p.Message = "transfer cancelled on request"
-	case StatusFailed:
-		p.Message = "server-side migration listener errored"
-	}
-	log := m.log.With(slog.String("client_key", t.ClientKey), slog.String("transfer_id", transferID),
-		slog.String("status", p.Status))
-	rerr := m.amp.ReportProgress(ctx, t.ClientKey, transferID, p)
-	result := SettleReported
-	switch {
-	case errors.Is(rerr, ErrTransferSettled):
-		result = SettleAlreadySettled
-	case rerr != nil:
-		if _, err := m.pool.Exec(ctx, `UPDATE migration_transfers SET settle_error = $2, updated_at = now()
-			WHERE transfer_id = $1`, transferID, rerr.Error()); err != nil {
-			log.WarnContext(ctx, "could not record settle error", slog.Any("error", err))
+	var (
+		rerr   error
+		status string
+	)
+	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+		rerr, status = nil, ""
+		t, err := scanTransfer(tx.QueryRow(ctx,
+			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, transferID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
 		}
-		return fmt.Errorf("migration: settle transfer %s %s: %w", transferID, p.Status, rerr)
+		if err != nil {
+			return fmt.Errorf("lock transfer: %w", err)
+		}
+		if !t.settlePending() {
+			return nil
+		}
+		p := Progress{Status: t.SettleStatus, Percent: t.LastPercent}
+		switch t.SettleStatus {
+		case StatusSuccess:
+			p.Percent, p.Message = 100, "all uploaded data imported"
+		case StatusIncomplete:
+			p.Message = "transfer cancelled on request"
+		case StatusFailed:
+			p.Message = "server-side migration listener errored"
+		}
+		status = p.Status
+		log := m.log.With(slog.String("client_key", t.ClientKey), slog.String("transfer_id", transferID),
+			slog.String("status", p.Status))
+		rerr = m.amp.ReportProgress(ctx, t.ClientKey, transferID, p)
+		result := SettleReported
+		switch {
+		case errors.Is(rerr, ErrTransferSettled):
+			result, rerr = SettleAlreadySettled, nil
+		case rerr != nil:
+			log.WarnContext(ctx, "settle call failed", slog.Any("error", rerr))
+			_, err := tx.Exec(ctx, `UPDATE migration_transfers SET settle_error = $2, updated_at = now()
+				WHERE transfer_id = $1`, transferID, rerr.Error())
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = $2,
+			settle_error = NULL, updated_at = now() WHERE transfer_id = $1`, transferID, result); err != nil {
+			return fmt.Errorf("record %s: %w", result, err)
+		}
+		log.InfoContext(ctx, "transfer settled", slog.String("result", result))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("migration: settle transfer %s: %w", transferID, errors.Join(rerr, err))
 	}
-	if _, err := m.pool.Exec(ctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = $2,
-		settle_error = NULL, updated_at = now() WHERE transfer_id = $1 AND settled_at IS NULL`,
-		transferID, result); err != nil {
-		return fmt.Errorf("migration: settle transfer %s: record %s: %w", transferID, result, err)
+	if rerr != nil {
+		return fmt.Errorf("migration: settle transfer %s %s: %w", transferID, status, rerr)
 	}
-	log.InfoContext(ctx, "transfer settled", slog.String("result", result))
 	return nil
 }
 
