@@ -72,6 +72,17 @@ func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
 		return fmt.Errorf("migration: import: empty transfer ID or s3Key: %w", ErrUploadNotFound)
 	}
 	log := m.log.With(slog.String("transfer_id", ref.TransferID), slog.String("s3_key", ref.S3Key))
+
+	// Registered before the claim: a cancellation that commits after the claim
+	// (they serialise on the transfer row) finds this import and stops it; one that
+	// commits before it makes the claim skip the upload.
+	importCtx, cancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel(errImportFinished)
+	unregister := m.register(ref.TransferID, cancel)
+	defer unregister()
+
 	c, err := m.claimUpload(ctx, ref)
 	if err != nil {
 		return fmt.Errorf("migration: import %s of transfer %s: %w", ref.S3Key, ref.TransferID, err)
@@ -86,12 +97,6 @@ func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
 	log.InfoContext(ctx, "import started")
 	start := time.Now()
 
-	importCtx, cancel := context.WithCancelCause(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel(errImportFinished)
-	unregister := m.register(ref.TransferID, cancel)
-	defer unregister()
 	wg.Go(func() { m.heartbeatLoop(importCtx, log, ref, c.token, cancel) })
 
 	size, sum, ierr := m.stream(importCtx, c.transfer, c.label, ref.S3Key)
@@ -209,13 +214,17 @@ func (mr *meteredReader) Read(p []byte) (int, error) {
 }
 
 // heartbeatLoop renews the import's lease every HeartbeatInterval and stops the
-// import when its transfer is closed (by another process, or in the window before
-// this import was registered) or its lease was taken over. The first check is
-// immediate.
+// import when its transfer was closed by another process or its lease was taken
+// over.
 func (m *Machine) heartbeatLoop(ctx context.Context, log *slog.Logger, ref UploadRef, token string, cancel context.CancelCauseFunc) {
 	tick := time.NewTicker(m.heartbeat)
 	defer tick.Stop()
 	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
 		var (
 			state   State
 			settled bool
@@ -243,11 +252,6 @@ func (m *Machine) heartbeatLoop(ctx context.Context, log *slog.Logger, ref Uploa
 		case settled:
 			cancel(fmt.Errorf("%w: transfer settled", ErrTransferStopped))
 			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
 		}
 	}
 }
