@@ -56,13 +56,21 @@ const maxFieldLen = 2048
 // is left empty rather than failing the event, because only the transfer ID is
 // needed to act and the whole object is kept in Raw.
 type MigrationDetails struct {
-	MigrationID         string `json:"migrationId,omitempty"`
-	MigrationScopeID    string `json:"migrationScopeId,omitempty"`
-	Name                string `json:"name,omitempty"`
-	CreatedAt           int64  `json:"createdAt,omitempty"` // epoch milliseconds, 0 if absent
+	// MigrationID is the migration the transfer belongs to; it is part of the
+	// content dedupe key.
+	MigrationID      string `json:"migrationId,omitempty"`
+	MigrationScopeID string `json:"migrationScopeId,omitempty"`
+	// Name is the migration's name as the customer gave it.
+	Name string `json:"name,omitempty"`
+	// CreatedAt is the migration's creation time in epoch milliseconds, 0 if absent.
+	CreatedAt int64 `json:"createdAt,omitempty"`
+	// JiraClientKey and ConfluenceClientKey name the destination tenants; either
+	// may be "unknown". See Event.ClientKeys.
 	JiraClientKey       string `json:"jiraClientKey,omitempty"`
 	ConfluenceClientKey string `json:"confluenceClientKey,omitempty"`
-	CloudURL            string `json:"cloudUrl,omitempty"`
+	// CloudURL is the destination site; informational only (requests go to the
+	// tenant's stored baseUrl, never to a URL from an event).
+	CloudURL string `json:"cloudUrl,omitempty"`
 	// Raw is the migrationDetails object as received.
 	Raw json.RawMessage `json:"-"`
 }
@@ -70,9 +78,14 @@ type MigrationDetails struct {
 // Event is one parsed AMP webhook body. Build it with ParseEvent: the machine relies
 // on the validation done there (required fields, no control characters).
 type Event struct {
-	Type        EventType
-	TransferID  string
-	MessageID   string // "" when the platform sent none (the documented examples have none)
+	// Type is the eventType, possibly one this service does not know.
+	Type EventType
+	// TransferID identifies the transfer; every AMP call needs it.
+	TransferID string
+	// MessageID is "" when the platform sent none (the documented examples have
+	// none); DedupeKey then falls back to the content.
+	MessageID string
+	// CloudAppKey is the app key the platform addressed; informational.
 	CloudAppKey string
 	// S3Key and Label are set for app-data-uploaded. S3Key is read from "s3Key" or,
 	// failing that, "key" (the field name of Connect events is unconfirmed; Forge

@@ -212,7 +212,8 @@ type afterCommit struct {
 // returned and a retry of the same event completes them: queued uploads are
 // scheduled again and an owed settle call is made again. ErrTenantMismatch is
 // returned (after recording the event) when clientKey is not the transfer's
-// tenant or not among ev.ClientKeys().
+// tenant, or when the event names client keys (ev.ClientKeys) and clientKey is not
+// one of them.
 func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) error {
 	if clientKey == "" {
 		return errors.New("migration: HandleEvent: empty client key")

@@ -101,8 +101,9 @@ CREATE TABLE migration_events (
     message_id       text NOT NULL DEFAULT '',
     s3_key           text NOT NULL DEFAULT '',
     known            boolean NOT NULL,
-    -- received: recorded, handling not finished; handled; unknown: type not known, only
-    -- recorded; rejected: not applied (e.g. the transfer belongs to another tenant).
+    -- handled: applied to its transfer; unknown: type not known, only recorded; rejected:
+    -- not applied (the transfer belongs to another tenant). 'received' exists only inside
+    -- the transaction that records and applies the event.
     outcome          text NOT NULL DEFAULT 'received'
         CHECK (outcome IN ('received', 'handled', 'unknown', 'rejected')),
     deliveries       integer NOT NULL DEFAULT 1,
