@@ -259,7 +259,8 @@ func (q *queueScheduler) drain(t *testing.T, ctx context.Context, m *migration.M
 
 // asyncScheduler runs each scheduled import at once in its own goroutine, the way
 // a worker fleet with free capacity does, retrying ErrImportInProgress like asynq
-// retries a failed task.
+// retries a failed task. The imports run under the scheduling context, which in
+// these tests is the test's own (with its deadline).
 type asyncScheduler struct {
 	m    *migration.Machine
 	wg   sync.WaitGroup
@@ -274,8 +275,8 @@ func (a *asyncScheduler) ScheduleImport(ctx context.Context, ref migration.Uploa
 	a.mu.Unlock()
 	a.wg.Go(func() {
 		for {
-			err := a.m.Import(context.WithoutCancel(ctx), ref)
-			if errors.Is(err, migration.ErrImportInProgress) {
+			err := a.m.Import(ctx, ref)
+			if errors.Is(err, migration.ErrImportInProgress) && ctx.Err() == nil {
 				time.Sleep(20 * time.Millisecond)
 				continue
 			}

@@ -551,7 +551,7 @@ func TestWorkerKilledBetweenImportAndMark(t *testing.T) {
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	imp := &crashingImporter{next: b.rec}
-	m := b.machine(t, imp, nil, migration.Options{HeartbeatInterval: 100 * time.Millisecond, LeaseTTL: 700 * time.Millisecond})
+	m := b.machine(t, imp, nil, migration.Options{HeartbeatInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second})
 	const tid = "transfer-crash"
 	handle(t, ctx, m, mustEvent(t, migration.EventListenerTriggered, tid, nil))
 	handle(t, ctx, m, uploadEvent(t, tid, "s3/a", "final"))
@@ -572,7 +572,7 @@ func TestWorkerKilledBetweenImportAndMark(t *testing.T) {
 	if err := m.Import(ctx, ref); !errors.Is(err, migration.ErrImportInProgress) {
 		t.Fatalf("Import while the dead worker's lease lives: %v, want ErrImportInProgress", err)
 	}
-	time.Sleep(900 * time.Millisecond)
+	time.Sleep(2200 * time.Millisecond)
 	if err := m.Import(ctx, ref); err != nil {
 		t.Fatalf("Import after the lease expired: %v", err)
 	}
