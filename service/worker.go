@@ -156,6 +156,10 @@ func (w *Worker) build() error {
 	if _, err := w.scheduler.Register(tasks.LicenseSweepSchedule, sweep, sweepOpts...); err != nil {
 		return fmt.Errorf("schedule license sweep: %w", err)
 	}
+	settle, settleOpts := tasks.SettleSweepTask()
+	if _, err := w.scheduler.Register(tasks.SettleSweepSchedule, settle, settleOpts...); err != nil {
+		return fmt.Errorf("schedule settle sweep: %w", err)
+	}
 	return nil
 }
 

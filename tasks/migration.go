@@ -18,6 +18,7 @@ import (
 type MigrationRunner interface {
 	HandleEvent(ctx context.Context, clientKey string, ev migration.Event) error
 	Import(ctx context.Context, ref migration.UploadRef) error
+	SettlePending(ctx context.Context, limit int) (int, error)
 }
 
 // Deduper claims an event key for processing (see package dedupe).
@@ -87,10 +88,40 @@ func (w *Worker) migrationImport(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%s: bad payload: %v: %w", t.Type(), err, asynq.SkipRetry)
 	}
 	ref := migration.UploadRef{ClientKey: p.ClientKey, TransferID: p.TransferID, S3Key: p.S3Key, Label: p.Label}
-	if err := m.Runner.Import(ctx, ref); err != nil {
+	err := m.Runner.Import(ctx, ref)
+	if errors.Is(err, migration.ErrImportInProgress) {
+		// Another worker holds the upload's lease; look again after it would
+		// have expired, without counting a failure.
+		return &RetryLater{After: 30 * time.Second, Err: err}
+	}
+	if err != nil {
 		return permanent(fmt.Errorf("import %s of transfer %s: %w", p.S3Key, p.TransferID, err))
 	}
 	return nil
+}
+
+// SettleSweepSchedule is how often the worker makes the settle calls still owed
+// to the product (a transfer finished here while the product was unreachable).
+const SettleSweepSchedule = "@every 5m"
+
+// SettleSweepTask is the scheduled settle sweep, unique across workers.
+func SettleSweepTask() (*asynq.Task, []asynq.Option) {
+	return asynq.NewTask(TypeSettleSweep, nil),
+		[]asynq.Option{asynq.Queue(QueueMaintenance), asynq.Unique(4 * time.Minute), asynq.MaxRetry(0)}
+}
+
+// TypeSettleSweep makes the settle calls still owed to the product.
+const TypeSettleSweep = "maintenance:settle-sweep"
+
+func (w *Worker) settleSweep(ctx context.Context, _ *asynq.Task) error {
+	if w.d.Migration.Runner == nil {
+		return nil
+	}
+	n, err := w.d.Migration.Runner.SettlePending(ctx, 200)
+	if n > 0 {
+		w.d.Logger.InfoContext(ctx, "settle sweep", slog.Int("attempted", n), slog.Bool("all_settled", err == nil))
+	}
+	return err
 }
 
 // ImportScheduler enqueues per-upload import tasks for the migration state

@@ -11,6 +11,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/connectrelay/connectrelay/internal/testenv"
+	"github.com/connectrelay/connectrelay/migration"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tenant"
 )
@@ -72,6 +73,9 @@ func TestPermanent_ArchivesOnlyWhatNoRetryCanFix(t *testing.T) {
 		{"product 503", &product.StatusError{Method: "GET", Route: "/x", StatusCode: http.StatusServiceUnavailable}, false},
 		{"network", fmt.Errorf("x: %w", product.ErrUnavailable), false},
 		{"store down", fmt.Errorf("x: %w", tenant.ErrUnavailable), false},
+		{"invalid event", fmt.Errorf("x: %w", migration.ErrInvalidEvent), true},
+		{"transfer of another tenant", fmt.Errorf("x: %w", migration.ErrTenantMismatch), true},
+		{"upload parked", fmt.Errorf("x: %w", migration.ErrTransferNotReady), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/migration"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tenant"
 )
@@ -94,6 +95,7 @@ func (w *Worker) Mux() *asynq.ServeMux {
 	mux.HandleFunc(TypeMigrationImport, w.migrationImport)
 	mux.HandleFunc(TypeLicenseSweep, w.licenseSweep)
 	mux.HandleFunc(TypeLicenseCheck, w.licenseCheck)
+	mux.HandleFunc(TypeSettleSweep, w.settleSweep)
 	return mux
 }
 
@@ -140,7 +142,11 @@ func permanent(err error) error {
 		errors.Is(err, product.ErrNotFound),
 		errors.Is(err, product.ErrBadRequest),
 		errors.Is(err, product.ErrHostNotAllowed),
-		errors.Is(err, product.ErrNoSecret):
+		errors.Is(err, product.ErrNoSecret),
+		errors.Is(err, migration.ErrInvalidEvent),
+		errors.Is(err, migration.ErrTenantMismatch),
+		errors.Is(err, migration.ErrUploadNotFound),
+		errors.Is(err, migration.ErrTransferNotReady):
 		return fmt.Errorf("%w (not retried: %w)", err, asynq.SkipRetry)
 	default:
 		return err
