@@ -49,6 +49,41 @@ func randomSuffix() string {
 	return hex.EncodeToString(b)
 }
 
+// dbPrefix starts the name of every database testenv creates; the creation time
+// follows it so that databases left behind by a killed test run can be recognised.
+const dbPrefix = "cr_test_"
+
+// staleAfter is the age after which a test database is assumed to be left over
+// from a run that was killed before its cleanup (no test runs this long).
+const staleAfter = 2 * time.Hour
+
+// dropStale drops test databases older than staleAfter, best effort: a killed run
+// (timeout, SIGKILL) never runs its cleanups, and its databases would otherwise
+// pile up on the developer's server.
+func dropStale(ctx context.Context, conn *pgx.Conn) {
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE datname LIKE 'cr\_test\_%'`)
+	if err != nil {
+		return
+	}
+	var stale []string
+	cutoff := time.Now().Add(-staleAfter).Unix()
+	for rows.Next() {
+		var name string
+		if rows.Scan(&name) != nil {
+			continue
+		}
+		var created int64
+		var rest string
+		if _, err := fmt.Sscanf(strings.TrimPrefix(name, dbPrefix), "%d_%s", &created, &rest); err == nil && created < cutoff {
+			stale = append(stale, name)
+		}
+	}
+	rows.Close()
+	for _, name := range stale {
+		_, _ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	}
+}
+
 // PostgresURL creates an empty database for this test and returns its URL. The
 // database is dropped (with FORCE, so open pools do not block it) when the test ends.
 func PostgresURL(t testing.TB) string {
@@ -61,7 +96,8 @@ func PostgresURL(t testing.TB) string {
 		t.Fatalf("testenv: connect to postgres at %s: %v", admin, err)
 	}
 	defer conn.Close(context.Background())
-	name := "cr_test_" + randomSuffix()
+	dropStale(ctx, conn)
+	name := fmt.Sprintf("%s%d_%s", dbPrefix, time.Now().Unix(), randomSuffix())
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("testenv: create database %s: %v", name, err)
 	}
