@@ -3,9 +3,7 @@ package service_test
 import (
 	"context"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
+	"log/slog"
 
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/migration"
@@ -38,15 +36,7 @@ func (importer) Import(ctx context.Context, tr migration.Transfer, label, s3Key 
 // A vendor's worker binary: the bundled worker with their own initialization and
 // import code plugged in (the README shows the same program).
 func Example_vendorWorker() {
-	cfg, err := config.Load(os.Getenv)
-	if err != nil {
-		panic(err)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	w, err := service.NewWorker(ctx, cfg, service.WorkerOptions{Initializer: onboarding{}, Importer: importer{}})
-	if err != nil {
-		panic(err)
-	}
-	_ = w.Run(ctx)
+	service.Main("worker", func(ctx context.Context, cfg config.Config, log *slog.Logger) (service.Runner, error) {
+		return service.NewWorker(ctx, cfg, service.WorkerOptions{Logger: log, Initializer: onboarding{}, Importer: importer{}})
+	})
 }

@@ -59,30 +59,20 @@ type Receiver struct {
 // NewReceiver connects to Postgres (applying migrations) and Redis and builds the
 // HTTP application.
 func NewReceiver(ctx context.Context, cfg config.Config, opts ReceiverOptions) (*Receiver, error) {
-	if opts.Logger == nil {
-		opts.Logger = DefaultLogger(cfg)
-	}
-	if opts.Metrics == nil {
-		opts.Metrics = metrics.New()
-	}
-	st, err := openStores(ctx, cfg, opts.Logger)
+	st, hosts, err := prepare(ctx, cfg, &opts.Logger, &opts.Metrics)
 	if err != nil {
 		return nil, err
 	}
 	r := &Receiver{cfg: cfg, opts: opts, stores: st}
-	if err := r.build(); err != nil {
+	if err := r.build(hosts); err != nil {
 		r.close()
 		return nil, err
 	}
 	return r, nil
 }
 
-func (r *Receiver) build() error {
+func (r *Receiver) build(hosts *connect.HostPolicy) error {
 	cfg, log := r.cfg, r.opts.Logger
-	hosts, err := connect.NewHostPolicy(cfg.ProductHosts)
-	if err != nil {
-		return fmt.Errorf("CONNECT_PRODUCT_HOSTS: %w", err)
-	}
 	keys := connect.NewKeyServer(connect.KeyServerConfig{BaseURL: cfg.KeysCDNURL, Timeout: KeyFetchTimeout})
 	install, err := connect.NewInstallVerifier(connect.InstallConfig{
 		AppBaseURL: cfg.BaseURL, AllowedBaseURLs: cfg.AllowedBaseURLs, Hosts: hosts, Keys: keys, Leeway: cfg.JWTLeeway,

@@ -10,13 +10,17 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/metrics"
 	"github.com/connectrelay/connectrelay/schema"
 	"github.com/connectrelay/connectrelay/tasks"
 	"github.com/connectrelay/connectrelay/tenant"
@@ -52,6 +56,26 @@ type stores struct {
 	tenants *tenant.Store
 }
 
+// prepare fills in the default logger and metrics and opens what both processes
+// share: the stores and the product host policy.
+func prepare(ctx context.Context, cfg config.Config, logger **slog.Logger, m **metrics.Metrics) (*stores, *connect.HostPolicy, error) {
+	if *logger == nil {
+		*logger = DefaultLogger(cfg)
+	}
+	if *m == nil {
+		*m = metrics.New()
+	}
+	hosts, err := connect.NewHostPolicy(cfg.ProductHosts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("CONNECT_PRODUCT_HOSTS: %w", err)
+	}
+	st, err := openStores(ctx, cfg, *logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, hosts, nil
+}
+
 func openStores(ctx context.Context, cfg config.Config, logger *slog.Logger) (*stores, error) {
 	pool, err := schema.Open(ctx, cfg.DatabaseURL)
 	if err != nil {
@@ -79,4 +103,32 @@ func openStores(ctx context.Context, cfg config.Config, logger *slog.Logger) (*s
 func (s *stores) close() {
 	_ = s.redis.Close()
 	s.pool.Close()
+}
+
+// Runner is a process body: the Receiver or the Worker.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// Main is the whole main function of a binary: load the configuration from the
+// environment, build the process with start, run it until SIGINT or SIGTERM, and
+// exit non-zero on failure (2 for a configuration error).
+func Main(name string, start func(ctx context.Context, cfg config.Config, log *slog.Logger) (Runner, error)) {
+	cfg, err := config.Load(os.Getenv)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(2)
+	}
+	log := DefaultLogger(cfg).With(slog.String("process", name))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	r, err := start(ctx, cfg, log)
+	if err != nil {
+		log.Error(name+" failed to start", slog.Any("error", err))
+		os.Exit(1)
+	}
+	if err := r.Run(ctx); err != nil {
+		log.Error(name+" stopped with an error", slog.Any("error", err))
+		os.Exit(1)
+	}
 }

@@ -70,30 +70,20 @@ type Worker struct {
 // NewWorker connects to Postgres (applying migrations) and Redis and builds the
 // task handlers.
 func NewWorker(ctx context.Context, cfg config.Config, opts WorkerOptions) (*Worker, error) {
-	if opts.Logger == nil {
-		opts.Logger = DefaultLogger(cfg)
-	}
-	if opts.Metrics == nil {
-		opts.Metrics = metrics.New()
-	}
-	st, err := openStores(ctx, cfg, opts.Logger)
+	st, hosts, err := prepare(ctx, cfg, &opts.Logger, &opts.Metrics)
 	if err != nil {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, opts: opts, stores: st}
-	if err := w.build(); err != nil {
+	if err := w.build(hosts); err != nil {
 		w.close()
 		return nil, err
 	}
 	return w, nil
 }
 
-func (w *Worker) build() error {
+func (w *Worker) build(hosts *connect.HostPolicy) error {
 	cfg, log := w.cfg, w.opts.Logger
-	hosts, err := connect.NewHostPolicy(cfg.ProductHosts)
-	if err != nil {
-		return fmt.Errorf("CONNECT_PRODUCT_HOSTS: %w", err)
-	}
 	pc := w.opts.Product
 	pc.AppKey, pc.Hosts, pc.Logger = cfg.AppKey, hosts, log
 	pc.HTTPClient = w.opts.HTTPClient

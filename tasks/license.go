@@ -73,18 +73,11 @@ func (w *Worker) licenseSweep(ctx context.Context, _ *asynq.Task) error {
 
 // licenseCheck records one tenant's current license state.
 func (w *Worker) licenseCheck(ctx context.Context, t *asynq.Task) error {
-	p, err := decodeLifecycle(t)
-	if err != nil {
+	tn, ok, err := w.installedTenant(ctx, t)
+	if !ok {
 		return err
 	}
-	tn, err := w.d.Tenants.Get(ctx, p.ClientKey)
-	if err != nil {
-		return permanent(fmt.Errorf("load tenant %s: %w", p.ClientKey, err))
-	}
-	if !tn.Installed {
-		return nil
-	}
-	return w.recordLicense(ctx, p.ClientKey)
+	return w.recordLicense(ctx, tn.ClientKey)
 }
 
 // recordLicense asks the product for the app's license on the tenant's site and

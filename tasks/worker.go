@@ -158,40 +158,53 @@ func permanent(err error) error {
 // registered yet (with Connect on Forge, enabled is no longer sent, so enabled
 // alone must never be what registers it).
 func (w *Worker) tenantInit(ctx context.Context, t *asynq.Task) error {
-	p, err := decodeLifecycle(t)
-	if err != nil {
+	tn, ok, err := w.installedTenant(ctx, t)
+	if !ok {
 		return err
 	}
-	tn, err := w.d.Tenants.Get(ctx, p.ClientKey)
-	if err != nil {
-		return permanent(fmt.Errorf("load tenant %s: %w", p.ClientKey, err))
-	}
-	if !tn.Installed {
-		w.d.Logger.InfoContext(ctx, "tenant uninstalled before initialization; skipped", slog.String("client_key", p.ClientKey))
-		return nil
-	}
-	if err := w.recordLicense(ctx, p.ClientKey); err != nil {
+	ck := tn.ClientKey
+	if err := w.recordLicense(ctx, ck); err != nil {
 		return err
 	}
 	if w.d.Initializer != nil {
 		if err := w.d.Initializer.InitializeTenant(ctx, tn, w.d.Product); err != nil {
-			return fmt.Errorf("tenant initializer for %s: %w", p.ClientKey, err)
+			return fmt.Errorf("tenant initializer for %s: %w", ck, err)
 		}
 	}
 	if !slices.Contains(tn.WebhookEndpoints, w.d.WebhookURL) {
-		if err := w.registerWebhook(ctx, p.ClientKey); err != nil {
+		if err := w.registerWebhook(ctx, ck); err != nil {
 			// The product may refuse registration before the app is enabled;
 			// the enabled task registers it then. Server errors are retried.
 			if errors.Is(permanent(err), asynq.SkipRetry) {
 				w.d.Logger.WarnContext(ctx, "migration webhook not registered at initialization; will be on enabled",
-					slog.String("client_key", p.ClientKey), slog.String("error", err.Error()))
+					slog.String("client_key", ck), slog.String("error", err.Error()))
 			} else {
 				return err
 			}
 		}
 	}
-	w.d.Logger.InfoContext(ctx, "tenant initialized", slog.String("client_key", p.ClientKey))
+	w.d.Logger.InfoContext(ctx, "tenant initialized", slog.String("client_key", ck))
 	return nil
+}
+
+// installedTenant loads the tenant a lifecycle task is about. ok is false when the
+// task should end with err (nil when the tenant was uninstalled since: its work
+// no longer applies).
+func (w *Worker) installedTenant(ctx context.Context, t *asynq.Task) (tn tenant.Tenant, ok bool, err error) {
+	p, err := decodeLifecycle(t)
+	if err != nil {
+		return tn, false, err
+	}
+	tn, err = w.d.Tenants.Get(ctx, p.ClientKey)
+	if err != nil {
+		return tn, false, permanent(fmt.Errorf("load tenant %s: %w", p.ClientKey, err))
+	}
+	if !tn.Installed {
+		w.d.Logger.InfoContext(ctx, "tenant uninstalled since the task was enqueued; skipped",
+			slog.String("client_key", p.ClientKey), slog.String("task_type", t.Type()))
+		return tn, false, nil
+	}
+	return tn, true, nil
 }
 
 // registerWebhook makes the product's registered migration webhooks exactly our

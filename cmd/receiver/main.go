@@ -5,31 +5,14 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
+	"log/slog"
 
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/service"
 )
 
 func main() {
-	cfg, err := config.Load(os.Getenv)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "receiver:", err)
-		os.Exit(2)
-	}
-	log := service.DefaultLogger(cfg)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	r, err := service.NewReceiver(ctx, cfg, service.ReceiverOptions{Logger: log})
-	if err != nil {
-		log.Error("receiver failed to start", "error", err)
-		os.Exit(1)
-	}
-	if err := r.Run(ctx); err != nil {
-		log.Error("receiver stopped with an error", "error", err)
-		os.Exit(1)
-	}
+	service.Main("receiver", func(ctx context.Context, cfg config.Config, log *slog.Logger) (service.Runner, error) {
+		return service.NewReceiver(ctx, cfg, service.ReceiverOptions{Logger: log})
+	})
 }

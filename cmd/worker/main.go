@@ -7,31 +7,14 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
+	"log/slog"
 
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/service"
 )
 
 func main() {
-	cfg, err := config.Load(os.Getenv)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(2)
-	}
-	log := service.DefaultLogger(cfg)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	w, err := service.NewWorker(ctx, cfg, service.WorkerOptions{Logger: log})
-	if err != nil {
-		log.Error("worker failed to start", "error", err)
-		os.Exit(1)
-	}
-	if err := w.Run(ctx); err != nil {
-		log.Error("worker stopped with an error", "error", err)
-		os.Exit(1)
-	}
+	service.Main("worker", func(ctx context.Context, cfg config.Config, log *slog.Logger) (service.Runner, error) {
+		return service.NewWorker(ctx, cfg, service.WorkerOptions{Logger: log})
+	})
 }
