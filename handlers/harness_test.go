@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -61,6 +62,8 @@ type harness struct {
 	metrics   *metrics.Metrics
 	logs      *syncBuffer
 	srv       *httptest.Server
+
+	pgProxy, redisProxy *testenv.Proxy
 }
 
 type harnessOpts struct {
@@ -69,6 +72,9 @@ type harnessOpts struct {
 	keyServer   string // default: the fake's key server
 	adminToken  string
 	monitoring  http.Handler
+	// viaProxies puts a freezable TCP proxy in front of Postgres and Redis
+	// (h.pgProxy, h.redisProxy), for tests where a dependency hangs.
+	viaProxies bool
 }
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
@@ -81,6 +87,15 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	migrate := dbURL == ""
 	if migrate {
 		dbURL = testenv.PostgresURL(t)
+	}
+	if o.viaProxies {
+		u, err := url.Parse(dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.pgProxy = testenv.NewProxy(t, u.Host)
+		u.Host = h.pgProxy.Addr()
+		dbURL = u.String()
 	}
 	pool, err := schema.Open(ctx, dbURL)
 	if err != nil {
@@ -107,6 +122,10 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 		rdbOpts = &redis.Options{Addr: o.redisAddr}
 	} else {
 		rdbOpts = &redis.Options{Addr: testenv.RedisAddr(), DB: testenv.Redis(t)}
+	}
+	if o.viaProxies {
+		h.redisProxy = testenv.NewProxy(t, rdbOpts.Addr)
+		rdbOpts.Addr = h.redisProxy.Addr()
 	}
 	rdbOpts.ContextTimeoutEnabled = true
 	rdbOpts.DialTimeout, rdbOpts.ReadTimeout, rdbOpts.WriteTimeout = 300*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond

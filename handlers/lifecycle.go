@@ -70,12 +70,12 @@ func (s *Server) installed(c echo.Context) error {
 	if p.EventType != "" && p.EventType != "installed" {
 		return fail(http.StatusBadRequest, "eventType is not installed", nil)
 	}
-	claims, err := s.d.Install.Verify(c.Request().Context(), c.Request(), p.ClientKey, p.BaseURL)
+	ctx, cancel := budget(c)
+	defer cancel()
+	claims, err := s.d.Install.Verify(ctx, c.Request(), p.ClientKey, p.BaseURL)
 	if err != nil {
 		return authError(err)
 	}
-	ctx, cancel := withStoreTimeout(c)
-	defer cancel()
 	now := s.d.Now()
 	res, err := s.d.Tenants.Install(ctx, p, now, claims.IssuedAt)
 	if err != nil {
@@ -133,12 +133,12 @@ func (s *Server) uninstalled(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	claims, err := s.d.Install.Verify(c.Request().Context(), c.Request(), lb.ClientKey, lb.BaseURL)
+	ctx, cancel := budget(c)
+	defer cancel()
+	claims, err := s.d.Install.Verify(ctx, c.Request(), lb.ClientKey, lb.BaseURL)
 	if err != nil {
 		return authError(err)
 	}
-	ctx, cancel := withStoreTimeout(c)
-	defer cancel()
 	eventID, err := s.d.Tenants.Uninstall(ctx, lb.ClientKey, s.d.Now(), claims.IssuedAt)
 	if errors.Is(err, tenant.ErrNotFound) {
 		s.d.Logger.InfoContext(ctx, "uninstall for unknown tenant ignored", slog.String("client_key", lb.ClientKey))
@@ -166,7 +166,9 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		claims, err := s.d.Requests.Verify(c.Request().Context(), c.Request(), connect.QSHComputed)
+		ctx, cancel := budget(c)
+		defer cancel()
+		claims, err := s.d.Requests.Verify(ctx, c.Request(), connect.QSHComputed)
 		if err != nil {
 			return authError(err)
 		}
@@ -177,8 +179,6 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		if lb.ClientKey != "" && lb.ClientKey != claims.Issuer {
 			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrIssuerMismatch)
 		}
-		ctx, cancel := withStoreTimeout(c)
-		defer cancel()
 		eventID, err := s.d.Tenants.SetEnabled(ctx, claims.Issuer, enabled, s.d.Now(), claims.IssuedAt)
 		if errors.Is(err, tenant.ErrNotFound) {
 			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrUnknownIssuer)

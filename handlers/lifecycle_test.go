@@ -459,3 +459,53 @@ func taskTypes(list []*asynq.TaskInfo) []string {
 	}
 	return out
 }
+
+func TestLifecycle_HungDependenciesAnswer503WithinASecond(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{viaProxies: true})
+	h.install("ck-cached", site, secretA)
+	h.install("ck-cold", site, secretA)
+	// ck-cached's secret is now in the receiver's cache; ck-cold's is not.
+	if code, _ := h.hs256(handlers.PathEnabled, "ck-cached", secretA, lifecycleBody("ck-cached", site, "enabled")); code != http.StatusNoContent {
+		t.Fatalf("enabled before the fault = %d", code)
+	}
+	tests := []struct {
+		name   string
+		freeze func()
+		send   func() (int, string)
+	}{
+		{"postgres hangs, secret cached", h.pgProxy.Freeze, func() (int, string) {
+			return h.hs256(handlers.PathDisabled, "ck-cached", secretA, lifecycleBody("ck-cached", site, "disabled"))
+		}},
+		{"postgres hangs, secret lookup", h.pgProxy.Freeze, func() (int, string) {
+			return h.hs256(handlers.PathEnabled, "ck-cold", secretA, lifecycleBody("ck-cold", site, "enabled"))
+		}},
+		{"postgres hangs, install", h.pgProxy.Freeze, func() (int, string) { return h.install("ck-new", site, secretA) }},
+		{"postgres hangs, migration event", h.pgProxy.Freeze, func() (int, string) {
+			return h.hs256(handlers.PathMigrationEvents, "ck-cold", secretA, migrationEvent("listener-triggered", "tr-1", "m-1", "ck-cold"))
+		}},
+		{"redis hangs, migration event", h.redisProxy.Freeze, func() (int, string) {
+			return h.hs256(handlers.PathMigrationEvents, "ck-cached", secretA, migrationEvent("listener-triggered", "tr-1", "m-2", "ck-cached"))
+		}},
+		{"redis hangs, install", h.redisProxy.Freeze, func() (int, string) { return h.install("ck-cached", site, secretA) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.freeze()
+			defer h.pgProxy.Thaw()
+			defer h.redisProxy.Thaw()
+			start := time.Now()
+			code, body := tt.send()
+			if code != http.StatusServiceUnavailable {
+				t.Errorf("status = %d %s, want 503", code, body)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("503 took %s, want < 1s", d)
+			}
+		})
+	}
+	// Nothing was lost: once the dependencies answer again, so does the receiver.
+	if code, body := h.hs256(handlers.PathEnabled, "ck-cold", secretA, lifecycleBody("ck-cold", site, "enabled")); code != http.StatusNoContent {
+		t.Errorf("enabled after recovery = %d %s", code, body)
+	}
+}

@@ -31,7 +31,9 @@ func (s *Server) handleMigrationEvent(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	claims, err := s.d.Requests.Verify(c.Request().Context(), c.Request(), connect.QSHComputed)
+	ctx, cancel := budget(c)
+	defer cancel()
+	claims, err := s.d.Requests.Verify(ctx, c.Request(), connect.QSHComputed)
 	if err != nil {
 		return authError(err)
 	}
@@ -50,8 +52,6 @@ func (s *Server) handleMigrationEvent(c echo.Context) error {
 		s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, "rejected").Inc()
 		return fail(http.StatusForbidden, "event does not belong to the signing tenant", nil)
 	}
-	ctx, cancel := withStoreTimeout(c)
-	defer cancel()
 	dup, err := s.d.Queue.MigrationEvent(ctx, claims.Issuer, ev.DedupeKey(), body)
 	if err != nil {
 		return dependencyError("task queue", err)

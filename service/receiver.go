@@ -22,8 +22,9 @@ import (
 
 // KeyFetchTimeout bounds one fetch of an install public key. Atlassian's CDN
 // answers in tens of milliseconds; a slower answer is treated as unavailable (503)
-// so Atlassian retries rather than the install hanging.
-const KeyFetchTimeout = 900 * time.Millisecond
+// so Atlassian retries rather than the install hanging. Primary and fallback CDN
+// together stay within the handlers' one-second request budget.
+const KeyFetchTimeout = 400 * time.Millisecond
 
 // SecretCacheTTL is how long the receiver trusts a decrypted secret in memory. A
 // rotation on another replica is caught sooner: a signature that fails with a
