@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/tenant"
@@ -22,6 +24,12 @@ func Secrets(src TenantSecretSource) connect.SecretStore { return secretAdapter{
 type secretAdapter struct{ src TenantSecretSource }
 
 func (a secretAdapter) SharedSecret(ctx context.Context, clientKey string, refresh bool) ([]byte, error) {
+	// An issuer no tenant could have (control characters, invalid UTF-8, absurd
+	// length) is unknown without asking the database, which would reject some of
+	// them with an error that must not look like an outage.
+	if !plausibleClientKey(clientKey) {
+		return nil, fmt.Errorf("%w: implausible clientKey", connect.ErrUnknownIssuer)
+	}
 	b, err := a.src.SharedSecret(ctx, clientKey, refresh)
 	switch {
 	case err == nil:
@@ -31,4 +39,20 @@ func (a secretAdapter) SharedSecret(ctx context.Context, clientKey string, refre
 	default:
 		return nil, fmt.Errorf("%w: %w", connect.ErrSecretUnavailable, err)
 	}
+}
+
+// maxClientKeyLength bounds an issuer worth looking up; real clientKeys are UUIDs
+// or short "jira:..." strings.
+const maxClientKeyLength = 256
+
+func plausibleClientKey(k string) bool {
+	if k == "" || len(k) > maxClientKeyLength || !utf8.ValidString(k) {
+		return false
+	}
+	for _, r := range k {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
