@@ -63,6 +63,31 @@ func TestMigrationEvents_AcknowledgesOnceAndDeduplicates(t *testing.T) {
 	}
 }
 
+func TestMigrationEvents_AnotherTenantCannotPreemptAnEventByItsMessageID(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.install("ck-victim", site, secretA)
+	const attackerSecret = "attacker-secret-0123456789abcdef0123456"
+	h.install("ck-attacker", "https://attacker.atlassian.net", attackerSecret)
+	// The attacker learned the victim's next messageId and sends it first, in an
+	// event naming itself (which passes the tenant check).
+	if code, _ := h.hs256(handlers.PathMigrationEvents, "ck-attacker", attackerSecret, migrationEvent("listener-triggered", "tr-x", "msg-victim", "ck-attacker")); code != http.StatusOK {
+		t.Fatalf("attacker's event = %d", code)
+	}
+	if code, _ := h.hs256(handlers.PathMigrationEvents, "ck-victim", secretA, migrationEvent("listener-triggered", "tr-v", "msg-victim", "ck-victim")); code != http.StatusOK {
+		t.Fatalf("victim's event = %d", code)
+	}
+	var victims int
+	for _, ti := range h.tasksIn(tasks.QueueMigration) {
+		if strings.Contains(string(ti.Payload), `"clientKey":"ck-victim"`) {
+			victims++
+		}
+	}
+	if victims != 1 {
+		t.Errorf("victim's event enqueued %d times, want 1", victims)
+	}
+}
+
 func TestMigrationEvents_RejectsCrossTenantAndInvalidEvents(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})

@@ -322,7 +322,7 @@ func TestWorker_EnabledRegistersTheWebhookOnlyWhenItIsNotRight(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "enabled tasks done", func() bool {
 		info, err := e.inspector.GetQueueInfo("lifecycle")
-		return err == nil && info.Pending == 0 && info.Active == 0 && info.Completed >= 3
+		return err == nil && info.Pending == 0 && info.Active == 0 && info.Processed >= 3
 	})
 	if n := st.putCount(); n != 1 {
 		t.Errorf("webhook PUTs = %d, want exactly 1 (the replacement of the old endpoint)", n)
@@ -548,7 +548,37 @@ func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
 	if !found {
 		t.Errorf("history does not record the license change: %+v", hist)
 	}
+	// Another worker's scheduler enqueues the sweep later the same day, after the
+	// first one completed (asynq has dropped its uniqueness lock by then).
+	if _, err := asynq.NewClientFromRedisClient(rdb).Enqueue(sweep, opts...); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "second sweep done", func() bool {
+		info, err := e.inspector.GetQueueInfo("maintenance")
+		return err == nil && info.Pending == 0 && info.Active == 0 && info.Processed >= 3
+	})
 	if n := st.hits(); n != 2 {
-		t.Errorf("addon calls = %d, want 2 (initialization, one sweep check)", n)
+		t.Errorf("addon calls = %d, want 2 (initialization, one sweep check per day)", n)
+	}
+}
+
+func TestWorker_UnreadableLicenseDoesNotBlockInitialization(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, "")
+	const secret = "shared-secret-e2e-403-0123456789abcdef"
+	st := newSite()
+	st.addonCode, st.addonBody = http.StatusForbidden, `{"message":"not allowed"}`
+	prod := newProduct(t, secret, st)
+	init := &blockingInitializer{started: make(chan struct{}), runs: 1} // runs=1: never blocks
+	e.startWorker(service.WorkerOptions{Initializer: init})
+	e.install("ck-1", prod, secret)
+	eventually(t, 5*time.Second, "initializer ran and webhook registered", func() bool {
+		init.mu.Lock()
+		defer init.mu.Unlock()
+		return init.completed == 1 && st.putCount() == 1
+	})
+	tn, err := e.store.Get(context.Background(), "ck-1")
+	if err != nil || tn.LicenseState != tenant.LicenseUnknown {
+		t.Errorf("license state = %q (%v), want unknown", tn.LicenseState, err)
 	}
 }

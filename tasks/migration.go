@@ -49,7 +49,8 @@ func (w *Worker) migrationEvent(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w: %w", t.Type(), err, asynq.SkipRetry)
 	}
-	key := ev.DedupeKey()
+	// Scoped to the tenant, as the enqueue-side TaskID is.
+	key := p.ClientKey + ":" + ev.DedupeKey()
 	claim, err := m.Dedupe.Claim(ctx, key)
 	switch {
 	case errors.Is(err, dedupe.ErrAlreadyDone):

@@ -134,14 +134,17 @@ func (e *Enqueuer) Lifecycle(ctx context.Context, typ, clientKey string, eventID
 		asynq.Retention(LifecycleRetention), asynq.MaxRetry(MaxRetry))
 }
 
-// MigrationEvent enqueues a migration event under its dedupe key (messageId, or a
-// key derived from the event's content), so a re-sent event is a duplicate.
+// MigrationEvent enqueues a migration event under the signing tenant and its
+// dedupe key (messageId, or a key derived from the event's content), so a re-sent
+// event is a duplicate.
 func (e *Enqueuer) MigrationEvent(ctx context.Context, clientKey, dedupeKey string, body json.RawMessage) (duplicate bool, err error) {
 	t, err := newTask(TypeMigrationEvent, MigrationEventPayload{ClientKey: clientKey, Event: body})
 	if err != nil {
 		return false, err
 	}
-	return e.enqueue(ctx, t, asynq.Queue(QueueMigration), asynq.TaskID("amp:"+dedupeKey),
+	// The tenant is part of the TaskID: another tenant that learns a messageId
+	// must not be able to pre-empt this tenant's event with its own.
+	return e.enqueue(ctx, t, asynq.Queue(QueueMigration), asynq.TaskID("amp:"+clientKey+":"+dedupeKey),
 		asynq.Retention(MigrationRetention), asynq.MaxRetry(MaxRetry))
 }
 
@@ -153,7 +156,7 @@ func (e *Enqueuer) Import(ctx context.Context, p ImportPayload) (duplicate bool,
 		return false, err
 	}
 	return e.enqueue(ctx, t, asynq.Queue(QueueMigration), asynq.TaskID("import:"+p.TransferID+":"+p.S3Key),
-		asynq.Retention(MigrationRetention), asynq.MaxRetry(MaxRetry))
+		asynq.Retention(MigrationRetention), asynq.MaxRetry(MaxRetry), asynq.Timeout(ImportTimeout))
 }
 
 func (e *Enqueuer) enqueue(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (bool, error) {
@@ -170,7 +173,13 @@ func (e *Enqueuer) enqueue(ctx context.Context, t *asynq.Task, opts ...asynq.Opt
 	}
 }
 
-// MaxRetry is how many times a failing task is retried before asynq archives it
-// (about two days of exponential backoff with RetryDelay); operators re-run
-// archived tasks from the monitoring UI.
-const MaxRetry = 20
+// MaxRetry is how many times a failing task is retried before asynq archives it:
+// with RetryDelay (2 s doubling, capped at 1 h, jittered to 50-100 %) that spans
+// about two days, longer than any product outage we should wait out. Operators
+// re-run archived tasks from the monitoring UI.
+const MaxRetry = 72
+
+// ImportTimeout bounds one import attempt. asynq's default (30 min) would cancel
+// a multi-gigabyte download mid-stream on every attempt; a stalled download is
+// caught much sooner by the AMP client's stall watchdog.
+const ImportTimeout = 12 * time.Hour

@@ -143,6 +143,7 @@ func permanent(err error) error {
 		errors.Is(err, product.ErrBadRequest),
 		errors.Is(err, product.ErrHostNotAllowed),
 		errors.Is(err, product.ErrNoSecret),
+		errors.Is(err, product.ErrResponseTooLarge),
 		errors.Is(err, migration.ErrInvalidEvent),
 		errors.Is(err, migration.ErrTenantMismatch),
 		errors.Is(err, migration.ErrUploadNotFound),
@@ -280,10 +281,10 @@ func IsFailure(err error) bool {
 	return !errors.As(err, &rl)
 }
 
-// RetryDelay is exponential backoff with full jitter: base 2 s doubling per
-// attempt, capped at 1 h; a product's Retry-After or a RetryLater delay is
-// honoured when longer. MaxRetry attempts of this span about 2 days before the
-// task is archived.
+// RetryDelay is exponential backoff with jitter: base 2 s doubling per attempt,
+// capped at 1 h, each delay drawn from 50-100 % of that; a product's Retry-After
+// or a RetryLater delay is honoured when longer. MaxRetry attempts of this span
+// about two days before the task is archived.
 func RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	const base, ceiling = 2 * time.Second, time.Hour
 	d := ceiling
