@@ -48,6 +48,7 @@ func TestMigrationEvents_AcknowledgesOnceAndDeduplicates(t *testing.T) {
 		{"same messageId five times", repeat(migrationEvent("listener-triggered", "tr-1", "msg-1", "ck-1"), 5), 1},
 		{"no messageId, same content twice", repeat(migrationEvent("app-data-uploaded", "tr-2", "", "ck-1"), 2), 1},
 		{"unknown event type", repeat(migrationEvent("brand-new-event", "tr-3", "msg-3", "ck-1"), 1), 1},
+		{"unknown event type with none of the known fields", repeat(map[string]any{"eventType": "future-event", "messageId": "msg-4"}, 2), 1},
 	}
 	total := 0
 	for _, tt := range tests {

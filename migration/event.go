@@ -104,7 +104,7 @@ func (e Event) Known() bool { return e.Type.Known() }
 // with string eventType and transferId and an object migrationDetails, plus a
 // string s3Key (or key) for app-data-uploaded; other fields are optional and
 // unknown fields are ignored (kept in Raw). Unknown event types parse without
-// error. Every error wraps ErrInvalidEvent.
+// error and need only eventType. Every error wraps ErrInvalidEvent.
 //
 // The body must be UTF-8 and the fields it reads must not contain control
 // characters: they become Postgres text, Redis keys and URL path segments, and a
@@ -129,7 +129,15 @@ func ParseEvent(body []byte) (Event, error) {
 		return Event{}, err
 	}
 	ev.Type = EventType(typ)
-	if ev.TransferID, err = requiredString(top, "transferId"); err != nil {
+	// An event type this service does not know yet is only recorded, so it is
+	// accepted without the fields the known types need: refusing it would make
+	// the platform re-send it forever.
+	if ev.Known() {
+		ev.TransferID, err = requiredString(top, "transferId")
+	} else {
+		ev.TransferID, _, err = optionalString(top, "transferId")
+	}
+	if err != nil {
 		return Event{}, err
 	}
 	if ev.MessageID, _, err = optionalString(top, "messageId"); err != nil {
@@ -153,8 +161,11 @@ func ParseEvent(body []byte) (Event, error) {
 		}
 	}
 	rawDetails, ok := top["migrationDetails"]
-	if !ok {
+	if !ok && ev.Known() {
 		return Event{}, invalid("missing migrationDetails")
+	}
+	if !ok {
+		rawDetails = json.RawMessage(`{}`)
 	}
 	if ev.Details, err = parseDetails(rawDetails); err != nil {
 		return Event{}, err

@@ -218,7 +218,7 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 	if clientKey == "" {
 		return errors.New("migration: HandleEvent: empty client key")
 	}
-	if ev.Type == "" || ev.TransferID == "" {
+	if ev.Type == "" || (ev.Known() && ev.TransferID == "") {
 		return fmt.Errorf("migration: HandleEvent: %w: event without type or transfer ID", ErrInvalidEvent)
 	}
 	if ev.Type == EventAppDataUploaded && ev.S3Key == "" {

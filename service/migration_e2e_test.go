@@ -204,3 +204,28 @@ func TestMigration_ListenerErroredSettlesFailedWithTheErrorRecorded(t *testing.T
 		return false
 	})
 }
+
+func TestMigration_UnknownEventTypeIsAcknowledgedAndRecordedOnce(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, "")
+	const secret = "shared-secret-e2e-amp-new-0123456789ab"
+	prod := newProduct(t, secret, newAMPSite(t))
+	e.install("ck-1", prod, secret)
+	e.startWorker(service.WorkerOptions{})
+	ev := map[string]any{"eventType": "transfer-paused", "messageId": "m-new", "reason": "a future platform feature"}
+	for range 3 {
+		if code := e.hs256(handlers.PathMigrationEvents, "ck-1", secret, ev); code != http.StatusOK {
+			t.Fatalf("unknown event = %d, want 200", code)
+		}
+	}
+	eventually(t, 5*time.Second, "unknown event recorded for operators", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(),
+			`SELECT count(*) FROM migration_events WHERE NOT known AND event_type = 'transfer-paused' AND client_key = 'ck-1'`).Scan(&n)
+		return n == 1
+	})
+	eventually(t, 5*time.Second, "task completed, not retried", func() bool {
+		info, err := e.inspector.GetQueueInfo("migration")
+		return err == nil && info.Completed == 1 && info.Retry == 0 && info.Archived == 0
+	})
+}
