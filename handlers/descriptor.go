@@ -24,7 +24,10 @@ func (s *Server) buildDescriptor() ([]byte, error) {
 	if s.d.Descriptor != nil {
 		s.d.Descriptor(d)
 	}
-	// Set last, so a vendor's descriptor hook cannot break the protocol parts.
+	// Set last, so a vendor's descriptor hook cannot break the protocol parts:
+	// the key and baseUrl are what signed installs are checked against.
+	d["key"], d["baseUrl"] = cfg.AppKey, cfg.BaseURL
+	d["authentication"] = map[string]any{"type": "jwt"}
 	d["lifecycle"] = map[string]any{
 		"installed":   PathInstalled,
 		"uninstalled": PathUninstalled,

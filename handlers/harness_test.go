@@ -75,6 +75,7 @@ type harnessOpts struct {
 	// viaProxies puts a freezable TCP proxy in front of Postgres and Redis
 	// (h.pgProxy, h.redisProxy), for tests where a dependency hangs.
 	viaProxies bool
+	descriptor func(map[string]any)
 }
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
@@ -165,7 +166,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	}
 	srv, err := handlers.New(handlers.Deps{
 		Config: cfg, Install: install, Requests: requests, Tenants: h.store, Secrets: cache,
-		Queue: tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring,
+		Queue: tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
 		Ready: []handlers.Check{
 			{Name: "postgres", Check: func(ctx context.Context) error { return pool.Ping(ctx) }},
 			{Name: "redis", Check: func(ctx context.Context) error { return h.rdb.Ping(ctx).Err() }},

@@ -170,6 +170,59 @@ func TestDescriptor_DeclaresTheServedLifecyclePathsAndSignedInstall(t *testing.T
 	}
 }
 
+func TestDescriptor_VendorHookAddsModulesButCannotBreakTheProtocolParts(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{descriptor: func(d map[string]any) {
+		d["modules"] = map[string]any{"generalPages": []any{map[string]any{"key": "hello", "url": "/hello"}}}
+		d["key"], d["baseUrl"] = "someone-else", "https://elsewhere.example.com"
+		d["lifecycle"] = map[string]any{"installed": "/mine"}
+		d["apiMigrations"] = map[string]any{"signed-install": false, "gdpr": true}
+	}})
+	resp, err := http.Get(h.baseURL + handlers.PathDescriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var d map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+		t.Fatal(err)
+	}
+	if d["key"] != appKey || d["baseUrl"] != h.baseURL {
+		t.Errorf("key/baseUrl = %v/%v, want the configured ones", d["key"], d["baseUrl"])
+	}
+	if d["lifecycle"].(map[string]any)["installed"] != handlers.PathInstalled {
+		t.Errorf("lifecycle = %v", d["lifecycle"])
+	}
+	mig := d["apiMigrations"].(map[string]any)
+	if mig["signed-install"] != true || mig["gdpr"] != true {
+		t.Errorf("apiMigrations = %v, want signed-install forced on and the vendor's gdpr kept", mig)
+	}
+	if _, ok := d["modules"].(map[string]any)["generalPages"]; !ok {
+		t.Errorf("vendor modules lost: %v", d["modules"])
+	}
+}
+
+func TestMetrics_MethodLabelIsBounded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for _, m := range []string{"BREW", "XYZZY", "GET"} {
+		req, _ := http.NewRequest(m, h.baseURL+handlers.PathHealth, nil)
+		h.do(req)
+	}
+	resp, err := http.Get(h.baseURL + handlers.PathMetrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(b), "BREW") || strings.Contains(string(b), "XYZZY") {
+		t.Errorf("client-chosen methods became metric labels")
+	}
+	if !strings.Contains(string(b), `method="OTHER"`) {
+		t.Errorf("unknown methods not counted as OTHER")
+	}
+}
+
 func TestHealth_ReadyReportsEachDependency(t *testing.T) {
 	t.Parallel()
 	up := newHarness(t, harnessOpts{})

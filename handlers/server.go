@@ -240,7 +240,7 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			route = "unmatched"
 		}
 		d := time.Since(start)
-		s.d.Metrics.HTTPDuration.WithLabelValues(route, c.Request().Method, strconv.Itoa(status)).Observe(d.Seconds())
+		s.d.Metrics.HTTPDuration.WithLabelValues(route, methodLabel(c.Request().Method), strconv.Itoa(status)).Observe(d.Seconds())
 		attrs := []slog.Attr{
 			slog.String("method", c.Request().Method),
 			slog.String("route", route),
@@ -304,3 +304,15 @@ func budget(c echo.Context) (context.Context, context.CancelFunc) {
 }
 
 func fmtStatus(status int) string { return fmt.Sprintf("%d", status) }
+
+// methodLabel keeps the metric's method label to a fixed set: the method is the
+// client's choice, and an anonymous client must not be able to create series.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions:
+		return m
+	default:
+		return "OTHER"
+	}
+}

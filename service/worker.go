@@ -162,11 +162,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	stopMetrics := func() {
+		if metricsSrv != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = metricsSrv.Shutdown(sctx)
+		}
+	}
 	if err := w.server.Start(w.handler.Mux()); err != nil {
+		stopMetrics()
 		return fmt.Errorf("start asynq server: %w", err)
 	}
 	if err := w.scheduler.Start(); err != nil {
 		w.server.Shutdown()
+		stopMetrics()
 		return fmt.Errorf("start asynq scheduler: %w", err)
 	}
 	w.opts.Logger.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
@@ -174,11 +183,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.opts.Logger.Info("worker shutting down")
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
-	if metricsSrv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = metricsSrv.Shutdown(sctx)
-	}
+	stopMetrics()
 	w.opts.Logger.Info("worker stopped")
 	return nil
 }

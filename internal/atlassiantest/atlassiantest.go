@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,18 +37,21 @@ type Atlassian struct {
 	Now func() time.Time
 }
 
-var sharedKey *rsa.PrivateKey
+// sharedKey is generated once per test binary (2048-bit generation is slow) and
+// shared by every fake; the Once keeps parallel tests from racing on it.
+var (
+	sharedKey     *rsa.PrivateKey
+	sharedKeyErr  error
+	sharedKeyOnce sync.Once
+)
 
 // New starts a key server on loopback serving the public key at /{KID}; it is
 // closed when the test ends.
 func New(t testing.TB) *Atlassian {
 	t.Helper()
-	if sharedKey == nil {
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			t.Fatalf("generate RSA key: %v", err)
-		}
-		sharedKey = k
+	sharedKeyOnce.Do(func() { sharedKey, sharedKeyErr = rsa.GenerateKey(rand.Reader, 2048) })
+	if sharedKeyErr != nil {
+		t.Fatalf("generate RSA key: %v", sharedKeyErr)
 	}
 	a := &Atlassian{Key: sharedKey, Now: time.Now}
 	der, err := x509.MarshalPKIXPublicKey(&a.Key.PublicKey)
