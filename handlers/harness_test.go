@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,24 +30,6 @@ import (
 
 const appKey = "com.example.relay-test"
 
-// syncBuffer collects log output from concurrent handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness is a receiver wired to a real Postgres database, a real Redis DB and a
 // fake Atlassian, served on loopback.
 type harness struct {
@@ -60,7 +41,7 @@ type harness struct {
 	rdb       *redis.Client
 	inspector *asynq.Inspector
 	metrics   *metrics.Metrics
-	logs      *syncBuffer
+	logs      *testenv.LogBuffer
 	srv       *httptest.Server
 
 	pgProxy, redisProxy *testenv.Proxy
@@ -82,7 +63,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	h := &harness{t: t, atl: atlassiantest.New(t), logs: &syncBuffer{}, metrics: metrics.New()}
+	h := &harness{t: t, atl: atlassiantest.New(t), logs: &testenv.LogBuffer{}, metrics: metrics.New()}
 
 	dbURL := o.databaseURL
 	migrate := dbURL == ""

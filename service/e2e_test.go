@@ -40,33 +40,16 @@ type e2e struct {
 	t         *testing.T
 	cfg       config.Config
 	atl       *atlassiantest.Atlassian
-	logs      *lockedBuffer
+	logs      *testenv.LogBuffer
 	pool      *pgxpool.Pool
 	store     *tenant.Store
 	inspector *asynq.Inspector
 	metrics   *metrics.Metrics
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func newE2E(t *testing.T, adminToken string) *e2e {
 	t.Helper()
-	e := &e2e{t: t, atl: atlassiantest.New(t), logs: &lockedBuffer{}, metrics: metrics.New()}
+	e := &e2e{t: t, atl: atlassiantest.New(t), logs: &testenv.LogBuffer{}, metrics: metrics.New()}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
