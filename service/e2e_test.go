@@ -49,6 +49,12 @@ type e2e struct {
 
 func newE2E(t *testing.T, adminToken string) *e2e {
 	t.Helper()
+	return newE2EWith(t, adminToken, func(*config.Config) {})
+}
+
+// newE2EWith is newE2E with a chance to change the configuration first.
+func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e {
+	t.Helper()
 	e := &e2e{t: t, atl: atlassiantest.New(t), logs: &testenv.LogBuffer{}, metrics: metrics.New()}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
@@ -74,6 +80,7 @@ func newE2E(t *testing.T, adminToken string) *e2e {
 		ShutdownTimeout:     time.Second,
 		LogLevel:            "debug",
 	}
+	edit(&e.cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger("receiver"), Listener: ln, Metrics: e.metrics, Ready: ready})
@@ -563,5 +570,32 @@ func TestWorker_UnreadableLicenseDoesNotBlockInitialization(t *testing.T) {
 	tn, err := e.store.Get(context.Background(), "ck-1")
 	if err != nil || tn.LicenseState != tenant.LicenseUnknown {
 		t.Errorf("license state = %q (%v), want unknown", tn.LicenseState, err)
+	}
+}
+
+func TestMonitoring_ReadOnlyRefusesChanges(t *testing.T) {
+	t.Parallel()
+	const token = "admin-token-e2e-ro-0123456789abcdef"
+	e := newE2EWith(t, token, func(c *config.Config) { c.MonitoringReadOnly = true })
+	call := func(method, path string) int {
+		req, _ := http.NewRequest(method, e.cfg.BaseURL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := call(http.MethodGet, "/monitoring/api/queues"); code != http.StatusOK {
+		t.Errorf("read in read-only mode = %d, want 200", code)
+	}
+	for _, c := range []struct{ method, path string }{
+		// Without read-only this answers 204 (checked when the test was written).
+		{http.MethodPost, "/monitoring/api/queues/lifecycle:pause"},
+	} {
+		if code := call(c.method, c.path); code < 400 {
+			t.Errorf("%s %s in read-only mode = %d, want a refusal", c.method, c.path, code)
+		}
 	}
 }
