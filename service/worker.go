@@ -138,7 +138,13 @@ func (w *Worker) build(hosts *connect.HostPolicy) error {
 		Logger:                   asynqLogger{log.With(slog.String("component", "asynq"))},
 		LogLevel:                 asynq.WarnLevel,
 	})
-	w.scheduler = asynq.NewSchedulerFromRedisClient(w.stores.redis, &asynq.SchedulerOpts{
+	// The scheduler gets a connection of its own: on a shared client its
+	// Shutdown logs an error for the close it is not allowed to do.
+	connOpt, err := asynq.ParseRedisURI(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	w.scheduler = asynq.NewScheduler(connOpt, &asynq.SchedulerOpts{
 		Logger:   asynqLogger{log.With(slog.String("component", "asynq-scheduler"))},
 		LogLevel: asynq.WarnLevel,
 	})
