@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/connectrelay/connectrelay/product"
@@ -171,13 +172,23 @@ func required(name, v string) error {
 }
 
 // transferErr wraps a failed transfer-scoped call. The platform answers 403
-// to every call for a settled transfer (DAC FAQ), so 403 is reported as
-// ErrTransferSettled (still wrapping product.ErrForbidden).
+// "Transfer '…' is already in a settled state" to every call for a settled
+// transfer (DAC FAQ); only such a 403 is reported as ErrTransferSettled (still
+// wrapping product.ErrForbidden). Any other 403 (a permission problem, a
+// disabled app) must not be taken for "settled": our own settle call would
+// never be made and the transfer's data would be dropped.
 func transferErr(op, transferID string, err error) error {
-	if errors.Is(err, product.ErrForbidden) {
+	if settledAnswer(err) {
 		return fmt.Errorf("amp: %s for transfer %s: %w: %w", op, transferID, ErrTransferSettled, err)
 	}
 	return fmt.Errorf("amp: %s for transfer %s: %w", op, transferID, err)
+}
+
+// settledAnswer reports whether err is the product's 403 for a settled transfer.
+func settledAnswer(err error) bool {
+	var se *product.StatusError
+	return errors.As(err, &se) && se.StatusCode == http.StatusForbidden &&
+		strings.Contains(strings.ToLower(se.Body), "settled")
 }
 
 // DataURL asks the product for a presigned URL of an uploaded file. The URL
@@ -191,6 +202,9 @@ func (c *Client) DataURL(ctx context.Context, clientKey, s3Key string) (string, 
 	}
 	req := product.Request{Path: base + "/data/" + url.PathEscape(s3Key), Route: RouteData}
 	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
+		if settledAnswer(err) {
+			return "", fmt.Errorf("amp: data URL for %s: %w: %w", s3Key, ErrTransferSettled, err)
+		}
 		return "", fmt.Errorf("amp: data URL for %s: %w", s3Key, err)
 	}
 	if _, err := checkDataURL(out.URL); err != nil {

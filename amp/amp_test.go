@@ -433,6 +433,7 @@ func TestReportProgress(t *testing.T) {
 		{"settled", 403, `{"message":"Transfer '` + testTransferID + `' is already in a settled state"}`, []error{ErrTransferSettled, product.ErrForbidden}, []error{ErrTransferExpired}},
 		{"past 14 days", 400, `{"message":"transfer expired"}`, []error{ErrTransferExpired, product.ErrBadRequest}, []error{ErrTransferSettled}},
 		{"not found", 404, `{}`, []error{product.ErrNotFound}, []error{ErrTransferSettled, ErrTransferExpired}},
+		{"forbidden for another reason", 403, `{"message":"App is not permitted to access this resource"}`, []error{product.ErrForbidden}, []error{ErrTransferSettled, ErrTransferExpired}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -485,7 +486,7 @@ func TestErrorDetails(t *testing.T) {
 	if string(got) != details {
 		t.Errorf("details = %s", got)
 	}
-	b.product.SetHandler(producttest.JSON(403, `{}`))
+	b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '` + testTransferID + `' is already in a settled state"}`))
 	if _, err := c.ErrorDetails(t.Context(), testClientKey, testTransferID); !errors.Is(err, ErrTransferSettled) {
 		t.Errorf("err = %v, want ErrTransferSettled", err)
 	}
@@ -649,7 +650,7 @@ func TestMappings(t *testing.T) {
 	})
 	t.Run("settled transfer", func(t *testing.T) {
 		c, b := setup(t, "")
-		b.product.SetHandler(producttest.JSON(403, `{}`))
+		b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '` + testTransferID + `' is already in a settled state"}`))
 		for _, err := range c.Mappings(t.Context(), testClientKey, testTransferID, "jira:issue", 10) {
 			if !errors.Is(err, ErrTransferSettled) {
 				t.Errorf("err = %v, want ErrTransferSettled", err)
@@ -762,5 +763,26 @@ func TestOpenDataRedirects(t *testing.T) {
 	}
 	if n := len(plain.Hits()); n != 0 {
 		t.Errorf("plain-http storage received %d requests", n)
+	}
+}
+
+func TestDataURL_Only403SaysSettledMeansSettled(t *testing.T) {
+	tests := []struct {
+		name    string
+		body    string
+		settled bool
+	}{
+		{"settled", `{"message":"Transfer 'x' is already in a settled state"}`, true},
+		{"permission", `{"message":"forbidden"}`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, b := setup(t, "")
+			b.product.SetHandler(producttest.JSON(403, tt.body))
+			_, err := c.DataURL(t.Context(), testClientKey, "some/s3key")
+			if !errors.Is(err, product.ErrForbidden) || errors.Is(err, ErrTransferSettled) != tt.settled {
+				t.Errorf("err = %v, want forbidden with settled=%v", err, tt.settled)
+			}
+		})
 	}
 }
