@@ -486,7 +486,7 @@ func TestErrorDetails(t *testing.T) {
 	if string(got) != details {
 		t.Errorf("details = %s", got)
 	}
-	b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '` + testTransferID + `' is already in a settled state"}`))
+	b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '`+testTransferID+`' is already in a settled state"}`))
 	if _, err := c.ErrorDetails(t.Context(), testClientKey, testTransferID); !errors.Is(err, ErrTransferSettled) {
 		t.Errorf("err = %v, want ErrTransferSettled", err)
 	}
@@ -650,7 +650,7 @@ func TestMappings(t *testing.T) {
 	})
 	t.Run("settled transfer", func(t *testing.T) {
 		c, b := setup(t, "")
-		b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '` + testTransferID + `' is already in a settled state"}`))
+		b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '`+testTransferID+`' is already in a settled state"}`))
 		for _, err := range c.Mappings(t.Context(), testClientKey, testTransferID, "jira:issue", 10) {
 			if !errors.Is(err, ErrTransferSettled) {
 				t.Errorf("err = %v, want ErrTransferSettled", err)
