@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -19,6 +20,9 @@ const (
 	// SecretCacheSize bounds the number of cached secrets; the least recently used
 	// entry is dropped beyond it.
 	SecretCacheSize = 10_000
+	// LoadTimeout bounds one shared store read of a secret. It is shorter than
+	// the receiver's request budget, so a hung database still answers 503 in time.
+	LoadTimeout = 800 * time.Millisecond
 )
 
 // SecretCache keeps decrypted shared secrets in memory for the receiver's HS256
@@ -86,14 +90,30 @@ func (c *SecretCache) SharedSecret(ctx context.Context, clientKey string, refres
 	if refresh {
 		flight = "r:" + clientKey
 	}
-	v, err, _ := c.loads.Do(flight, func() (any, error) {
+	ch := c.loads.DoChan(flight, func() (any, error) {
+		// The load serves every caller that joined it, so it must not end with
+		// the first caller's context: a cancelled or budget-expired first
+		// request would fail all the others with it.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), LoadTimeout)
+		defer cancel()
 		gen := c.generation()
-		secret, err := c.store.SharedSecret(ctx, clientKey)
+		secret, err := c.store.SharedSecret(lctx, clientKey)
 		if err == nil {
 			c.put(clientKey, secret, gen) // put keeps a copy of its own
 		}
 		return secret, err
 	})
+	var (
+		v   any
+		err error
+	)
+	select {
+	case res := <-ch:
+		v, err = res.Val, res.Err
+	case <-ctx.Done():
+		// This caller gives up; the shared read goes on for the others.
+		return nil, fmt.Errorf("%w: secret of %s: %w", ErrUnavailable, clientKey, ctx.Err())
+	}
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			c.drop(clientKey, false)

@@ -2,6 +2,7 @@ package tenant
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -167,5 +168,37 @@ func TestSecretCacheConcurrentRefreshesAllSeeTheRotatedSecret(t *testing.T) {
 	}
 	if s := cached(t, c, "ck", false); s != "s2" {
 		t.Errorf("cache after refreshes = %q, want s2", s)
+	}
+}
+
+func TestSecretCacheACancelledCallerDoesNotFailOthersSharingItsRead(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := newTestCache(b, time.Minute)
+	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": "s1"}), ts(1), ts(1))
+	for round := range 5 {
+		c.Invalidate("ck")
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if i%2 == 0 {
+					ctx, cancel := context.WithCancel(testCtx(t))
+					cancel() // this caller gives up at once
+					if _, err := c.SharedSecret(ctx, "ck", false); err == nil {
+						return // it may have found the secret already cached
+					} else if !errors.Is(err, ErrUnavailable) {
+						t.Errorf("round %d: cancelled caller err = %v, want ErrUnavailable", round, err)
+					}
+					return
+				}
+				s, err := c.SharedSecret(testCtx(t), "ck", false)
+				if err != nil || string(s) != "s1" {
+					t.Errorf("round %d: caller %d got %q, %v", round, i, s, err)
+				}
+			}()
+		}
+		wg.Wait()
 	}
 }
