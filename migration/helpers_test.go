@@ -128,11 +128,21 @@ type fakeAMP struct {
 	progressErrN int
 	// wrap, when set, wraps the data reader (to block or observe it).
 	wrap func(ctx context.Context, s3Key string, r io.Reader) io.Reader
+	// listed are the s3Keys ListData answers for a transfer, beyond nothing: by
+	// default the product holds no upload the test did not announce, so it
+	// answers an empty list. listErr, when set, is returned by ListData.
+	listed    map[string][]string
+	listErr   error
+	listCalls map[string]int
+	// hook, when set, runs at the start of ReportProgress and ListData (call is
+	// the method's name), outside the fake's mutex; its error is returned.
+	hook func(ctx context.Context, call, transferID string) error
 }
 
 func newFakeAMP() *fakeAMP {
 	return &fakeAMP{
 		sizes: map[string]int64{}, opens: map[string]int{}, settled: map[string]string{},
+		listed: map[string][]string{}, listCalls: map[string]int{},
 		errDetails: json.RawMessage(`{"exceptionType":"java.lang.IllegalStateException","safeStackTrace":"at Listener.run"}`),
 	}
 }
@@ -163,7 +173,20 @@ func (f *fakeAMP) OpenData(ctx context.Context, clientKey, s3Key string) (io.Rea
 	return io.NopCloser(r), nil
 }
 
+func (f *fakeAMP) runHook(ctx context.Context, call, transferID string) error {
+	f.mu.Lock()
+	hook := f.hook
+	f.mu.Unlock()
+	if hook == nil {
+		return nil
+	}
+	return hook(ctx, call, transferID)
+}
+
 func (f *fakeAMP) ReportProgress(ctx context.Context, clientKey, transferID string, p migration.Progress) error {
+	if err := f.runHook(ctx, "ReportProgress", transferID); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.progressErr != nil && f.progressErrN != 0 {
@@ -184,6 +207,28 @@ func (f *fakeAMP) ErrorDetails(ctx context.Context, clientKey, transferID string
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.errDetails, f.errDetailsE
+}
+
+func (f *fakeAMP) ListData(ctx context.Context, clientKey, transferID string) ([]string, error) {
+	if err := f.runHook(ctx, "ListData", transferID); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.listCalls[transferID]++
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
+	if st, ok := f.settled[transferID]; ok {
+		return nil, fmt.Errorf("product: 403 transfer %s already settled as %s: %w", transferID, st, migration.ErrTransferSettled)
+	}
+	return append([]string(nil), f.listed[transferID]...), nil
+}
+
+func (f *fakeAMP) listCount(transferID string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.listCalls[transferID]
 }
 
 func (f *fakeAMP) openCount(s3Key string) int {

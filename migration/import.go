@@ -58,9 +58,12 @@ type importClaim struct {
 //
 // After the import, progress is reported IN_PROGRESS with a percent that only
 // grows (imported uploads over known ones, at most 99); once the upload labelled
-// Options.FinalLabel and every other known upload are imported, the transfer
-// succeeds and is settled SUCCESS. The product's "already settled" answer is
-// recorded and final, not an error.
+// Options.FinalLabel and every other known upload are imported, and the product's
+// list of the transfer's data (AMP.ListData) names no upload that is not imported,
+// the transfer succeeds and is settled SUCCESS. The product's "already settled"
+// answer is recorded and final, not an error. When the list cannot be had, Import
+// returns an error (the upload stays imported) and its retry completes the
+// transfer.
 //
 // Import returns ErrTransferNotReady for a parked upload, ErrUploadNotFound for an
 // unknown one and ErrTenantMismatch when ref.ClientKey is not the transfer's
@@ -88,9 +91,10 @@ func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
 		return fmt.Errorf("migration: import %s of transfer %s: %w", ref.S3Key, ref.TransferID, err)
 	}
 	if c.done {
-		// A settle call may still be owed (it failed after an earlier import
-		// committed); the retry of that import is what makes it.
-		return m.settle(ctx, ref.TransferID)
+		// The retry of an import that committed: completing the transfer may still
+		// be owed (the product could not list its data) and so may a settle call
+		// (it failed); this retry is what makes them.
+		return m.completeTransfer(ctx, log, ref.TransferID)
 	}
 	log = log.With(slog.String("client_key", c.transfer.ClientKey), slog.String("label", c.label),
 		slog.Int("attempt", c.attempt))
@@ -142,7 +146,7 @@ func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, 
 		}
 		c.transfer = t
 		switch {
-		case state == UploadImported || state == UploadSkipped:
+		case state == UploadImported || state == UploadSkipped || state == UploadFailed:
 			c.done = true
 			return nil
 		case t.Closed():
@@ -266,7 +270,7 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 		if _, err := m.pool.Exec(bctx, `UPDATE migration_uploads SET state = 'skipped', skip_reason = $4,
 			lease_token = NULL, lease_until = NULL, last_error = $5, updated_at = now()
 			WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`,
-			ref.TransferID, ref.S3Key, c.token, reason, ierr.Error()); err != nil {
+			ref.TransferID, ref.S3Key, c.token, reason, redactSecrets(ierr.Error())); err != nil {
 			return fmt.Errorf("migration: import %s of transfer %s: mark skipped: %w", ref.S3Key, ref.TransferID, err)
 		}
 		return nil
@@ -280,7 +284,7 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 		return fmt.Errorf("migration: import %s of transfer %s: %w (lease taken over)", ref.S3Key, ref.TransferID, ErrImportInProgress)
 	case errors.Is(ierr, ErrTransferSettled):
 		log.InfoContext(ctx, "product says the transfer is settled; upload skipped")
-		if err := m.markSettledByProduct(bctx, ref.TransferID); err != nil {
+		if err := m.markSettledByProduct(ctx, ref.TransferID); err != nil {
 			return err
 		}
 		return skip("transfer settled")
@@ -289,23 +293,25 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 	if _, err := m.pool.Exec(bctx, `UPDATE migration_uploads SET state = 'queued', last_error = $4,
 		lease_token = NULL, lease_until = NULL, updated_at = now()
 		WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`,
-		ref.TransferID, ref.S3Key, c.token, ierr.Error()); err != nil {
+		ref.TransferID, ref.S3Key, c.token, redactSecrets(ierr.Error())); err != nil {
 		ierr = errors.Join(ierr, fmt.Errorf("record failure: %w", err))
 	}
 	return fmt.Errorf("migration: import %s of transfer %s (attempt %d): %w", ref.S3Key, ref.TransferID, c.attempt, ierr)
 }
 
 // finishImport records the upload imported and decides, under the transfer's lock,
-// whether the transfer is now complete; progress and settle calls follow the commit.
+// whether the transfer may now be complete; progress, completion (which asks the
+// product) and settle calls follow the commit.
 func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref UploadRef, c importClaim, size int64, sum string) error {
 	var (
 		report    int
 		settle    bool
+		complete  bool
 		imported  int
 		remaining int
 	)
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		report, settle = 0, false
+		report, settle, complete = 0, false, false
 		t, err := scanTransfer(tx.QueryRow(ctx,
 			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ref.TransferID))
 		if err != nil {
@@ -332,11 +338,9 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 		case t.Closed():
 			settle = t.settlePending()
 		case finalDone && remaining == 0:
-			if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'succeeded', settle_status = 'SUCCESS',
-				finished_at = now(), updated_at = now() WHERE transfer_id = $1`, ref.TransferID); err != nil {
-				return fmt.Errorf("mark succeeded: %w", err)
-			}
-			settle = true
+			// Complete as far as this service knows; whether the product holds
+			// uploads not announced yet is asked after the commit.
+			complete = true
 		default:
 			p := min(99, max(1, imported*100/(imported+remaining)))
 			if p > t.LastPercent {
@@ -361,10 +365,127 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 			Message: fmt.Sprintf("imported %d of %d uploads", imported, imported+remaining),
 		})
 	}
-	if settle {
+	switch {
+	case complete:
+		return m.completeTransfer(ctx, log, ref.TransferID)
+	case settle:
 		return m.settle(ctx, ref.TransferID)
 	}
 	return nil
+}
+
+// rowQuerier is what completion reads through: the pool, or a transaction.
+type rowQuerier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// allKnownImported reports whether the transfer is open, its upload labelled
+// Options.FinalLabel is imported and no other upload is still to import, and
+// returns the transfer's tenant.
+func (m *Machine) allKnownImported(ctx context.Context, q rowQuerier, transferID string) (string, bool, error) {
+	var (
+		clientKey string
+		done      bool
+	)
+	err := q.QueryRow(ctx, `SELECT t.client_key,
+			t.state IN ('waiting', 'ready') AND t.settled_at IS NULL
+			AND coalesce(bool_or(u.state = 'imported' AND u.label = $2), false)
+			AND count(u.s3_key) FILTER (WHERE u.state IN ('parked', 'queued', 'importing')) = 0
+		FROM migration_transfers t LEFT JOIN migration_uploads u USING (transfer_id)
+		WHERE t.transfer_id = $1
+		GROUP BY t.transfer_id`, transferID, m.finalLabel).Scan(&clientKey, &done)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("count uploads: %w", err)
+	}
+	return clientKey, done, nil
+}
+
+// maxLoggedKeys bounds the s3Keys named in one log record.
+const maxLoggedKeys = 10
+
+// completeTransfer makes a transfer whose uploads are all imported (see
+// allKnownImported) succeed, once the product confirms it holds no other data for
+// it, then makes the settle call the transfer owes, if any.
+//
+// The product's list (AMP.ListData) is fetched with no lock held. An upload it
+// names that is not recorded imported here (its app-data-uploaded event has not
+// arrived or not been imported yet) keeps the transfer open: that event will come,
+// as AMP re-sends it until it is acknowledged, and the import it schedules
+// completes the transfer. A failure to list is returned, so that the task is
+// retried; the product's "already settled" answer is recorded as final.
+func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transferID string) error {
+	clientKey, done, err := m.allKnownImported(ctx, m.pool, transferID)
+	if err != nil {
+		return fmt.Errorf("migration: complete transfer %s: %w", transferID, err)
+	}
+	if !done {
+		return m.settle(ctx, transferID)
+	}
+	keys, err := m.amp.ListData(ctx, clientKey, transferID)
+	switch {
+	case errors.Is(err, ErrTransferSettled):
+		log.InfoContext(ctx, "product says the transfer is settled")
+		return m.markSettledByProduct(ctx, transferID)
+	case err != nil:
+		log.WarnContext(ctx, "could not list the product's uploads before settling SUCCESS", slog.Any("error", err))
+		return fmt.Errorf("migration: complete transfer %s: list the product's uploads: %w", transferID, err)
+	}
+	if keys == nil {
+		keys = []string{}
+	}
+	var (
+		succeeded bool
+		missing   []string
+		nMissing  int
+	)
+	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+		succeeded, missing, nMissing = false, nil, 0
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, transferID); err != nil {
+			return fmt.Errorf("lock transfer: %w", err)
+		}
+		// Decided again under the lock: another event or import may have changed
+		// the transfer while the product was asked.
+		if _, done, err := m.allKnownImported(ctx, tx, transferID); err != nil || !done {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT k, count(*) OVER () FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k) AS listed
+			WHERE NOT EXISTS (SELECT 1 FROM migration_uploads u
+				WHERE u.transfer_id = $1 AND u.s3_key = listed.k AND u.state = 'imported')
+			ORDER BY k LIMIT $3`, transferID, keys, maxLoggedKeys)
+		if err != nil {
+			return fmt.Errorf("compare the product's uploads: %w", err)
+		}
+		missing, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+			var k string
+			return k, r.Scan(&k, &nMissing)
+		})
+		if err != nil {
+			return fmt.Errorf("compare the product's uploads: %w", err)
+		}
+		if len(missing) > 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'succeeded', settle_status = 'SUCCESS',
+			finished_at = now(), updated_at = now() WHERE transfer_id = $1`, transferID); err != nil {
+			return fmt.Errorf("mark succeeded: %w", err)
+		}
+		succeeded = true
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("migration: complete transfer %s: %w", transferID, err)
+	}
+	switch {
+	case len(missing) > 0:
+		log.InfoContext(ctx, "the product holds uploads not imported yet; the transfer stays open until their events are handled",
+			slog.Int("not_imported", nMissing), slog.Any("s3_keys", missing))
+	case succeeded:
+		log.InfoContext(ctx, "transfer succeeded", slog.Int("listed_uploads", len(keys)))
+	}
+	return m.settle(ctx, transferID)
 }
 
 // reportProgress sends an IN_PROGRESS report. Progress is advisory: a failure is

@@ -25,12 +25,22 @@ type AMP interface {
 	OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error)
 	// ReportProgress posts a progress or settle status for the transfer. It
 	// returns an error wrapping ErrTransferSettled when the product answers that
-	// the transfer is already settled (403): that answer is final and never
-	// retried.
+	// the transfer is already settled (403), and one wrapping ErrTransferExpired
+	// when it answers that the transfer is past AMP's 14-day window (400): both
+	// answers are final and never retried. The machine makes this call with no
+	// database lock or transaction open, so it may take as long as its retries
+	// need (a settle call is bounded to a few minutes).
 	ReportProgress(ctx context.Context, clientKey, transferID string, p Progress) error
 	// ErrorDetails fetches what the app's server-side listener reported when it
 	// failed (GET /migration/error/{transferId}).
 	ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error)
+	// ListData returns the s3Keys of every upload the product holds for the
+	// transfer (GET /migration/data/{transferId}/all). The machine asks before
+	// settling SUCCESS, so that an upload whose app-data-uploaded event has not
+	// reached it yet keeps the transfer open. Like ReportProgress, it returns an
+	// error wrapping ErrTransferSettled when the product answers that the
+	// transfer is already settled.
+	ListData(ctx context.Context, clientKey, transferID string) ([]string, error)
 }
 
 // Progress is the body of AMP's progress call.
@@ -62,10 +72,11 @@ type Importer interface {
 }
 
 // Scheduler queues one import of an upload; the tasks package implements it with an
-// asynq task whose TaskID derives from transfer and s3Key. The machine schedules an
-// upload again whenever it sees it still queued (a retried listener-triggered or
-// app-data-uploaded), so ScheduleImport must treat "already scheduled" as success.
-// Duplicate imports are harmless anyway: Machine.Import is idempotent.
+// asynq task whose TaskID derives from transfer and s3Key (and ref.Reschedule). The
+// machine schedules an upload again whenever it sees it still queued (a retried
+// listener-triggered or app-data-uploaded), so ScheduleImport must treat "already
+// scheduled" as success. Duplicate imports are harmless anyway: Machine.Import is
+// idempotent.
 type Scheduler interface {
 	ScheduleImport(ctx context.Context, ref UploadRef) error
 }
@@ -76,6 +87,14 @@ type UploadRef struct {
 	TransferID string `json:"transferId"`
 	S3Key      string `json:"s3Key"`
 	Label      string `json:"label,omitempty"`
+	// Reschedule is zero when an event schedules the upload, and a new non-zero
+	// value each time Machine.RequeueStale schedules it again. The task layer
+	// derives the task's ID from TransferID and S3Key, plus Reschedule when it is
+	// non-zero: a task that was archived (retries exhausted) or lost keeps the
+	// plain ID taken for as long as the queue retains it (14 days), so scheduling
+	// under that ID again would be a silent no-op and the upload would stay queued.
+	// Import ignores it.
+	Reschedule int `json:"reschedule,omitempty"`
 }
 
 // Errors callers branch on.
@@ -83,6 +102,11 @@ var (
 	// ErrTransferSettled is wrapped by AMP implementations when the product
 	// answers that a transfer is already settled. The machine records it as final.
 	ErrTransferSettled = errors.New("transfer already settled")
+	// ErrTransferExpired is wrapped by AMP implementations when the product
+	// answers that the transfer no longer accepts calls: AMP's 14-day window
+	// after the first notification has passed (400). A settle call answered so is
+	// recorded as final (SettleExpired) and never made again.
+	ErrTransferExpired = errors.New("transfer expired")
 	// ErrTransferStopped is the cause (context.Cause) of an import context that the
 	// machine cancelled because the transfer was cancelled, failed or settled.
 	ErrTransferStopped = errors.New("transfer stopped")
@@ -497,82 +521,131 @@ func (m *Machine) fetchErrorDetails(ctx context.Context, log *slog.Logger, clien
 	return b
 }
 
+// settleClaimTTL is how long a settle claim keeps other workers from making the
+// same settle call. settleCallTimeout bounds the call itself (with the AMP
+// client's retries) well within the claim, so that a claim never expires while its
+// call is still running: two settle calls for one transfer are never in flight at
+// once. A worker that dies mid-call leaves its claim to expire; SettlePending then
+// makes the call again.
+const (
+	settleClaimTTL    = 3 * time.Minute
+	settleCallTimeout = settleClaimTTL - 30*time.Second
+)
+
 // settle makes the settle call the transfer owes, if any. The product's "already
-// settled" answer counts as settled. Any other failure is recorded on the transfer
-// and returned, so that the task is retried; every later event or import of the
-// transfer tries again too.
+// settled" and "expired" answers are final and recorded as such. Any other failure
+// is recorded on the transfer and returned, so that the task is retried; every
+// later event or import of the transfer tries again too, and so does
+// SettlePending.
 //
-// The call is made while holding the transfer's row lock, so that workers racing
-// to settle one transfer (an import completing it while a duplicate event arrives)
-// make one call between them: the second one finds it settled. The lock is held
-// for one bounded HTTP call; ctx bounds the wait for it.
+// No lock or transaction is held during the call: it is an HTTP call that may be
+// retried for minutes, and the AMP implementation itself needs database
+// connections (the tenant's URL and secret). Instead one short statement claims
+// the call (settle_claimed_until) and commits; the call is made; a second short
+// statement records the result and clears the claim. Workers racing to settle one
+// transfer (an import completing it while a duplicate event arrives) therefore make
+// one call between them: the others find it claimed, or settled, and return nil.
 func (m *Machine) settle(ctx context.Context, transferID string) error {
 	var (
-		rerr   error
-		status string
+		clientKey, status string
+		percent           int
+		message           *string
+		claim             time.Time
 	)
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		rerr, status = nil, ""
-		t, err := scanTransfer(tx.QueryRow(ctx,
-			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, transferID))
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("lock transfer: %w", err)
-		}
-		if !t.settlePending() {
-			return nil
-		}
-		p := Progress{Status: t.SettleStatus, Percent: t.LastPercent}
-		switch t.SettleStatus {
-		case StatusSuccess:
-			p.Percent, p.Message = 100, "all uploaded data imported"
-		case StatusIncomplete:
-			p.Message = "transfer cancelled on request"
-		case StatusFailed:
-			p.Message = "server-side migration listener errored"
-		}
-		status = p.Status
-		log := m.log.With(slog.String("client_key", t.ClientKey), slog.String("transfer_id", transferID),
-			slog.String("status", p.Status))
-		rerr = m.amp.ReportProgress(ctx, t.ClientKey, transferID, p)
-		result := SettleReported
-		switch {
-		case errors.Is(rerr, ErrTransferSettled):
-			result, rerr = SettleAlreadySettled, nil
-		case rerr != nil:
-			log.WarnContext(ctx, "settle call failed", slog.Any("error", rerr))
-			_, err := tx.Exec(ctx, `UPDATE migration_transfers SET settle_error = $2, updated_at = now()
-				WHERE transfer_id = $1`, transferID, rerr.Error())
-			return err
-		}
-		if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = $2,
-			settle_error = NULL, updated_at = now() WHERE transfer_id = $1`, transferID, result); err != nil {
-			return fmt.Errorf("record %s: %w", result, err)
-		}
-		log.InfoContext(ctx, "transfer settled", slog.String("result", result))
+	err := m.pool.QueryRow(ctx, `UPDATE migration_transfers
+		SET settle_claimed_until = now() + $2 * interval '1 millisecond'
+		WHERE transfer_id = $1 AND settle_status IS NOT NULL AND settled_at IS NULL
+			AND (settle_claimed_until IS NULL OR settle_claimed_until <= now())
+		RETURNING client_key, settle_status, last_percent, settle_message, settle_claimed_until`,
+		transferID, settleClaimTTL.Milliseconds()).Scan(&clientKey, &status, &percent, &message, &claim)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Nothing owed (open, or settled), or another worker is making the call.
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("migration: settle transfer %s: %w", transferID, errors.Join(rerr, err))
 	}
-	if rerr != nil {
+	if err != nil {
+		return fmt.Errorf("migration: settle transfer %s: claim the settle call: %w", transferID, err)
+	}
+	p := settleProgress(status, percent, message)
+	log := m.log.With(slog.String("client_key", clientKey), slog.String("transfer_id", transferID),
+		slog.String("status", p.Status))
+
+	callCtx, cancel := context.WithTimeout(ctx, settleCallTimeout)
+	rerr := m.amp.ReportProgress(callCtx, clientKey, transferID, p)
+	cancel()
+
+	// Recorded even when the caller is going away: a result the product gave
+	// must not be lost, and a failed call must give its claim back at once.
+	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
+	defer bcancel()
+	var (
+		result  = SettleReported
+		errText *string
+	)
+	switch {
+	case rerr == nil:
+	case errors.Is(rerr, ErrTransferSettled):
+		result = SettleAlreadySettled
+	case errors.Is(rerr, ErrTransferExpired):
+		result = SettleExpired
+		e := redactSecrets(rerr.Error())
+		errText = &e
+	default:
+		log.WarnContext(ctx, "settle call failed", slog.Any("error", rerr))
+		if _, err := m.pool.Exec(bctx, `UPDATE migration_transfers SET settle_error = $2,
+			settle_claimed_until = NULL, updated_at = now()
+			WHERE transfer_id = $1 AND settled_at IS NULL AND settle_claimed_until = $3`,
+			transferID, redactSecrets(rerr.Error()), claim); err != nil {
+			rerr = errors.Join(rerr, fmt.Errorf("record the failure: %w", err))
+		}
 		return fmt.Errorf("migration: settle transfer %s %s: %w", transferID, status, rerr)
 	}
+	if _, err := m.pool.Exec(bctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = $2,
+		settle_error = $3, settle_claimed_until = NULL, updated_at = now()
+		WHERE transfer_id = $1 AND settled_at IS NULL`, transferID, result, errText); err != nil {
+		// The claim expires and the call is made again; the product then answers
+		// "already settled", which is recorded.
+		return fmt.Errorf("migration: settle transfer %s %s: record %s: %w", transferID, status, result, err)
+	}
+	if result == SettleExpired {
+		log.WarnContext(ctx, "transfer expired before it could be settled; recorded as final", slog.Any("error", rerr))
+		return nil
+	}
+	log.InfoContext(ctx, "transfer settled", slog.String("result", result))
 	return nil
 }
 
+// settleProgress is the settle call's body for the status the transfer settles
+// with; message, when recorded, replaces the status's default message.
+func settleProgress(status string, lastPercent int, message *string) Progress {
+	p := Progress{Status: status, Percent: lastPercent}
+	switch status {
+	case StatusSuccess:
+		p.Percent, p.Message = 100, "all uploaded data imported"
+	case StatusIncomplete:
+		p.Message = "transfer cancelled on request"
+	case StatusFailed:
+		p.Message = "server-side migration listener errored"
+	}
+	if message != nil && *message != "" {
+		p.Message = *message
+	}
+	return p
+}
+
 // markSettledByProduct records that the product said the transfer is settled when
-// we did not settle it (an IN_PROGRESS or data call answered 403): final, so open
-// uploads are skipped and this process's imports stop.
+// we did not settle it (an IN_PROGRESS, data or list call answered 403): final, so
+// open uploads are skipped and this process's imports stop. The record is written
+// under a context detached from ctx (bounded by bookkeepingTimeout), like the other
+// writes that follow a call's outcome: a worker shutting down still records it.
 func (m *Machine) markSettledByProduct(ctx context.Context, transferID string) error {
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = 'already_settled',
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
+	defer cancel()
+	err := pgx.BeginFunc(bctx, m.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(bctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = 'already_settled',
 			updated_at = now() WHERE transfer_id = $1 AND settled_at IS NULL`, transferID); err != nil {
 			return err
 		}
-		return skipOpenUploads(ctx, tx, transferID, "transfer settled")
+		return skipOpenUploads(bctx, tx, transferID, "transfer settled")
 	})
 	if err != nil {
 		return fmt.Errorf("migration: record transfer %s settled by the product: %w", transferID, err)

@@ -26,7 +26,8 @@ const (
 	// StateSucceeded: the final-labelled upload and every other known upload were
 	// imported; settled SUCCESS.
 	StateSucceeded State = "succeeded"
-	// StateFailed: listener-errored; settled FAILED.
+	// StateFailed: listener-errored, or an upload failed (Machine.FailUpload);
+	// settled FAILED.
 	StateFailed State = "failed"
 )
 
@@ -50,6 +51,10 @@ const (
 	UploadImported UploadState = "imported"
 	// UploadSkipped: the transfer was cancelled, failed or settled first. Final.
 	UploadSkipped UploadState = "skipped"
+	// UploadFailed: its import task gave up (a permanent error, or its retries
+	// were exhausted; see Machine.FailUpload), and the transfer failed with it.
+	// Final.
+	UploadFailed UploadState = "failed"
 )
 
 // Progress statuses of AMP's progress API.
@@ -67,6 +72,10 @@ const (
 	// SettleAlreadySettled: the product answered that the transfer was already
 	// settled (403); final, never retried.
 	SettleAlreadySettled = "already_settled"
+	// SettleExpired: the product answered our settle call that the transfer is
+	// past AMP's 14-day window (ErrTransferExpired); final, never retried.
+	// Transfer.SettleError keeps the answer.
+	SettleExpired = "expired"
 )
 
 // Transfer is an AMP transfer as this service tracks it: what operators see and
@@ -81,15 +90,18 @@ type Transfer struct {
 	SettleStatus string `json:"settleStatus,omitempty"`
 	// SettledAt is when the product was known to be settled; zero while a settle
 	// call is still owed (SettleStatus set) or none is due.
-	SettledAt    time.Time       `json:"settledAt,omitzero"`
-	SettleResult string          `json:"settleResult,omitempty"`
-	SettleError  string          `json:"settleError,omitempty"`
-	LastPercent  int             `json:"lastPercent"`
-	ErrorDetails json.RawMessage `json:"errorDetails,omitempty"`
-	CreatedAt    time.Time       `json:"createdAt"`
-	UpdatedAt    time.Time       `json:"updatedAt"`
-	ReadyAt      time.Time       `json:"readyAt,omitzero"`
-	FinishedAt   time.Time       `json:"finishedAt,omitzero"`
+	SettledAt    time.Time `json:"settledAt,omitzero"`
+	SettleResult string    `json:"settleResult,omitempty"`
+	SettleError  string    `json:"settleError,omitempty"`
+	// SettleMessage is the message sent with the settle status when it is not
+	// the status's default one (a failed upload names itself).
+	SettleMessage string          `json:"settleMessage,omitempty"`
+	LastPercent   int             `json:"lastPercent"`
+	ErrorDetails  json.RawMessage `json:"errorDetails,omitempty"`
+	CreatedAt     time.Time       `json:"createdAt"`
+	UpdatedAt     time.Time       `json:"updatedAt"`
+	ReadyAt       time.Time       `json:"readyAt,omitzero"`
+	FinishedAt    time.Time       `json:"finishedAt,omitzero"`
 }
 
 // Closed reports whether the transfer takes no more imports: it reached a final
@@ -120,7 +132,7 @@ type Upload struct {
 
 const transferColumns = `transfer_id, client_key, migration_details::text, state,
 	coalesce(settle_status, ''), settled_at, coalesce(settle_result, ''), coalesce(settle_error, ''),
-	last_percent, error_details::text, created_at, updated_at, ready_at, finished_at`
+	coalesce(settle_message, ''), last_percent, error_details::text, created_at, updated_at, ready_at, finished_at`
 
 func scanTransfer(row pgx.Row) (Transfer, error) {
 	var (
@@ -131,7 +143,7 @@ func scanTransfer(row pgx.Row) (Transfer, error) {
 	)
 	if err := row.Scan(&t.TransferID, &t.ClientKey, &details, &t.State,
 		&t.SettleStatus, &settledAt, &t.SettleResult, &t.SettleError,
-		&t.LastPercent, &errDetails, &t.CreatedAt, &t.UpdatedAt, &readyAt, &finishedAt); err != nil {
+		&t.SettleMessage, &t.LastPercent, &errDetails, &t.CreatedAt, &t.UpdatedAt, &readyAt, &finishedAt); err != nil {
 		return Transfer{}, err
 	}
 	if d, err := parseDetails(json.RawMessage(details)); err == nil {
