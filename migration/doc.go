@@ -12,8 +12,17 @@
 //     listener-triggered is parked and queued by listener-triggered itself;
 //   - each upload (s3Key) is recorded once and imported under a lease, and its
 //     "imported" mark is final, so its data is fetched and imported once;
-//   - calls to other systems (scheduling an import, settling with the product)
-//     happen after the commit and are made again by a retry when they fail.
+//   - calls to other systems (scheduling an import, settling with the product,
+//     listing the product's uploads) happen after the commit, never while a row
+//     is locked, and are made again by a retry when they fail; a settle call is
+//     claimed first (one short statement), so racing workers make it once;
+//   - SUCCESS is settled only when the final-labelled upload and every known
+//     upload are imported and the product lists no other upload.
+//
+// No transfer is left hanging: an import task that gives up reports it with
+// FailUpload (the transfer fails and is settled FAILED), RequeueStale schedules
+// again the imports whose task was lost, and SettlePending makes the settle calls
+// still owed, including those of a worker that died mid-call.
 //
 // Exactly-once and at-least-once: an upload recorded imported is never imported
 // again. The one window in which an Importer runs twice for one s3Key is a worker

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -88,5 +89,16 @@ func ExampleNewMachine() {
 	handleImport := func(ctx context.Context, ref migration.UploadRef) error {
 		return m.Import(ctx, ref)
 	}
-	_, _ = handleEvent, handleImport
+	// When an import task will never run again (a permanent error, or its last
+	// retry failed), its transfer fails instead of hanging:
+	importGaveUp := func(ctx context.Context, ref migration.UploadRef, err error) error {
+		return m.FailUpload(ctx, ref, err)
+	}
+	// Periodic maintenance: owed settle calls, and imports whose task was lost.
+	sweep := func(ctx context.Context) error {
+		_, serr := m.SettlePending(ctx, 200)
+		_, rerr := m.RequeueStale(ctx, 30*time.Minute, 200)
+		return errors.Join(serr, rerr)
+	}
+	_, _, _, _ = handleEvent, handleImport, importGaveUp, sweep
 }

@@ -2,7 +2,6 @@ package migration
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,8 +14,9 @@ import (
 
 // FailUpload records that the import of ref will never run again: the task layer
 // calls it when an import task failed permanently or used up its retries. The
-// upload is marked failed with cause (secrets such as presigned URLs' signatures
-// and tokens are removed from the recorded text), and an open transfer fails with
+// upload is marked failed with cause recorded in Upload.LastError (secrets such as
+// presigned URLs' signatures and tokens are removed from it), and an open transfer
+// fails with
 // it: its remaining uploads are skipped, this process's imports of it stop (other
 // processes' at their next heartbeat) and it is settled FAILED with a message
 // naming the upload.
@@ -89,14 +89,12 @@ func (m *Machine) FailUpload(ctx context.Context, ref UploadRef, cause error) er
 		if t.Closed() {
 			return nil
 		}
+		// The cause stays on the upload (Upload.LastError): the message goes to the
+		// product, and the customer, and names the upload only.
 		msg := fmt.Sprintf("import of uploaded data %q (label %q) failed permanently", ref.S3Key, label)
-		details, err := json.Marshal(map[string]string{"failedUpload": ref.S3Key, "label": label, "error": why})
-		if err != nil {
-			return fmt.Errorf("encode error details: %w", err)
-		}
 		if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'failed', finished_at = now(), updated_at = now(),
-			settle_status = 'FAILED', settle_message = $2, error_details = coalesce(error_details, $3::text::json)
-			WHERE transfer_id = $1`, ref.TransferID, msg, string(details)); err != nil {
+			settle_status = 'FAILED', settle_message = $2
+			WHERE transfer_id = $1`, ref.TransferID, msg); err != nil {
 			return fmt.Errorf("mark transfer failed: %w", err)
 		}
 		stop = true

@@ -24,7 +24,7 @@ const (
 	// StateCancelled: transfer-cancellation-requested; settled INCOMPLETE.
 	StateCancelled State = "cancelled"
 	// StateSucceeded: the final-labelled upload and every other known upload were
-	// imported; settled SUCCESS.
+	// imported, and the product listed no upload that was not; settled SUCCESS.
 	StateSucceeded State = "succeeded"
 	// StateFailed: listener-errored, or an upload failed (Machine.FailUpload);
 	// settled FAILED.
