@@ -56,6 +56,17 @@ func (a *ampSite) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	const prefix = "/rest/atlassian-connect/1/migration/"
 	p := r.URL.Path
 	switch {
+	case strings.HasPrefix(p, prefix+"data/") && strings.HasSuffix(p, "/all") && r.Method == http.MethodGet:
+		// Everything the product holds for the transfer (these tests use one
+		// transfer per site).
+		a.mu.Lock()
+		list := []map[string]string{}
+		for key := range a.data {
+			list = append(list, map[string]string{"s3Key": key, "label": ""})
+		}
+		a.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(list)
 	case strings.HasPrefix(p, prefix+"data/") && r.Method == http.MethodGet:
 		key := strings.TrimPrefix(p, prefix+"data/")
 		w.Header().Set("Content-Type", "application/json")

@@ -248,11 +248,32 @@ func (a ampAdapter) OpenData(ctx context.Context, clientKey, s3Key string) (io.R
 }
 
 func (a ampAdapter) ReportProgress(ctx context.Context, clientKey, transferID string, p migration.Progress) error {
-	err := a.c.ReportProgress(ctx, clientKey, transferID, amp.Progress{Status: p.Status, Percent: p.Percent, Message: p.Message})
-	if errors.Is(err, amp.ErrTransferSettled) {
-		return fmt.Errorf("%w: %w", migration.ErrTransferSettled, err)
+	return mapAMPErr(a.c.ReportProgress(ctx, clientKey, transferID, amp.Progress{Status: p.Status, Percent: p.Percent, Message: p.Message}))
+}
+
+func (a ampAdapter) ListData(ctx context.Context, clientKey, transferID string) ([]string, error) {
+	uploads, err := a.c.ListData(ctx, clientKey, transferID)
+	if err != nil {
+		return nil, mapAMPErr(err)
 	}
-	return err
+	keys := make([]string, len(uploads))
+	for i, u := range uploads {
+		keys[i] = u.S3Key
+	}
+	return keys, nil
+}
+
+// mapAMPErr translates the AMP client's final answers into the machine's
+// sentinels (the machine does not import the client).
+func mapAMPErr(err error) error {
+	switch {
+	case errors.Is(err, amp.ErrTransferSettled):
+		return fmt.Errorf("%w: %w", migration.ErrTransferSettled, err)
+	case errors.Is(err, amp.ErrTransferExpired):
+		return fmt.Errorf("%w: %w", migration.ErrTransferExpired, err)
+	default:
+		return err
+	}
 }
 
 func (a ampAdapter) ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error) {

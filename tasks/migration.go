@@ -18,7 +18,9 @@ import (
 type MigrationRunner interface {
 	HandleEvent(ctx context.Context, clientKey string, ev migration.Event) error
 	Import(ctx context.Context, ref migration.UploadRef) error
+	FailUpload(ctx context.Context, ref migration.UploadRef, cause error) error
 	SettlePending(ctx context.Context, limit int) (int, error)
+	RequeueStale(ctx context.Context, olderThan time.Duration, limit int) (int, error)
 }
 
 // Deduper claims an event key for processing (see package dedupe).
@@ -95,10 +97,25 @@ func (w *Worker) migrationImport(ctx context.Context, t *asynq.Task) error {
 		// have expired, without counting a failure.
 		return &RetryLater{After: 30 * time.Second, Err: err}
 	}
-	if err != nil {
-		return permanent(fmt.Errorf("import %s of transfer %s: %w", p.S3Key, p.TransferID, err))
+	if err == nil {
+		return nil
 	}
-	return nil
+	err = permanent(fmt.Errorf("import %s of transfer %s: %w", p.S3Key, p.TransferID, err))
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	if errors.Is(err, asynq.SkipRetry) || retried >= maxRetry {
+		// This task will not run again: fail the upload (and so the transfer)
+		// rather than leave it queued until AMP's 14-day window ends.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if ferr := m.Runner.FailUpload(fctx, ref, err); ferr != nil {
+			w.d.Logger.ErrorContext(ctx, "could not mark the upload failed", slog.String("transfer_id", p.TransferID),
+				slog.String("s3_key", p.S3Key), slog.String("error", ferr.Error()))
+			// Keep the task retrying: the failure must be recorded somewhere.
+			return ferr
+		}
+	}
+	return err
 }
 
 // SettleSweepSchedule is how often the worker makes the settle calls still owed
@@ -122,8 +139,17 @@ func (w *Worker) settleSweep(ctx context.Context, _ *asynq.Task) error {
 	if n > 0 {
 		w.d.Logger.InfoContext(ctx, "settle sweep", slog.Int("attempted", n), slog.Bool("all_settled", err == nil))
 	}
-	return err
+	r, rerr := w.d.Migration.Runner.RequeueStale(ctx, StaleImportAfter, 200)
+	if r > 0 {
+		w.d.Logger.WarnContext(ctx, "imports rescheduled after their tasks went missing or were archived", slog.Int("uploads", r))
+	}
+	return errors.Join(err, rerr)
 }
+
+// StaleImportAfter is how long an upload may stay queued (or importing under an
+// expired lease) before the sweep schedules it again: longer than the migration
+// queue's normal wait, short enough that a lost task does not stall a transfer.
+const StaleImportAfter = time.Hour
 
 // ImportScheduler enqueues per-upload import tasks for the migration state
 // machine (it implements migration.Scheduler).
@@ -131,6 +157,6 @@ type ImportScheduler struct{ Enqueuer *Enqueuer }
 
 // ScheduleImport enqueues the import of one upload; scheduling twice is harmless.
 func (s ImportScheduler) ScheduleImport(ctx context.Context, ref migration.UploadRef) error {
-	_, err := s.Enqueuer.Import(ctx, ImportPayload{ClientKey: ref.ClientKey, TransferID: ref.TransferID, S3Key: ref.S3Key, Label: ref.Label})
+	_, err := s.Enqueuer.Import(ctx, ImportPayload{ClientKey: ref.ClientKey, TransferID: ref.TransferID, S3Key: ref.S3Key, Label: ref.Label}, ref.Reschedule)
 	return err
 }

@@ -149,13 +149,19 @@ func (e *Enqueuer) MigrationEvent(ctx context.Context, clientKey, dedupeKey stri
 }
 
 // Import enqueues the import of one upload; the TaskID is the (transfer, s3Key)
-// pair so scheduling it twice is harmless.
-func (e *Enqueuer) Import(ctx context.Context, p ImportPayload) (duplicate bool, err error) {
+// pair so scheduling it twice is harmless. reschedule, when non-zero, is added to
+// the TaskID: an upload whose task was archived or lost is scheduled again under
+// a new ID, since the old one stays taken for the retention window.
+func (e *Enqueuer) Import(ctx context.Context, p ImportPayload, reschedule int) (duplicate bool, err error) {
 	t, err := newTask(TypeMigrationImport, p)
 	if err != nil {
 		return false, err
 	}
-	return e.enqueue(ctx, t, asynq.Queue(QueueMigration), asynq.TaskID("import:"+p.TransferID+":"+p.S3Key),
+	id := "import:" + p.TransferID + ":" + p.S3Key
+	if reschedule != 0 {
+		id += ":r" + strconv.Itoa(reschedule)
+	}
+	return e.enqueue(ctx, t, asynq.Queue(QueueMigration), asynq.TaskID(id),
 		asynq.Retention(MigrationRetention), asynq.MaxRetry(MaxRetry), asynq.Timeout(ImportTimeout))
 }
 
