@@ -236,6 +236,10 @@ func (c *Client) ListData(ctx context.Context, clientKey, transferID string) ([]
 	var out []Upload
 	req := product.Request{Path: base + "/data/" + url.PathEscape(transferID) + "/all", Route: RouteListData}
 	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
+		if errors.Is(err, product.ErrBadRequest) {
+			// A valid transfer id answered 400: past AMP's 14-day window.
+			return nil, fmt.Errorf("amp: list data for transfer %s: %w: %w", transferID, ErrTransferExpired, err)
+		}
 		return nil, transferErr("list data", transferID, err)
 	}
 	return out, nil

@@ -244,7 +244,11 @@ func (t tenantTargets) Target(ctx context.Context, clientKey string) (product.Ta
 type ampAdapter struct{ c *amp.Client }
 
 func (a ampAdapter) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error) {
-	return a.c.OpenData(ctx, clientKey, s3Key)
+	rc, err := a.c.OpenData(ctx, clientKey, s3Key)
+	if err != nil {
+		return nil, mapAMPErr(err)
+	}
+	return rc, nil
 }
 
 func (a ampAdapter) ReportProgress(ctx context.Context, clientKey, transferID string, p migration.Progress) error {

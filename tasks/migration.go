@@ -101,6 +101,11 @@ func (w *Worker) migrationImport(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 	err = permanent(fmt.Errorf("import %s of transfer %s: %w", p.S3Key, p.TransferID, err))
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// The worker is shutting down: asynq has put the task back in its
+		// queue, so this was not the last attempt whatever the retry count.
+		return err
+	}
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
 	if errors.Is(err, asynq.SkipRetry) || retried >= maxRetry {
@@ -111,8 +116,9 @@ func (w *Worker) migrationImport(ctx context.Context, t *asynq.Task) error {
 		if ferr := m.Runner.FailUpload(fctx, ref, err); ferr != nil {
 			w.d.Logger.ErrorContext(ctx, "could not mark the upload failed", slog.String("transfer_id", p.TransferID),
 				slog.String("s3_key", p.S3Key), slog.String("error", ferr.Error()))
-			// Keep the task retrying: the failure must be recorded somewhere.
-			return ferr
+			// The upload stays queued; if this attempt was the last, the sweep
+			// (RequeueStale) schedules it again later.
+			return permanent(ferr)
 		}
 	}
 	return err
@@ -122,10 +128,11 @@ func (w *Worker) migrationImport(ctx context.Context, t *asynq.Task) error {
 // to the product (a transfer finished here while the product was unreachable).
 const SettleSweepSchedule = "@every 5m"
 
-// SettleSweepTask is the scheduled settle sweep, unique across workers.
+// SettleSweepTask is the scheduled settle sweep, unique across workers and
+// bounded so one slow run does not overlap the next.
 func SettleSweepTask() (*asynq.Task, []asynq.Option) {
 	return asynq.NewTask(TypeSettleSweep, nil),
-		[]asynq.Option{asynq.Queue(QueueMaintenance), asynq.Unique(4 * time.Minute), asynq.MaxRetry(0)}
+		[]asynq.Option{asynq.Queue(QueueMaintenance), asynq.Unique(4 * time.Minute), asynq.MaxRetry(0), asynq.Timeout(4 * time.Minute)}
 }
 
 // TypeSettleSweep makes the settle calls still owed to the product.
@@ -135,21 +142,31 @@ func (w *Worker) settleSweep(ctx context.Context, _ *asynq.Task) error {
 	if w.d.Migration.Runner == nil {
 		return nil
 	}
-	n, err := w.d.Migration.Runner.SettlePending(ctx, 200)
-	if n > 0 {
-		w.d.Logger.InfoContext(ctx, "settle sweep", slog.Int("attempted", n), slog.Bool("all_settled", err == nil))
+	// Each step has a budget of its own, so a backlog of slow settle calls
+	// cannot starve the others.
+	step := func(d time.Duration, f func(context.Context) (int, error)) (int, error) {
+		sctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return f(sctx)
 	}
-	r, rerr := w.d.Migration.Runner.RequeueStale(ctx, StaleImportAfter, 200)
+	r, rerr := step(time.Minute, func(c context.Context) (int, error) {
+		return w.d.Migration.Runner.RequeueStale(c, StaleImportAfter, 200)
+	})
 	if r > 0 {
 		w.d.Logger.WarnContext(ctx, "imports rescheduled after their tasks went missing or were archived", slog.Int("uploads", r))
 	}
-	return errors.Join(err, rerr)
+	n, err := step(150*time.Second, func(c context.Context) (int, error) { return w.d.Migration.Runner.SettlePending(c, 200) })
+	if n > 0 {
+		w.d.Logger.InfoContext(ctx, "settle sweep", slog.Int("attempted", n), slog.Bool("all_settled", err == nil))
+	}
+	return errors.Join(rerr, err)
 }
 
 // StaleImportAfter is how long an upload may stay queued (or importing under an
-// expired lease) before the sweep schedules it again: longer than the migration
-// queue's normal wait, short enough that a lost task does not stall a transfer.
-const StaleImportAfter = time.Hour
+// expired lease) before the sweep schedules it again: longer than a retry's
+// backoff (capped at an hour) plus a migration queue backlog, short enough that a
+// lost task does not stall a transfer for long.
+const StaleImportAfter = 3 * time.Hour
 
 // ImportScheduler enqueues per-upload import tasks for the migration state
 // machine (it implements migration.Scheduler).
