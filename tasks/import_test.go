@@ -29,7 +29,7 @@ type runner struct {
 }
 
 func (r *runner) HandleEvent(context.Context, string, migration.Event) error { return nil }
-func (r *runner) SettlePending(context.Context, int) (int, error)           { return 0, nil }
+func (r *runner) SettlePending(context.Context, int) (int, error)            { return 0, nil }
 func (r *runner) RequeueStale(context.Context, time.Duration, int) (int, error) {
 	return 0, nil
 }
