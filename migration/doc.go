@@ -21,8 +21,12 @@
 //
 // No transfer is left hanging: an import task that gives up reports it with
 // FailUpload (the transfer fails and is settled FAILED), RequeueStale schedules
-// again the imports whose task was lost, and SettlePending makes the settle calls
-// still owed, including those of a worker that died mid-call.
+// again the imports whose task was lost, ReconcileStale checks again the
+// completion of transfers whose uploads are all imported but which were never
+// confirmed complete (importing the uploads the product lists and this service
+// never heard of, and failing the transfer once it made no progress for a day),
+// and SettlePending makes the settle calls still owed, including those of a
+// worker that died mid-call.
 //
 // Exactly-once and at-least-once: an upload recorded imported is never imported
 // again. The one window in which an Importer runs twice for one s3Key is a worker

@@ -94,11 +94,13 @@ func ExampleNewMachine() {
 	importGaveUp := func(ctx context.Context, ref migration.UploadRef, err error) error {
 		return m.FailUpload(ctx, ref, err)
 	}
-	// Periodic maintenance: owed settle calls, and imports whose task was lost.
+	// Periodic maintenance: owed settle calls, imports whose task was lost, and
+	// transfers whose completion was never confirmed.
 	sweep := func(ctx context.Context) error {
 		_, serr := m.SettlePending(ctx, 200)
 		_, rerr := m.RequeueStale(ctx, 30*time.Minute, 200)
-		return errors.Join(serr, rerr)
+		_, cerr := m.ReconcileStale(ctx, migration.DefaultReconcileAfter, migration.DefaultGiveUpAfter, 200)
+		return errors.Join(serr, rerr, cerr)
 	}
 	_, _, _, _ = handleEvent, handleImport, importGaveUp, sweep
 }

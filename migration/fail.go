@@ -139,12 +139,18 @@ func redactSecrets(s string) string {
 	s = jwtToken.ReplaceAllString(s, "REDACTED")
 	s = authCredentials.ReplaceAllString(s, "${1} REDACTED")
 	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
-	if len(s) > maxRecordedError {
-		cut := maxRecordedError
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "…"
+	return truncateText(s, maxRecordedError)
+}
+
+// truncateText keeps at most the first n bytes of valid UTF-8 text s, cut at a
+// rune boundary, and marks a cut with an ellipsis.
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return s
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

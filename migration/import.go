@@ -61,9 +61,9 @@ type importClaim struct {
 // Options.FinalLabel and every other known upload are imported, and the product's
 // list of the transfer's data (AMP.ListData) names no upload that is not imported,
 // the transfer succeeds and is settled SUCCESS. The product's "already settled"
-// answer is recorded and final, not an error. When the list cannot be had, Import
-// returns an error (the upload stays imported) and its retry completes the
-// transfer.
+// and "expired" answers are recorded and final, not errors. When the list cannot
+// be had, Import returns an error (the upload stays imported) and its retry
+// completes the transfer; if the retries run out first, ReconcileStale does.
 //
 // Import returns ErrTransferNotReady for a parked upload, ErrUploadNotFound for an
 // unknown one and ErrTenantMismatch when ref.ClientKey is not the transfer's
@@ -403,7 +403,7 @@ func (m *Machine) allKnownImported(ctx context.Context, q rowQuerier, transferID
 	return clientKey, done, nil
 }
 
-// maxLoggedKeys bounds the s3Keys named in one log record.
+// maxLoggedKeys bounds the s3Keys named in one log record or settle message.
 const maxLoggedKeys = 10
 
 // completeTransfer makes a transfer whose uploads are all imported (see
@@ -415,7 +415,9 @@ const maxLoggedKeys = 10
 // arrived or not been imported yet) keeps the transfer open: that event will come,
 // as AMP re-sends it until it is acknowledged, and the import it schedules
 // completes the transfer. A failure to list is returned, so that the task is
-// retried; the product's "already settled" answer is recorded as final.
+// retried; the product's "already settled" and "expired" answers are recorded as
+// final. Should neither the event nor a successful list ever come, ReconcileStale
+// takes the transfer over once it has been left alone for a while.
 func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transferID string) error {
 	clientKey, done, err := m.allKnownImported(ctx, m.pool, transferID)
 	if err != nil {
@@ -425,16 +427,12 @@ func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transf
 		return m.settle(ctx, transferID)
 	}
 	keys, err := m.amp.ListData(ctx, clientKey, transferID)
-	switch {
-	case errors.Is(err, ErrTransferSettled):
-		log.InfoContext(ctx, "product says the transfer is settled")
-		return m.markSettledByProduct(ctx, transferID)
-	case err != nil:
+	if final, ferr := m.listAnsweredFinal(ctx, log, transferID, err); final {
+		return ferr
+	}
+	if err != nil {
 		log.WarnContext(ctx, "could not list the product's uploads before settling SUCCESS", slog.Any("error", err))
 		return fmt.Errorf("migration: complete transfer %s: list the product's uploads: %w", transferID, err)
-	}
-	if keys == nil {
-		keys = []string{}
 	}
 	var (
 		succeeded bool
@@ -451,26 +449,12 @@ func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transf
 		if _, done, err := m.allKnownImported(ctx, tx, transferID); err != nil || !done {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT k, count(*) OVER () FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k) AS listed
-			WHERE NOT EXISTS (SELECT 1 FROM migration_uploads u
-				WHERE u.transfer_id = $1 AND u.s3_key = listed.k AND u.state = 'imported')
-			ORDER BY k LIMIT $3`, transferID, keys, maxLoggedKeys)
-		if err != nil {
-			return fmt.Errorf("compare the product's uploads: %w", err)
+		missing, nMissing, err = notImported(ctx, tx, transferID, keys)
+		if err != nil || nMissing > 0 {
+			return err
 		}
-		missing, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
-			var k string
-			return k, r.Scan(&k, &nMissing)
-		})
-		if err != nil {
-			return fmt.Errorf("compare the product's uploads: %w", err)
-		}
-		if len(missing) > 0 {
-			return nil
-		}
-		if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'succeeded', settle_status = 'SUCCESS',
-			finished_at = now(), updated_at = now() WHERE transfer_id = $1`, transferID); err != nil {
-			return fmt.Errorf("mark succeeded: %w", err)
+		if err := markSucceeded(ctx, tx, transferID); err != nil {
+			return err
 		}
 		succeeded = true
 		return nil
@@ -479,13 +463,68 @@ func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transf
 		return fmt.Errorf("migration: complete transfer %s: %w", transferID, err)
 	}
 	switch {
-	case len(missing) > 0:
+	case nMissing > 0:
 		log.InfoContext(ctx, "the product holds uploads not imported yet; the transfer stays open until their events are handled",
 			slog.Int("not_imported", nMissing), slog.Any("s3_keys", missing))
 	case succeeded:
 		log.InfoContext(ctx, "transfer succeeded", slog.Int("listed_uploads", len(keys)))
 	}
 	return m.settle(ctx, transferID)
+}
+
+// notImported returns the s3Keys the product listed for the transfer (keys) that
+// are not recorded imported here, at most maxLoggedKeys of them in key order, and
+// how many there are. It is the one SUCCESS rule, shared by the import that
+// completes a transfer and by ReconcileStale: the transfer succeeds when it is 0.
+// An empty key names no upload and is ignored.
+func notImported(ctx context.Context, tx pgx.Tx, transferID string, keys []string) ([]string, int, error) {
+	if keys == nil {
+		keys = []string{}
+	}
+	var n int
+	rows, err := tx.Query(ctx, `SELECT k, count(*) OVER () FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k <> '') AS listed
+		WHERE NOT EXISTS (SELECT 1 FROM migration_uploads u
+			WHERE u.transfer_id = $1 AND u.s3_key = listed.k AND u.state = 'imported')
+		ORDER BY k LIMIT $3`, transferID, keys, maxLoggedKeys)
+	if err != nil {
+		return nil, 0, fmt.Errorf("compare the product's uploads: %w", err)
+	}
+	missing, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+		var k string
+		return k, r.Scan(&k, &n)
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("compare the product's uploads: %w", err)
+	}
+	return missing, n, nil
+}
+
+// markSucceeded makes the locked, complete transfer succeed: a SUCCESS settle
+// call is owed.
+func markSucceeded(ctx context.Context, tx pgx.Tx, transferID string) error {
+	if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'succeeded', settle_status = 'SUCCESS',
+		finished_at = now(), updated_at = now() WHERE transfer_id = $1`, transferID); err != nil {
+		return fmt.Errorf("mark succeeded: %w", err)
+	}
+	return nil
+}
+
+// listAnsweredFinal records the product's final answers to a list of the
+// transfer's data: "already settled" (ErrTransferSettled) is recorded as settled by
+// the product, "expired" (ErrTransferExpired) as an expired FAILED transfer (see
+// markExpired). It reports whether err was such an answer, and the error of
+// recording it.
+func (m *Machine) listAnsweredFinal(ctx context.Context, log *slog.Logger, transferID string, err error) (bool, error) {
+	switch {
+	case errors.Is(err, ErrTransferSettled):
+		log.InfoContext(ctx, "product says the transfer is settled")
+		return true, m.markSettledByProduct(ctx, transferID)
+	case errors.Is(err, ErrTransferExpired):
+		log.WarnContext(ctx, "product says the transfer expired before its data could be confirmed; recorded as final",
+			slog.Any("error", err))
+		return true, m.markExpired(ctx, transferID, err)
+	}
+	return false, nil
 }
 
 // reportProgress sends an IN_PROGRESS report. Progress is advisory: a failure is

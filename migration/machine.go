@@ -37,9 +37,11 @@ type AMP interface {
 	// ListData returns the s3Keys of every upload the product holds for the
 	// transfer (GET /migration/data/{transferId}/all). The machine asks before
 	// settling SUCCESS, so that an upload whose app-data-uploaded event has not
-	// reached it yet keeps the transfer open. Like ReportProgress, it returns an
-	// error wrapping ErrTransferSettled when the product answers that the
-	// transfer is already settled.
+	// reached it yet keeps the transfer open; Machine.ReconcileStale asks again
+	// for transfers left waiting on it. Like ReportProgress, it returns an error
+	// wrapping ErrTransferSettled when the product answers that the transfer is
+	// already settled, and one wrapping ErrTransferExpired when it answers that
+	// the transfer is past AMP's 14-day window: both are recorded as final.
 	ListData(ctx context.Context, clientKey, transferID string) ([]string, error)
 }
 
@@ -427,6 +429,15 @@ func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, ac *af
 		if err := tx.QueryRow(ctx, `SELECT state, label FROM migration_uploads WHERE transfer_id = $1 AND s3_key = $2`,
 			t.TransferID, ev.S3Key).Scan(&cur, &label); err != nil {
 			return fmt.Errorf("read upload: %w", err)
+		}
+		if label == "" && ev.Label != "" && (cur == UploadParked || cur == UploadQueued) {
+			// Recorded from the product's list (ReconcileStale), which has no
+			// labels: its event, arriving before the import started, supplies it.
+			if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET label = $3, updated_at = now()
+				WHERE transfer_id = $1 AND s3_key = $2`, t.TransferID, ev.S3Key, ev.Label); err != nil {
+				return fmt.Errorf("label upload: %w", err)
+			}
+			label = ev.Label
 		}
 		if label != ev.Label {
 			log.WarnContext(ctx, "upload announced again with another label; first label kept",
