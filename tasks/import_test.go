@@ -33,6 +33,9 @@ func (r *runner) SettlePending(context.Context, int) (int, error)            { r
 func (r *runner) RequeueStale(context.Context, time.Duration, int) (int, error) {
 	return 0, nil
 }
+func (r *runner) ReconcileStale(context.Context, time.Duration, time.Duration, int) (int, error) {
+	return 0, nil
+}
 
 func (r *runner) Import(ctx context.Context, ref migration.UploadRef) error {
 	r.mu.Lock()

@@ -21,6 +21,7 @@ type MigrationRunner interface {
 	FailUpload(ctx context.Context, ref migration.UploadRef, cause error) error
 	SettlePending(ctx context.Context, limit int) (int, error)
 	RequeueStale(ctx context.Context, olderThan time.Duration, limit int) (int, error)
+	ReconcileStale(ctx context.Context, olderThan, giveUpAfter time.Duration, limit int) (int, error)
 }
 
 // Deduper claims an event key for processing (see package dedupe).
@@ -155,11 +156,20 @@ func (w *Worker) settleSweep(ctx context.Context, _ *asynq.Task) error {
 	if r > 0 {
 		w.d.Logger.WarnContext(ctx, "imports rescheduled after their tasks went missing or were archived", slog.Int("uploads", r))
 	}
-	n, err := step(150*time.Second, func(c context.Context) (int, error) { return w.d.Migration.Runner.SettlePending(c, 200) })
+	// Transfers whose uploads are all imported but whose completion was never
+	// confirmed (the product's data list failed, or listed files we never heard
+	// of): check again, and give up (settle FAILED) after a day without progress.
+	c, cerr := step(time.Minute, func(c context.Context) (int, error) {
+		return w.d.Migration.Runner.ReconcileStale(c, migration.DefaultReconcileAfter, migration.DefaultGiveUpAfter, 100)
+	})
+	if c > 0 {
+		w.d.Logger.InfoContext(ctx, "open transfers reconciled", slog.Int("transfers", c), slog.Bool("ok", cerr == nil))
+	}
+	n, err := step(90*time.Second, func(c context.Context) (int, error) { return w.d.Migration.Runner.SettlePending(c, 200) })
 	if n > 0 {
 		w.d.Logger.InfoContext(ctx, "settle sweep", slog.Int("attempted", n), slog.Bool("all_settled", err == nil))
 	}
-	return errors.Join(rerr, err)
+	return errors.Join(rerr, cerr, err)
 }
 
 // StaleImportAfter is how long an upload may stay queued (or importing under an
