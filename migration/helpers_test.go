@@ -133,6 +133,7 @@ type fakeAMP struct {
 	// answers an empty list. listErr, when set, is returned by ListData.
 	listed    map[string][]string
 	listErr   error
+	listErrs  map[string]error // by transfer ID, after listErr
 	listCalls map[string]int
 	// hook, when set, runs at the start of ReportProgress and ListData (call is
 	// the method's name), outside the fake's mutex; its error is returned.
@@ -142,7 +143,7 @@ type fakeAMP struct {
 func newFakeAMP() *fakeAMP {
 	return &fakeAMP{
 		sizes: map[string]int64{}, opens: map[string]int{}, settled: map[string]string{},
-		listed: map[string][]string{}, listCalls: map[string]int{},
+		listed: map[string][]string{}, listErrs: map[string]error{}, listCalls: map[string]int{},
 		errDetails: json.RawMessage(`{"exceptionType":"java.lang.IllegalStateException","safeStackTrace":"at Listener.run"}`),
 	}
 }
@@ -219,10 +220,20 @@ func (f *fakeAMP) ListData(ctx context.Context, clientKey, transferID string) ([
 	if f.listErr != nil {
 		return nil, f.listErr
 	}
+	if err := f.listErrs[transferID]; err != nil {
+		return nil, err
+	}
 	if st, ok := f.settled[transferID]; ok {
 		return nil, fmt.Errorf("product: 403 transfer %s already settled as %s: %w", transferID, st, migration.ErrTransferSettled)
 	}
 	return append([]string(nil), f.listed[transferID]...), nil
+}
+
+// setListErr makes ListData of transferID fail with err (nil: answer again).
+func (f *fakeAMP) setListErr(transferID string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.listErrs[transferID] = err
 }
 
 func (f *fakeAMP) listCount(transferID string) int {
