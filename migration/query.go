@@ -26,8 +26,9 @@ const (
 	// StateSucceeded: the final-labelled upload and every other known upload were
 	// imported, and the product listed no upload that was not; settled SUCCESS.
 	StateSucceeded State = "succeeded"
-	// StateFailed: listener-errored, or an upload failed (Machine.FailUpload);
-	// settled FAILED.
+	// StateFailed: listener-errored, an upload failed (Machine.FailUpload), or
+	// the transfer's completion could not be confirmed (Machine.ReconcileStale
+	// gave up, or the product answered that it expired); settled FAILED.
 	StateFailed State = "failed"
 )
 
@@ -94,7 +95,8 @@ type Transfer struct {
 	SettleResult string    `json:"settleResult,omitempty"`
 	SettleError  string    `json:"settleError,omitempty"`
 	// SettleMessage is the message sent with the settle status when it is not
-	// the status's default one (a failed upload names itself).
+	// the status's default one: a failed upload names itself, and a transfer
+	// failed by Machine.ReconcileStale names the reason.
 	SettleMessage string          `json:"settleMessage,omitempty"`
 	LastPercent   int             `json:"lastPercent"`
 	ErrorDetails  json.RawMessage `json:"errorDetails,omitempty"`
