@@ -23,8 +23,7 @@ func benchClient() *http.Client {
 }
 
 func BenchmarkReceiver_Baseline_Healthz(b *testing.B) {
-	h := newHarness(&testing.T{}, harnessOpts{})
-	defer h.srv.Close()
+	h := newHarness(b, harnessOpts{})
 	benchRequests(b, func(int64) *http.Request {
 		req, _ := http.NewRequest(http.MethodGet, h.baseURL+handlers.PathHealth, nil)
 		return req
@@ -35,12 +34,10 @@ func BenchmarkReceiver_Baseline_Healthz(b *testing.B) {
 // validation, tenant check and an asynq enqueue with a deterministic TaskID,
 // each request a distinct messageId.
 func BenchmarkReceiver_MigrationEvent(b *testing.B) {
-	t := &testing.T{}
-	h := newHarness(t, harnessOpts{})
-	defer h.srv.Close()
+	h := newHarness(b, harnessOpts{})
 	h.seedTenant("ck-bench", site, secretA)
 	// One token is valid for every body: the qsh covers method and path only.
-	tmpl := h.atl.Request(t, h.baseURL, handlers.PathMigrationEvents, "{}", atlassiantest.Token{Alg: "HS256", Issuer: "ck-bench", Secret: []byte(secretA)})
+	tmpl := h.atl.Request(b, h.baseURL, handlers.PathMigrationEvents, "{}", atlassiantest.Token{Alg: "HS256", Issuer: "ck-bench", Secret: []byte(secretA)})
 	auth := tmpl.Header.Get("Authorization")
 	benchRequests(b, func(i int64) *http.Request {
 		body := fmt.Sprintf(`{"eventType":"listener-triggered","transferId":"tr-%d","messageId":"m-%d","migrationDetails":{"migrationId":"x","jiraClientKey":"ck-bench","confluenceClientKey":"unknown"}}`, i, i)
@@ -54,11 +51,9 @@ func BenchmarkReceiver_MigrationEvent(b *testing.B) {
 // BenchmarkReceiver_Enabled: HS256 verification, a Postgres state update with a
 // history row, and an enqueue.
 func BenchmarkReceiver_Enabled(b *testing.B) {
-	t := &testing.T{}
-	h := newHarness(t, harnessOpts{})
-	defer h.srv.Close()
+	h := newHarness(b, harnessOpts{})
 	h.seedTenant("ck-bench", site, secretA)
-	tmpl := h.atl.Request(t, h.baseURL, handlers.PathEnabled, "{}", atlassiantest.Token{Alg: "HS256", Issuer: "ck-bench", Secret: []byte(secretA)})
+	tmpl := h.atl.Request(b, h.baseURL, handlers.PathEnabled, "{}", atlassiantest.Token{Alg: "HS256", Issuer: "ck-bench", Secret: []byte(secretA)})
 	auth := tmpl.Header.Get("Authorization")
 	benchRequests(b, func(int64) *http.Request {
 		req, _ := http.NewRequest(http.MethodPost, h.baseURL+handlers.PathEnabled, bytes.NewBufferString(`{"clientKey":"ck-bench","eventType":"enabled"}`))

@@ -33,7 +33,7 @@ const appKey = "com.example.relay-test"
 // harness is a receiver wired to a real Postgres database, a real Redis DB and a
 // fake Atlassian, served on loopback.
 type harness struct {
-	t         *testing.T
+	t         testing.TB
 	atl       *atlassiantest.Atlassian
 	baseURL   string
 	pool      *pgxpool.Pool
@@ -59,7 +59,7 @@ type harnessOpts struct {
 	descriptor func(map[string]any)
 }
 
-func newHarness(t *testing.T, o harnessOpts) *harness {
+func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
