@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/labstack/echo/v4"
 
@@ -51,7 +52,7 @@ func outcome(status int) string {
 	case status == http.StatusServiceUnavailable:
 		return "unavailable"
 	default:
-		return "http_" + fmtStatus(status)
+		return "http_" + strconv.Itoa(status)
 	}
 }
 

@@ -54,7 +54,8 @@ func (s *Server) handleMigrationEvent(c echo.Context) error {
 		s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, "rejected").Inc()
 		return fail(http.StatusForbidden, "event does not belong to the signing tenant", nil)
 	}
-	dup, err := s.d.Queue.MigrationEvent(ctx, claims.Issuer, ev.DedupeKey(), body)
+	key := ev.DedupeKey()
+	dup, err := s.d.Queue.MigrationEvent(ctx, claims.Issuer, key, body)
 	if err != nil {
 		return dependencyError("task queue", err)
 	}
@@ -65,6 +66,6 @@ func (s *Server) handleMigrationEvent(c echo.Context) error {
 	s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, result).Inc()
 	s.d.Logger.InfoContext(ctx, "migration event accepted",
 		slog.String("client_key", claims.Issuer), slog.String("event_type", string(ev.Type)),
-		slog.String("transfer_id", ev.TransferID), slog.String("dedupe_key", ev.DedupeKey()), slog.Bool("duplicate", dup))
+		slog.String("transfer_id", ev.TransferID), slog.String("dedupe_key", key), slog.Bool("duplicate", dup))
 	return c.NoContent(http.StatusOK)
 }

@@ -12,7 +12,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -302,8 +301,6 @@ func dependencyError(what string, err error) error {
 func budget(c echo.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(c.Request().Context(), RequestBudget)
 }
-
-func fmtStatus(status int) string { return fmt.Sprintf("%d", status) }
 
 // methodLabel keeps the metric's method label to a fixed set: the method is the
 // client's choice, and an anonymous client must not be able to create series.

@@ -180,6 +180,15 @@ func (e *e2e) hs256(path, clientKey, secret string, body any) int {
 	return e.do(e.atl.Request(e.t, e.cfg.BaseURL, path, body, atlassiantest.Token{Alg: "HS256", Issuer: clientKey, Secret: []byte(secret)}))
 }
 
+// waitLicense waits until the worker has recorded state as clientKey's license.
+func (e *e2e) waitLicense(clientKey, state string, within time.Duration, what string) {
+	e.t.Helper()
+	eventually(e.t, within, what, func() bool {
+		tn, err := e.store.Get(context.Background(), clientKey)
+		return err == nil && tn.LicenseState == state
+	})
+}
+
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -269,10 +278,7 @@ func TestWorker_InstallChecksTheLicenseWithASignedCallAndRegistersTheWebhook(t *
 	e.startWorker(service.WorkerOptions{})
 	start := time.Now()
 	e.install("ck-1", prod, secret)
-	eventually(t, 5*time.Second, "license recorded", func() bool {
-		tn, err := e.store.Get(context.Background(), "ck-1")
-		return err == nil && tn.LicenseState == tenant.LicenseActive
-	})
+	e.waitLicense("ck-1", tenant.LicenseActive, 5*time.Second, "license recorded")
 	t.Logf("install -> license recorded in %s", time.Since(start))
 	reqs := prod.Requests()
 	if len(reqs) == 0 || reqs[0].Method != http.MethodGet || reqs[0].Path != "/rest/atlassian-connect/1/addons/"+appKey {
@@ -346,10 +352,7 @@ func TestWorker_Product503TwiceThenSucceedsOnRetry(t *testing.T) {
 	prod := newProduct(t, secret, st)
 	e.startWorker(service.WorkerOptions{})
 	e.install("ck-1", prod, secret)
-	eventually(t, 15*time.Second, "license recorded after retries", func() bool {
-		tn, err := e.store.Get(context.Background(), "ck-1")
-		return err == nil && tn.LicenseState == tenant.LicenseActive
-	})
+	e.waitLicense("ck-1", tenant.LicenseActive, 15*time.Second, "license recorded after retries")
 	if n := st.hits(); n != 3 {
 		t.Errorf("addon calls = %d, want 3 (503, 503, 200)", n)
 	}
@@ -504,10 +507,7 @@ func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
 	prod := newProduct(t, secret, st)
 	e.startWorker(service.WorkerOptions{})
 	e.install("ck-1", prod, secret)
-	eventually(t, 5*time.Second, "license active", func() bool {
-		tn, err := e.store.Get(context.Background(), "ck-1")
-		return err == nil && tn.LicenseState == tenant.LicenseActive
-	})
+	e.waitLicense("ck-1", tenant.LicenseActive, 5*time.Second, "license active")
 	// The customer unsubscribes: no lifecycle event, only the License API knows.
 	st.mu.Lock()
 	st.addonBody = `{"key":"` + appKey + `","state":"ENABLED","license":{"active":false}}`
@@ -521,10 +521,7 @@ func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 5*time.Second, "license inactive", func() bool {
-		tn, err := e.store.Get(context.Background(), "ck-1")
-		return err == nil && tn.LicenseState == tenant.LicenseInactive
-	})
+	e.waitLicense("ck-1", tenant.LicenseInactive, 5*time.Second, "license inactive")
 	hist, err := e.store.History(context.Background(), "ck-1", 20)
 	if err != nil {
 		t.Fatal(err)
