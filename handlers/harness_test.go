@@ -21,11 +21,11 @@ import (
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/schema"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/metrics"
-	"github.com/connectrelay/connectrelay/schema"
 	"github.com/connectrelay/connectrelay/tasks"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 const appKey = "com.example.relay-test"

@@ -10,9 +10,9 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/connectrelay/connectrelay/connect"
-	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 // lifecycle wraps a lifecycle handler to count its outcome, and for installed the

@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/connectrelay/connectrelay/connect"
-	"github.com/connectrelay/connectrelay/tenant"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 )
 
 // TenantSecretSource is the tenant package's secret lookup as the receiver uses it.

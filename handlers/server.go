@@ -21,8 +21,8 @@ import (
 
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
-	"github.com/connectrelay/connectrelay/metrics"
-	"github.com/connectrelay/connectrelay/tenant"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 )
 
 // Route paths, relative to CONNECT_BASE_URL. The descriptor is built from the same

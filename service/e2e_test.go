@@ -22,13 +22,13 @@ import (
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/metrics"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/product/producttest"
 	"github.com/connectrelay/connectrelay/service"
 	"github.com/connectrelay/connectrelay/tasks"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 const appKey = "com.example.relay-e2e"

@@ -6,10 +6,10 @@ import (
 	"log/slog"
 
 	"github.com/connectrelay/connectrelay/config"
-	"github.com/connectrelay/connectrelay/migration"
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/service"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 // onboarding runs after every verified installed (so it must be idempotent).

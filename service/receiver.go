@@ -15,9 +15,9 @@ import (
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/handlers"
-	"github.com/connectrelay/connectrelay/metrics"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 // KeyFetchTimeout bounds one fetch of an install public key. Atlassian's CDN

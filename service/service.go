@@ -20,10 +20,10 @@ import (
 
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
-	"github.com/connectrelay/connectrelay/metrics"
-	"github.com/connectrelay/connectrelay/schema"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/schema"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 // NewLogger builds the JSON slog logger both binaries log with.

@@ -14,15 +14,14 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/connectrelay/connectrelay/amp"
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/dedupe"
-	"github.com/connectrelay/connectrelay/metrics"
-	"github.com/connectrelay/connectrelay/migration"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 // Worker polling intervals. asynq's defaults (1 s and 5 s) would add up to a
@@ -94,7 +93,7 @@ func (w *Worker) build(hosts *connect.HostPolicy) error {
 	}
 	// A nil download client makes amp use its own: no overall timeout (files
 	// may be gigabytes), a stall watchdog, no transparent decompression.
-	ampClient := amp.New(client, w.opts.HTTPClient)
+	ampClient := product.NewAMP(client, w.opts.HTTPClient)
 	w.queue = asynq.NewClientFromRedisClient(w.stores.redis)
 	enq := tasks.NewEnqueuer(w.queue)
 	importer := w.opts.Importer
@@ -241,7 +240,7 @@ func (t tenantTargets) Target(ctx context.Context, clientKey string) (product.Ta
 }
 
 // ampAdapter maps the migration machine's view of AMP onto the amp client.
-type ampAdapter struct{ c *amp.Client }
+type ampAdapter struct{ c *product.AMP }
 
 func (a ampAdapter) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error) {
 	rc, err := a.c.OpenData(ctx, clientKey, s3Key)
@@ -252,7 +251,7 @@ func (a ampAdapter) OpenData(ctx context.Context, clientKey, s3Key string) (io.R
 }
 
 func (a ampAdapter) ReportProgress(ctx context.Context, clientKey, transferID string, p migration.Progress) error {
-	return mapAMPErr(a.c.ReportProgress(ctx, clientKey, transferID, amp.Progress{Status: p.Status, Percent: p.Percent, Message: p.Message}))
+	return mapAMPErr(a.c.ReportProgress(ctx, clientKey, transferID, product.Progress{Status: p.Status, Percent: p.Percent, Message: p.Message}))
 }
 
 func (a ampAdapter) ListData(ctx context.Context, clientKey, transferID string) ([]string, error) {
@@ -271,9 +270,9 @@ func (a ampAdapter) ListData(ctx context.Context, clientKey, transferID string) 
 // sentinels (the machine does not import the client).
 func mapAMPErr(err error) error {
 	switch {
-	case errors.Is(err, amp.ErrTransferSettled):
+	case errors.Is(err, product.ErrTransferSettled):
 		return fmt.Errorf("%w: %w", migration.ErrTransferSettled, err)
-	case errors.Is(err, amp.ErrTransferExpired):
+	case errors.Is(err, product.ErrTransferExpired):
 		return fmt.Errorf("%w: %w", migration.ErrTransferExpired, err)
 	default:
 		return err

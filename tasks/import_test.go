@@ -10,11 +10,11 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/metrics"
-	"github.com/connectrelay/connectrelay/migration"
 	"github.com/connectrelay/connectrelay/product"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 // runner records what the task layer asks of the migration machine; Import

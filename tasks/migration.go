@@ -11,7 +11,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/connectrelay/connectrelay/dedupe"
-	"github.com/connectrelay/connectrelay/migration"
+	"github.com/connectrelay/connectrelay/internal/migration"
 )
 
 // MigrationRunner is the transfer state machine as the worker drives it.

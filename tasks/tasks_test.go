@@ -10,10 +10,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/migration"
 	"github.com/connectrelay/connectrelay/product"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 func TestRetryDelay_GrowsExponentiallyWithJitterAndACap(t *testing.T) {

@@ -12,10 +12,10 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/connectrelay/connectrelay/metrics"
-	"github.com/connectrelay/connectrelay/migration"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/product"
-	"github.com/connectrelay/connectrelay/tenant"
 )
 
 // TenantInitializer is the vendor's initialization of a newly installed (or

@@ -1,4 +1,4 @@
-package amp
+package product
 
 import (
 	"context"
@@ -10,8 +10,6 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-
-	"github.com/connectrelay/connectrelay/product"
 )
 
 // MaxPageSize is the largest mapping page the platform serves (and its
@@ -45,20 +43,20 @@ func cloudID(raw json.RawMessage) string {
 // (0 or more than MaxPageSize means MaxPageSize) lazily: a loop that breaks
 // early fetches no further pages. Within a page, mappings come in server ID
 // order. An error is yielded once, as the last element.
-func (c *Client) Mappings(ctx context.Context, clientKey, transferID, namespace string, pageSize int) iter.Seq2[Mapping, error] {
+func (c *AMP) Mappings(ctx context.Context, clientKey, transferID, namespace string, pageSize int) iter.Seq2[Mapping, error] {
 	return func(yield func(Mapping, error) bool) {
-		if err := required("transferId", transferID); err != nil {
+		if err := requireArg("transferId", transferID); err != nil {
 			yield(Mapping{}, err)
 			return
 		}
-		if err := required("namespace", namespace); err != nil {
+		if err := requireArg("namespace", namespace); err != nil {
 			yield(Mapping{}, err)
 			return
 		}
 		if pageSize <= 0 || pageSize > MaxPageSize {
 			pageSize = MaxPageSize
 		}
-		path := base + "/mapping/" + url.PathEscape(transferID) + "/page"
+		path := ampBase + "/mapping/" + url.PathEscape(transferID) + "/page"
 		last := ""
 		for {
 			q := url.Values{"namespace": {namespace}, "pageSize": {strconv.Itoa(pageSize)}}
@@ -66,7 +64,7 @@ func (c *Client) Mappings(ctx context.Context, clientKey, transferID, namespace 
 				q.Set("lastEntity", last)
 			}
 			var page mappingPage
-			req := product.Request{Path: path, Query: q, Route: RouteMappingPage}
+			req := Request{Path: path, Query: q, Route: RouteMappingPage}
 			if err := c.p.Do(ctx, clientKey, req, &page); err != nil {
 				yield(Mapping{}, transferErr("mappings "+namespace, transferID, err))
 				return
@@ -90,18 +88,18 @@ func (c *Client) Mappings(ctx context.Context, clientKey, transferID, namespace 
 
 // FindMappings looks up the cloud IDs of specific server keys. Keys the
 // platform does not know are absent from the result.
-func (c *Client) FindMappings(ctx context.Context, clientKey, transferID, namespace string, keys []string) (map[string]string, error) {
-	if err := required("transferId", transferID); err != nil {
+func (c *AMP) FindMappings(ctx context.Context, clientKey, transferID, namespace string, keys []string) (map[string]string, error) {
+	if err := requireArg("transferId", transferID); err != nil {
 		return nil, err
 	}
-	if err := required("namespace", namespace); err != nil {
+	if err := requireArg("namespace", namespace); err != nil {
 		return nil, err
 	}
 	found := make(map[string]string, len(keys))
-	path := base + "/mapping/" + url.PathEscape(transferID) + "/find"
+	path := ampBase + "/mapping/" + url.PathEscape(transferID) + "/find"
 	for batch := range slices.Chunk(keys, findBatch) {
 		var out map[string]json.RawMessage
-		req := product.Request{Method: http.MethodPost, Path: path, Query: url.Values{"namespace": {namespace}}, Body: batch, Route: RouteMappingFind}
+		req := Request{Method: http.MethodPost, Path: path, Query: url.Values{"namespace": {namespace}}, Body: batch, Route: RouteMappingFind}
 		if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
 			return nil, transferErr("find mappings "+namespace, transferID, err)
 		}

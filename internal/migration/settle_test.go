@@ -14,9 +14,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/migration"
-	"github.com/connectrelay/connectrelay/schema"
 )
 
 // setupSmallPool is setup with a pool of maxConns connections; it also returns the

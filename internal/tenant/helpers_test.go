@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/schema"
 )
 
 // testBundle is what a store test works with: a migrated database of its own.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/connectrelay/connectrelay/migration"
+	"github.com/connectrelay/connectrelay/internal/migration"
 )
 
 // backdate makes the transfer and its uploads look d older: every timestamp of

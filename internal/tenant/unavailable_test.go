@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/schema"
 )
 
 // storeAt returns a Store whose pool points at addr, built the way the binaries build

@@ -1,4 +1,4 @@
-package amp
+package product
 
 import (
 	"context"
@@ -17,25 +17,21 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/connectrelay/connectrelay/connect"
-	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/product/producttest"
 )
 
 const (
-	testAppKey     = "com.example.relay-test"
-	testClientKey  = "confluence:aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+	ampClientKey   = "confluence:aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 	testTransferID = "2e170ff3-7ab4-4b8d-9d5f-0d1c3a4f5e6a"
 )
 
-var testSecret = []byte("0123456789abcdef0123456789abcdef-tenant-secret")
-
 type staticTargets struct{ baseURL string }
 
-func (s staticTargets) Target(_ context.Context, clientKey string) (product.Target, error) {
-	if clientKey != testClientKey {
-		return product.Target{}, fmt.Errorf("tenant %s not found", clientKey)
+func (s staticTargets) Target(_ context.Context, clientKey string) (Target, error) {
+	if clientKey != ampClientKey {
+		return Target{}, fmt.Errorf("tenant %s not found", clientKey)
 	}
-	return product.Target{ClientKey: clientKey, BaseURL: s.baseURL, Secret: testSecret}, nil
+	return Target{ClientKey: clientKey, BaseURL: s.baseURL, Secret: testSecret}, nil
 }
 
 // fakeS3 plays the storage behind presigned URLs. It fails the test if a
@@ -80,18 +76,18 @@ func (f *fakeS3) presigned(key, sig string) string {
 	return f.srv.URL + "/migration-bucket/" + key + "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600&X-Amz-Signature=" + sig
 }
 
-type testBundle struct {
+type ampBundle struct {
 	product *producttest.Server
 }
 
-func setup(t testing.TB, basePath string, opts ...Option) (*Client, *testBundle) {
+func setupAMP(t testing.TB, basePath string, opts ...AMPOption) (*AMP, *ampBundle) {
 	t.Helper()
 	site := producttest.New(t, producttest.Config{AppKey: testAppKey, Secret: testSecret, BasePath: basePath})
 	hosts, err := connect.NewHostPolicy([]string{"127.0.0.1"})
 	if err != nil {
 		t.Fatalf("NewHostPolicy: %v", err)
 	}
-	pc, err := product.New(product.Config{
+	pc, err := New(Config{
 		AppKey:      testAppKey,
 		Hosts:       hosts,
 		BackoffBase: time.Millisecond,
@@ -99,10 +95,10 @@ func setup(t testing.TB, basePath string, opts ...Option) (*Client, *testBundle)
 		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, staticTargets{baseURL: site.BaseURL()})
 	if err != nil {
-		t.Fatalf("product.New: %v", err)
+		t.Fatalf("New: %v", err)
 	}
-	opts = append([]Option{WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)
-	return New(pc, nil, opts...), &testBundle{product: site}
+	opts = append([]AMPOption{WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, opts...)
+	return NewAMP(pc, nil, opts...), &ampBundle{product: site}
 }
 
 func jsonBody(status int, v any) http.HandlerFunc {
@@ -128,19 +124,19 @@ func route(t testing.TB, basePath string, routes map[string]http.HandlerFunc) ht
 }
 
 func TestDataURL(t *testing.T) {
-	c, b := setup(t, "/wiki")
+	c, b := setupAMP(t, "/wiki")
 	s3Key := "transfer/1 data+file.json"
 	b.product.SetHandler(route(t, "/wiki", map[string]http.HandlerFunc{
-		"GET " + base + "/data/transfer%2F1%20data+file.json": jsonBody(200, map[string]string{"url": "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s"}),
+		"GET " + ampBase + "/data/transfer%2F1%20data+file.json": jsonBody(200, map[string]string{"url": "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s"}),
 	}))
-	got, err := c.DataURL(t.Context(), testClientKey, s3Key)
+	got, err := c.DataURL(t.Context(), ampClientKey, s3Key)
 	if err != nil {
 		t.Fatalf("DataURL: %v", err)
 	}
 	if got != "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s" {
 		t.Errorf("DataURL = %q", got)
 	}
-	if _, err := c.DataURL(t.Context(), testClientKey, ""); !errors.Is(err, ErrInvalidArgument) {
+	if _, err := c.DataURL(t.Context(), ampClientKey, ""); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("empty key: err = %v, want ErrInvalidArgument", err)
 	}
 	if n := len(b.product.Requests()); n != 1 {
@@ -151,12 +147,12 @@ func TestDataURL(t *testing.T) {
 func TestDataURLRefusesUnusableURLs(t *testing.T) {
 	for _, bad := range []string{"", "ftp://files.example.com/x", "/relative/path", "https://user:pw@bucket.example.com/x", "javascript:alert(1)"} {
 		t.Run(bad, func(t *testing.T) {
-			c, b := setup(t, "")
+			c, b := setupAMP(t, "")
 			b.product.SetHandler(jsonBody(200, map[string]string{"url": bad}))
-			if _, err := c.DataURL(t.Context(), testClientKey, "k"); !errors.Is(err, ErrBadDataURL) {
+			if _, err := c.DataURL(t.Context(), ampClientKey, "k"); !errors.Is(err, ErrBadDataURL) {
 				t.Errorf("err = %v, want ErrBadDataURL", err)
 			}
-			if _, err := c.OpenData(t.Context(), testClientKey, "k"); !errors.Is(err, ErrBadDataURL) {
+			if _, err := c.OpenData(t.Context(), ampClientKey, "k"); !errors.Is(err, ErrBadDataURL) {
 				t.Errorf("OpenData err = %v, want ErrBadDataURL", err)
 			}
 		})
@@ -180,7 +176,7 @@ func presignHandler(s3 *fakeS3, key string, sigs ...string) http.HandlerFunc {
 const expiredXML = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message><Expires>2026-01-01T00:00:00Z</Expires></Error>`
 
 func TestOpenData(t *testing.T) {
-	c, b := setup(t, "")
+	c, b := setupAMP(t, "")
 	s3 := newFakeS3(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/migration-bucket/k1" {
 			http.NotFound(w, r)
@@ -189,7 +185,7 @@ func TestOpenData(t *testing.T) {
 		_, _ = io.WriteString(w, "hello, migrated world")
 	})
 	b.product.SetHandler(presignHandler(s3, "k1", "sig-1"))
-	rc, err := c.OpenData(t.Context(), testClientKey, "k1")
+	rc, err := c.OpenData(t.Context(), ampClientKey, "k1")
 	if err != nil {
 		t.Fatalf("OpenData: %v", err)
 	}
@@ -242,12 +238,12 @@ func TestOpenDataReRequestsAnExpiredURLOnce(t *testing.T) {
 		{
 			name: "storage outage is transient", status: 503, body: "<Error><Code>SlowDown</Code></Error>",
 			sigs: []string{"a"}, expired: map[string]bool{"a": true},
-			wantErr: product.ErrUnavailable, wantS3: []string{"a"}, wantAsked: 1,
+			wantErr: ErrUnavailable, wantS3: []string{"a"}, wantAsked: 1,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, b := setup(t, "/wiki")
+			c, b := setupAMP(t, "/wiki")
 			s3 := newFakeS3(t, func(w http.ResponseWriter, r *http.Request) {
 				if tt.expired[r.URL.Query().Get("X-Amz-Signature")] {
 					w.Header().Set("Content-Type", "application/xml")
@@ -258,7 +254,7 @@ func TestOpenDataReRequestsAnExpiredURLOnce(t *testing.T) {
 				_, _ = io.WriteString(w, "payload")
 			})
 			b.product.SetHandler(presignHandler(s3, "k", tt.sigs...))
-			rc, err := c.OpenData(t.Context(), testClientKey, "k")
+			rc, err := c.OpenData(t.Context(), ampClientKey, "k")
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
@@ -292,13 +288,13 @@ func TestOpenDataReRequestsAnExpiredURLOnce(t *testing.T) {
 }
 
 func TestOpenDataNeverLeaksThePresignedURL(t *testing.T) {
-	c, b := setup(t, "")
+	c, b := setupAMP(t, "")
 	s3 := newFakeS3(t, func(http.ResponseWriter, *http.Request) {})
 	s3.srv.Close() // connection refused
 	b.product.SetHandler(presignHandler(s3, "k", "SECRET-SIGNATURE"))
-	_, err := c.OpenData(t.Context(), testClientKey, "k")
-	if !errors.Is(err, product.ErrUnavailable) {
-		t.Fatalf("err = %v, want product.ErrUnavailable", err)
+	_, err := c.OpenData(t.Context(), ampClientKey, "k")
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
 	if strings.Contains(err.Error(), "SECRET-SIGNATURE") {
 		t.Errorf("error leaks the signature: %v", err)
@@ -307,7 +303,7 @@ func TestOpenDataNeverLeaksThePresignedURL(t *testing.T) {
 
 func TestOpenDataStalls(t *testing.T) {
 	t.Run("body stops arriving", func(t *testing.T) {
-		c, b := setup(t, "", WithStallTimeout(150*time.Millisecond))
+		c, b := setupAMP(t, "", WithStallTimeout(150*time.Millisecond))
 		s3 := newFakeS3(t, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "1000000")
 			_, _ = w.Write(make([]byte, 1000))
@@ -315,7 +311,7 @@ func TestOpenDataStalls(t *testing.T) {
 			<-r.Context().Done()
 		})
 		b.product.SetHandler(presignHandler(s3, "k", "s"))
-		rc, err := c.OpenData(t.Context(), testClientKey, "k")
+		rc, err := c.OpenData(t.Context(), ampClientKey, "k")
 		if err != nil {
 			t.Fatalf("OpenData: %v", err)
 		}
@@ -333,20 +329,20 @@ func TestOpenDataStalls(t *testing.T) {
 		}
 	})
 	t.Run("headers never come", func(t *testing.T) {
-		c, b := setup(t, "", WithStallTimeout(150*time.Millisecond))
+		c, b := setupAMP(t, "", WithStallTimeout(150*time.Millisecond))
 		s3 := newFakeS3(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
 		b.product.SetHandler(presignHandler(s3, "k", "s"))
-		if _, err := c.OpenData(t.Context(), testClientKey, "k"); !errors.Is(err, ErrDownloadStalled) {
+		if _, err := c.OpenData(t.Context(), ampClientKey, "k"); !errors.Is(err, ErrDownloadStalled) {
 			t.Fatalf("err = %v, want ErrDownloadStalled", err)
 		}
 	})
 	t.Run("a slow consumer is not a stall", func(t *testing.T) {
-		c, b := setup(t, "", WithStallTimeout(100*time.Millisecond))
+		c, b := setupAMP(t, "", WithStallTimeout(100*time.Millisecond))
 		s3 := newFakeS3(t, func(w http.ResponseWriter, r *http.Request) {
 			_, _ = w.Write([]byte(strings.Repeat("x", 3000)))
 		})
 		b.product.SetHandler(presignHandler(s3, "k", "s"))
-		rc, err := c.OpenData(t.Context(), testClientKey, "k")
+		rc, err := c.OpenData(t.Context(), ampClientKey, "k")
 		if err != nil {
 			t.Fatalf("OpenData: %v", err)
 		}
@@ -369,7 +365,7 @@ func TestOpenDataStalls(t *testing.T) {
 		}
 	})
 	t.Run("caller cancels", func(t *testing.T) {
-		c, b := setup(t, "")
+		c, b := setupAMP(t, "")
 		s3 := newFakeS3(t, func(w http.ResponseWriter, r *http.Request) {
 			_, _ = w.Write(make([]byte, 10))
 			w.(http.Flusher).Flush()
@@ -377,7 +373,7 @@ func TestOpenDataStalls(t *testing.T) {
 		})
 		b.product.SetHandler(presignHandler(s3, "k", "s"))
 		ctx, cancel := context.WithCancel(t.Context())
-		rc, err := c.OpenData(ctx, testClientKey, "k")
+		rc, err := c.OpenData(ctx, ampClientKey, "k")
 		if err != nil {
 			t.Fatalf("OpenData: %v", err)
 		}
@@ -390,11 +386,11 @@ func TestOpenDataStalls(t *testing.T) {
 }
 
 func TestListData(t *testing.T) {
-	c, b := setup(t, "")
+	c, b := setupAMP(t, "")
 	b.product.SetHandler(route(t, "", map[string]http.HandlerFunc{
-		"GET " + base + "/data/" + testTransferID + "/all": jsonBody(200, []map[string]string{{"label": "part-1", "s3Key": "k1"}, {"label": "final", "s3Key": "k2"}}),
+		"GET " + ampBase + "/data/" + testTransferID + "/all": jsonBody(200, []map[string]string{{"label": "part-1", "s3Key": "k1"}, {"label": "final", "s3Key": "k2"}}),
 	}))
-	got, err := c.ListData(t.Context(), testClientKey, testTransferID)
+	got, err := c.ListData(t.Context(), ampClientKey, testTransferID)
 	if err != nil {
 		t.Fatalf("ListData: %v", err)
 	}
@@ -405,11 +401,11 @@ func TestListData(t *testing.T) {
 
 func TestReportProgress(t *testing.T) {
 	t.Run("sends the report", func(t *testing.T) {
-		c, b := setup(t, "/wiki")
+		c, b := setupAMP(t, "/wiki")
 		b.product.SetHandler(route(t, "/wiki", map[string]http.HandlerFunc{
-			"POST " + base + "/progress/" + testTransferID: jsonBody(200, map[string]any{"status": "IN_PROGRESS", "percent": 40, "message": "importing"}),
+			"POST " + ampBase + "/progress/" + testTransferID: jsonBody(200, map[string]any{"status": "IN_PROGRESS", "percent": 40, "message": "importing"}),
 		}))
-		if err := c.ReportProgress(t.Context(), testClientKey, testTransferID, Progress{Status: StatusInProgress, Percent: 40, Message: "importing"}); err != nil {
+		if err := c.ReportProgress(t.Context(), ampClientKey, testTransferID, Progress{Status: StatusInProgress, Percent: 40, Message: "importing"}); err != nil {
 			t.Fatalf("ReportProgress: %v", err)
 		}
 		reqs := b.product.Requests()
@@ -430,16 +426,16 @@ func TestReportProgress(t *testing.T) {
 		want    []error
 		notWant []error
 	}{
-		{"settled", 403, `{"message":"Transfer '` + testTransferID + `' is already in a settled state"}`, []error{ErrTransferSettled, product.ErrForbidden}, []error{ErrTransferExpired}},
-		{"past 14 days", 400, `{"message":"transfer expired"}`, []error{ErrTransferExpired, product.ErrBadRequest}, []error{ErrTransferSettled}},
-		{"not found", 404, `{}`, []error{product.ErrNotFound}, []error{ErrTransferSettled, ErrTransferExpired}},
-		{"forbidden for another reason", 403, `{"message":"App is not permitted to access this resource"}`, []error{product.ErrForbidden}, []error{ErrTransferSettled, ErrTransferExpired}},
+		{"settled", 403, `{"message":"Transfer '` + testTransferID + `' is already in a settled state"}`, []error{ErrTransferSettled, ErrForbidden}, []error{ErrTransferExpired}},
+		{"past 14 days", 400, `{"message":"transfer expired"}`, []error{ErrTransferExpired, ErrBadRequest}, []error{ErrTransferSettled}},
+		{"not found", 404, `{}`, []error{ErrNotFound}, []error{ErrTransferSettled, ErrTransferExpired}},
+		{"forbidden for another reason", 403, `{"message":"App is not permitted to access this resource"}`, []error{ErrForbidden}, []error{ErrTransferSettled, ErrTransferExpired}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, b := setup(t, "")
+			c, b := setupAMP(t, "")
 			b.product.SetHandler(producttest.JSON(tt.status, tt.body))
-			err := c.ReportProgress(t.Context(), testClientKey, testTransferID, Progress{Status: StatusSuccess, Percent: 100})
+			err := c.ReportProgress(t.Context(), ampClientKey, testTransferID, Progress{Status: StatusSuccess, Percent: 100})
 			for _, w := range tt.want {
 				if !errors.Is(err, w) {
 					t.Errorf("errors.Is(%v, %v) = false", err, w)
@@ -456,13 +452,13 @@ func TestReportProgress(t *testing.T) {
 		})
 	}
 	t.Run("invalid reports are refused locally", func(t *testing.T) {
-		c, b := setup(t, "")
+		c, b := setupAMP(t, "")
 		for _, p := range []Progress{{Status: "DONE", Percent: 100}, {Status: StatusInProgress, Percent: 101}, {Status: StatusInProgress, Percent: -1}, {}} {
-			if err := c.ReportProgress(t.Context(), testClientKey, testTransferID, p); !errors.Is(err, ErrInvalidArgument) {
+			if err := c.ReportProgress(t.Context(), ampClientKey, testTransferID, p); !errors.Is(err, ErrInvalidArgument) {
 				t.Errorf("%+v: err = %v, want ErrInvalidArgument", p, err)
 			}
 		}
-		if err := c.ReportProgress(t.Context(), testClientKey, "", Progress{Status: StatusSuccess}); !errors.Is(err, ErrInvalidArgument) {
+		if err := c.ReportProgress(t.Context(), ampClientKey, "", Progress{Status: StatusSuccess}); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("empty transfer: err = %v", err)
 		}
 		if n := len(b.product.Requests()); n != 0 {
@@ -472,14 +468,14 @@ func TestReportProgress(t *testing.T) {
 }
 
 func TestErrorDetails(t *testing.T) {
-	c, b := setup(t, "")
+	c, b := setupAMP(t, "")
 	details := `{"exceptionType":"java.lang.IllegalStateException","safeStackTrace":"at com.example.Listener.onStart"}`
 	b.product.SetHandler(route(t, "", map[string]http.HandlerFunc{
-		"GET " + base + "/error/" + testTransferID: func(w http.ResponseWriter, r *http.Request) {
+		"GET " + ampBase + "/error/" + testTransferID: func(w http.ResponseWriter, r *http.Request) {
 			producttest.JSON(200, details).ServeHTTP(w, r)
 		},
 	}))
-	got, err := c.ErrorDetails(t.Context(), testClientKey, testTransferID)
+	got, err := c.ErrorDetails(t.Context(), ampClientKey, testTransferID)
 	if err != nil {
 		t.Fatalf("ErrorDetails: %v", err)
 	}
@@ -487,34 +483,34 @@ func TestErrorDetails(t *testing.T) {
 		t.Errorf("details = %s", got)
 	}
 	b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '`+testTransferID+`' is already in a settled state"}`))
-	if _, err := c.ErrorDetails(t.Context(), testClientKey, testTransferID); !errors.Is(err, ErrTransferSettled) {
+	if _, err := c.ErrorDetails(t.Context(), ampClientKey, testTransferID); !errors.Is(err, ErrTransferSettled) {
 		t.Errorf("err = %v, want ErrTransferSettled", err)
 	}
 }
 
 func TestFeedback(t *testing.T) {
-	c, b := setup(t, "/wiki")
+	c, b := setupAMP(t, "/wiki")
 	b.product.SetHandler(route(t, "/wiki", map[string]http.HandlerFunc{
-		"POST " + base + "/feedback/" + testTransferID: jsonBody(200, map[string]any{}),
+		"POST " + ampBase + "/feedback/" + testTransferID: jsonBody(200, map[string]any{}),
 	}))
-	if err := c.Feedback(t.Context(), testClientKey, testTransferID, map[string]any{"imported": 12, "skipped": []string{"a"}}); err != nil {
+	if err := c.Feedback(t.Context(), ampClientKey, testTransferID, map[string]any{"imported": 12, "skipped": []string{"a"}}); err != nil {
 		t.Fatalf("Feedback: %v", err)
 	}
 	reqs := b.product.Requests()
 	if len(reqs) != 1 || string(reqs[0].Body) != `{"details":{"imported":12,"skipped":["a"]}}` {
 		t.Errorf("requests = %+v", reqs)
 	}
-	if err := c.Feedback(t.Context(), testClientKey, testTransferID, nil); !errors.Is(err, ErrInvalidArgument) {
+	if err := c.Feedback(t.Context(), ampClientKey, testTransferID, nil); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("nil details: err = %v", err)
 	}
 }
 
 func TestWebhook(t *testing.T) {
-	c, b := setup(t, "")
+	c, b := setupAMP(t, "")
 	var mu sync.Mutex
 	var registered []string
 	b.product.SetHandler(route(t, "", map[string]http.HandlerFunc{
-		"PUT " + base + "/webhook": func(w http.ResponseWriter, r *http.Request) {
+		"PUT " + ampBase + "/webhook": func(w http.ResponseWriter, r *http.Request) {
 			var in struct{ Endpoints []string }
 			if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
 				t.Errorf("decode: %v", err)
@@ -524,17 +520,17 @@ func TestWebhook(t *testing.T) {
 			mu.Unlock()
 			jsonBody(200, in)(w, r)
 		},
-		"GET " + base + "/webhook": func(w http.ResponseWriter, r *http.Request) {
+		"GET " + ampBase + "/webhook": func(w http.ResponseWriter, r *http.Request) {
 			mu.Lock()
 			defer mu.Unlock()
 			jsonBody(200, map[string][]string{"endpoints": registered})(w, r)
 		},
 	}))
 	want := []string{"https://relay.example.com/migration/events"}
-	if err := c.SetWebhook(t.Context(), testClientKey, want); err != nil {
+	if err := c.SetWebhook(t.Context(), ampClientKey, want); err != nil {
 		t.Fatalf("SetWebhook: %v", err)
 	}
-	got, err := c.Webhook(t.Context(), testClientKey)
+	got, err := c.Webhook(t.Context(), ampClientKey)
 	if err != nil {
 		t.Fatalf("Webhook: %v", err)
 	}
@@ -545,7 +541,7 @@ func TestWebhook(t *testing.T) {
 		t.Errorf("PUT body = %s", body)
 	}
 	for _, bad := range [][]string{nil, {}, {"/migration/events"}, {"relay.example.com/x"}, {"ftp://relay.example.com/x"}} {
-		if err := c.SetWebhook(t.Context(), testClientKey, bad); !errors.Is(err, ErrInvalidArgument) {
+		if err := c.SetWebhook(t.Context(), ampClientKey, bad); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("SetWebhook(%q): err = %v, want ErrInvalidArgument", bad, err)
 		}
 	}
@@ -582,14 +578,14 @@ func mappingPages(t *testing.T, calls *[]string, mu *sync.Mutex) http.HandlerFun
 }
 
 func TestMappings(t *testing.T) {
-	path := "GET " + base + "/mapping/" + testTransferID + "/page"
+	path := "GET " + ampBase + "/mapping/" + testTransferID + "/page"
 	t.Run("all pages", func(t *testing.T) {
-		c, b := setup(t, "/wiki")
+		c, b := setupAMP(t, "/wiki")
 		var calls []string
 		var mu sync.Mutex
 		b.product.SetHandler(route(t, "/wiki", map[string]http.HandlerFunc{path: mappingPages(t, &calls, &mu)}))
 		var got []Mapping
-		for m, err := range c.Mappings(t.Context(), testClientKey, testTransferID, "identity:user", 2) {
+		for m, err := range c.Mappings(t.Context(), ampClientKey, testTransferID, "identity:user", 2) {
 			if err != nil {
 				t.Fatalf("Mappings: %v", err)
 			}
@@ -608,12 +604,12 @@ func TestMappings(t *testing.T) {
 		}
 	})
 	t.Run("early break fetches no more pages", func(t *testing.T) {
-		c, b := setup(t, "")
+		c, b := setupAMP(t, "")
 		var calls []string
 		var mu sync.Mutex
 		b.product.SetHandler(route(t, "", map[string]http.HandlerFunc{path: mappingPages(t, &calls, &mu)}))
 		n := 0
-		for _, err := range c.Mappings(t.Context(), testClientKey, testTransferID, "identity:user", 2) {
+		for _, err := range c.Mappings(t.Context(), ampClientKey, testTransferID, "identity:user", 2) {
 			if err != nil {
 				t.Fatalf("Mappings: %v", err)
 			}
@@ -627,11 +623,11 @@ func TestMappings(t *testing.T) {
 		}
 	})
 	t.Run("hasNext without progress is an error, not a loop", func(t *testing.T) {
-		c, b := setup(t, "")
+		c, b := setupAMP(t, "")
 		b.product.SetHandler(producttest.JSON(200, `{"items":{"1":"a"},"meta":{"hasNext":true,"lastEntity":""}}`))
 		var errs []error
 		items := 0
-		for m, err := range c.Mappings(t.Context(), testClientKey, testTransferID, "jira:issue", 0) {
+		for m, err := range c.Mappings(t.Context(), ampClientKey, testTransferID, "jira:issue", 0) {
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -649,17 +645,17 @@ func TestMappings(t *testing.T) {
 		}
 	})
 	t.Run("settled transfer", func(t *testing.T) {
-		c, b := setup(t, "")
+		c, b := setupAMP(t, "")
 		b.product.SetHandler(producttest.JSON(403, `{"message":"Transfer '`+testTransferID+`' is already in a settled state"}`))
-		for _, err := range c.Mappings(t.Context(), testClientKey, testTransferID, "jira:issue", 10) {
+		for _, err := range c.Mappings(t.Context(), ampClientKey, testTransferID, "jira:issue", 10) {
 			if !errors.Is(err, ErrTransferSettled) {
 				t.Errorf("err = %v, want ErrTransferSettled", err)
 			}
 		}
 	})
 	t.Run("missing namespace", func(t *testing.T) {
-		c, _ := setup(t, "")
-		for _, err := range c.Mappings(t.Context(), testClientKey, testTransferID, "", 10) {
+		c, _ := setupAMP(t, "")
+		for _, err := range c.Mappings(t.Context(), ampClientKey, testTransferID, "", 10) {
 			if !errors.Is(err, ErrInvalidArgument) {
 				t.Errorf("err = %v, want ErrInvalidArgument", err)
 			}
@@ -668,9 +664,9 @@ func TestMappings(t *testing.T) {
 }
 
 func TestFindMappings(t *testing.T) {
-	c, b := setup(t, "")
+	c, b := setupAMP(t, "")
 	b.product.SetHandler(route(t, "", map[string]http.HandlerFunc{
-		"POST " + base + "/mapping/" + testTransferID + "/find": func(w http.ResponseWriter, r *http.Request) {
+		"POST " + ampBase + "/mapping/" + testTransferID + "/find": func(w http.ResponseWriter, r *http.Request) {
 			if ns := r.URL.Query().Get("namespace"); ns != "jira:issue" {
 				t.Errorf("namespace = %q", ns)
 			}
@@ -695,7 +691,7 @@ func TestFindMappings(t *testing.T) {
 		keys = append(keys, fmt.Sprint(10000+i))
 	}
 	keys = append(keys, "missing")
-	got, err := c.FindMappings(t.Context(), testClientKey, testTransferID, "jira:issue", keys)
+	got, err := c.FindMappings(t.Context(), ampClientKey, testTransferID, "jira:issue", keys)
 	if err != nil {
 		t.Fatalf("FindMappings: %v", err)
 	}
@@ -708,7 +704,7 @@ func TestFindMappings(t *testing.T) {
 	if n := len(b.product.Requests()); n != 3 {
 		t.Errorf("%d requests for 2501 keys, want 3", n)
 	}
-	empty, err := c.FindMappings(t.Context(), testClientKey, testTransferID, "jira:issue", nil)
+	empty, err := c.FindMappings(t.Context(), ampClientKey, testTransferID, "jira:issue", nil)
 	if err != nil || len(empty) != 0 {
 		t.Errorf("no keys: %v, %v", empty, err)
 	}
@@ -739,14 +735,14 @@ func TestOpenDataRedirects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := product.New(product.Config{AppKey: testAppKey, Hosts: hosts}, staticTargets{baseURL: site.BaseURL()})
+	pc, err := New(Config{AppKey: testAppKey, Hosts: hosts}, staticTargets{baseURL: site.BaseURL()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := New(pc, tlsSrv.Client(), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	c := NewAMP(pc, tlsSrv.Client(), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 
 	site.SetHandler(jsonBody(200, map[string]string{"url": tlsSrv.URL + "/moved?X-Amz-Signature=s1"}))
-	rc, err := c.OpenData(t.Context(), testClientKey, "k")
+	rc, err := c.OpenData(t.Context(), ampClientKey, "k")
 	if err != nil {
 		t.Fatalf("same-scheme redirect: %v", err)
 	}
@@ -757,7 +753,7 @@ func TestOpenDataRedirects(t *testing.T) {
 	}
 
 	site.SetHandler(jsonBody(200, map[string]string{"url": tlsSrv.URL + "/downgrade?X-Amz-Signature=s1"}))
-	_, err = c.OpenData(t.Context(), testClientKey, "k")
+	_, err = c.OpenData(t.Context(), ampClientKey, "k")
 	if err == nil || strings.Contains(err.Error(), "SIG-DOWN") {
 		t.Errorf("https->http redirect: err = %v, want a refusal that does not leak the URL", err)
 	}
@@ -777,10 +773,10 @@ func TestDataURL_Only403SaysSettledMeansSettled(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, b := setup(t, "")
+			c, b := setupAMP(t, "")
 			b.product.SetHandler(producttest.JSON(403, tt.body))
-			_, err := c.DataURL(t.Context(), testClientKey, "some/s3key")
-			if !errors.Is(err, product.ErrForbidden) || errors.Is(err, ErrTransferSettled) != tt.settled {
+			_, err := c.DataURL(t.Context(), ampClientKey, "some/s3key")
+			if !errors.Is(err, ErrForbidden) || errors.Is(err, ErrTransferSettled) != tt.settled {
 				t.Errorf("err = %v, want forbidden with settled=%v", err, tt.settled)
 			}
 		})

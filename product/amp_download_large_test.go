@@ -1,4 +1,4 @@
-package amp
+package product
 
 import (
 	"bytes"
@@ -40,7 +40,7 @@ func TestOpenDataStreamsLargeFilesInFlatMemory(t *testing.T) {
 			}
 		}
 	})
-	c, b := setup(t, "/wiki")
+	c, b := setupAMP(t, "/wiki")
 	b.product.SetHandler(presignHandler(s3, "big", "sig"))
 
 	runtime.GC()
@@ -49,7 +49,7 @@ func TestOpenDataStreamsLargeFilesInFlatMemory(t *testing.T) {
 	peak := before.HeapInuse
 
 	start := time.Now()
-	rc, err := c.OpenData(t.Context(), testClientKey, "big")
+	rc, err := c.OpenData(t.Context(), ampClientKey, "big")
 	if err != nil {
 		t.Fatalf("OpenData: %v", err)
 	}

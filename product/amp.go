@@ -2,7 +2,7 @@
 // of a Connect app (PROTOCOL §5.4), under the tenant's
 // /rest/atlassian-connect/1/migration.
 //
-// Every call goes through product.Client, so it is signed as the app, sent
+// Every call goes through Client, so it is signed as the app, sent
 // only to the tenant's stored and allowed baseUrl, and retried like any other
 // product call. The one exception is the migrated data itself: OpenData
 // fetches the presigned URL that the product's data API answered, with a
@@ -11,7 +11,7 @@
 // Errors wrap product's sentinels (ErrForbidden, ErrUnavailable...) and add
 // the migration-specific ones the task layer branches on: ErrTransferSettled
 // and ErrTransferExpired are final for a transfer and must not be retried.
-package amp
+package product
 
 import (
 	"context"
@@ -23,24 +23,22 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/connectrelay/connectrelay/product"
 )
 
 // base is the migration API's path below the tenant baseUrl.
-const base = "/rest/atlassian-connect/1/migration"
+const ampBase = "/rest/atlassian-connect/1/migration"
 
-// Routes of the migration API, as reported to product.Config.Observe and in
+// Routes of the migration API, as reported to Config.Observe and in
 // errors: templates, so that metrics stay low-cardinality.
 const (
-	RouteData        = base + "/data/{s3Key}"
-	RouteListData    = base + "/data/{transferId}/all"
-	RouteProgress    = base + "/progress/{transferId}"
-	RouteError       = base + "/error/{transferId}"
-	RouteFeedback    = base + "/feedback/{transferId}"
-	RouteMappingPage = base + "/mapping/{transferId}/page"
-	RouteMappingFind = base + "/mapping/{transferId}/find"
-	RouteWebhook     = base + "/webhook"
+	RouteData        = ampBase + "/data/{s3Key}"
+	RouteListData    = ampBase + "/data/{transferId}/all"
+	RouteProgress    = ampBase + "/progress/{transferId}"
+	RouteError       = ampBase + "/error/{transferId}"
+	RouteFeedback    = ampBase + "/feedback/{transferId}"
+	RouteMappingPage = ampBase + "/mapping/{transferId}/page"
+	RouteMappingFind = ampBase + "/mapping/{transferId}/find"
+	RouteWebhook     = ampBase + "/webhook"
 )
 
 // Progress statuses. IN_PROGRESS reports; the other three settle the
@@ -80,22 +78,22 @@ var (
 // an app data file may be tens of gigabytes.
 const DefaultStallTimeout = 2 * time.Minute
 
-// Client calls one app's migration API on any tenant. It is safe for
+// AMP calls one app's migration API (App Migration Platform) on any tenant. It is safe for
 // concurrent use.
-type Client struct {
-	p     *product.Client
+type AMP struct {
+	p     *Client
 	dl    *http.Client
 	stall time.Duration
 	log   *slog.Logger
 }
 
-// Option adjusts a Client built by New.
-type Option func(*Client)
+// AMPOption adjusts an AMP client built by NewAMP.
+type AMPOption func(*AMP)
 
 // WithStallTimeout sets how long a download may receive nothing before it is
 // abandoned with ErrDownloadStalled (default DefaultStallTimeout).
-func WithStallTimeout(d time.Duration) Option {
-	return func(c *Client) {
+func WithStallTimeout(d time.Duration) AMPOption {
+	return func(c *AMP) {
 		if d > 0 {
 			c.stall = d
 		}
@@ -104,8 +102,8 @@ func WithStallTimeout(d time.Duration) Option {
 
 // WithLogger sets the logger for download re-requests (default slog.Default).
 // Presigned URLs are credentials and are never logged.
-func WithLogger(l *slog.Logger) Option {
-	return func(c *Client) {
+func WithLogger(l *slog.Logger) AMPOption {
+	return func(c *AMP) {
 		if l != nil {
 			c.log = l
 		}
@@ -120,7 +118,7 @@ func WithLogger(l *slog.Logger) Option {
 // bytes exactly as uploaded) is used. Unless download has its own
 // CheckRedirect, storage redirects are followed at most 5 times and never
 // from https to plain http.
-func New(p *product.Client, download *http.Client, opts ...Option) *Client {
+func NewAMP(p *Client, download *http.Client, opts ...AMPOption) *AMP {
 	var dl http.Client
 	if download != nil {
 		dl = *download
@@ -133,7 +131,7 @@ func New(p *product.Client, download *http.Client, opts ...Option) *Client {
 	if dl.CheckRedirect == nil {
 		dl.CheckRedirect = checkDownloadRedirect
 	}
-	c := &Client{p: p, dl: &dl, stall: DefaultStallTimeout, log: slog.Default()}
+	c := &AMP{p: p, dl: &dl, stall: DefaultStallTimeout, log: slog.Default()}
 	for _, o := range opts {
 		o(c)
 	}
@@ -164,7 +162,7 @@ type Mapping struct {
 	CloudID  string
 }
 
-func required(name, v string) error {
+func requireArg(name, v string) error {
 	if v == "" {
 		return fmt.Errorf("%w: empty %s", ErrInvalidArgument, name)
 	}
@@ -174,7 +172,7 @@ func required(name, v string) error {
 // transferErr wraps a failed transfer-scoped call. The platform answers 403
 // "Transfer '…' is already in a settled state" to every call for a settled
 // transfer (DAC FAQ); only such a 403 is reported as ErrTransferSettled (still
-// wrapping product.ErrForbidden). Any other 403 (a permission problem, a
+// wrapping ErrForbidden). Any other 403 (a permission problem, a
 // disabled app) must not be taken for "settled": our own settle call would
 // never be made and the transfer's data would be dropped.
 func transferErr(op, transferID string, err error) error {
@@ -186,21 +184,21 @@ func transferErr(op, transferID string, err error) error {
 
 // settledAnswer reports whether err is the product's 403 for a settled transfer.
 func settledAnswer(err error) bool {
-	var se *product.StatusError
+	var se *StatusError
 	return errors.As(err, &se) && se.StatusCode == http.StatusForbidden &&
 		strings.Contains(strings.ToLower(se.Body), "settled")
 }
 
 // DataURL asks the product for a presigned URL of an uploaded file. The URL
 // is a bearer credential valid for about an hour: never log it.
-func (c *Client) DataURL(ctx context.Context, clientKey, s3Key string) (string, error) {
-	if err := required("s3Key", s3Key); err != nil {
+func (c *AMP) DataURL(ctx context.Context, clientKey, s3Key string) (string, error) {
+	if err := requireArg("s3Key", s3Key); err != nil {
 		return "", err
 	}
 	var out struct {
 		URL string `json:"url"`
 	}
-	req := product.Request{Path: base + "/data/" + url.PathEscape(s3Key), Route: RouteData}
+	req := Request{Path: ampBase + "/data/" + url.PathEscape(s3Key), Route: RouteData}
 	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
 		if settledAnswer(err) {
 			return "", fmt.Errorf("amp: data URL for %s: %w: %w", s3Key, ErrTransferSettled, err)
@@ -229,14 +227,14 @@ func checkDataURL(raw string) (*url.URL, error) {
 }
 
 // ListData lists the files uploaded for a transfer so far.
-func (c *Client) ListData(ctx context.Context, clientKey, transferID string) ([]Upload, error) {
-	if err := required("transferId", transferID); err != nil {
+func (c *AMP) ListData(ctx context.Context, clientKey, transferID string) ([]Upload, error) {
+	if err := requireArg("transferId", transferID); err != nil {
 		return nil, err
 	}
 	var out []Upload
-	req := product.Request{Path: base + "/data/" + url.PathEscape(transferID) + "/all", Route: RouteListData}
+	req := Request{Path: ampBase + "/data/" + url.PathEscape(transferID) + "/all", Route: RouteListData}
 	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
-		if errors.Is(err, product.ErrBadRequest) {
+		if errors.Is(err, ErrBadRequest) {
 			// A valid transfer id answered 400: past AMP's 14-day window.
 			return nil, fmt.Errorf("amp: list data for transfer %s: %w: %w", transferID, ErrTransferExpired, err)
 		}
@@ -249,8 +247,8 @@ func (c *Client) ListData(ctx context.Context, clientKey, transferID string) ([]
 // transfer is already settled (ErrTransferSettled) and a 400 for this
 // validated payload that it is past its 14 days (ErrTransferExpired); both
 // are final.
-func (c *Client) ReportProgress(ctx context.Context, clientKey, transferID string, p Progress) error {
-	if err := required("transferId", transferID); err != nil {
+func (c *AMP) ReportProgress(ctx context.Context, clientKey, transferID string, p Progress) error {
+	if err := requireArg("transferId", transferID); err != nil {
 		return err
 	}
 	switch p.Status {
@@ -261,9 +259,9 @@ func (c *Client) ReportProgress(ctx context.Context, clientKey, transferID strin
 	if p.Percent < 0 || p.Percent > 100 {
 		return fmt.Errorf("%w: progress percent %d outside 0–100", ErrInvalidArgument, p.Percent)
 	}
-	req := product.Request{Method: http.MethodPost, Path: base + "/progress/" + url.PathEscape(transferID), Body: p, Route: RouteProgress}
+	req := Request{Method: http.MethodPost, Path: ampBase + "/progress/" + url.PathEscape(transferID), Body: p, Route: RouteProgress}
 	err := c.p.Do(ctx, clientKey, req, nil)
-	if err != nil && errors.Is(err, product.ErrBadRequest) {
+	if err != nil && errors.Is(err, ErrBadRequest) {
 		return fmt.Errorf("amp: report progress for transfer %s: %w: %w", transferID, ErrTransferExpired, err)
 	}
 	if err != nil {
@@ -276,12 +274,12 @@ func (c *Client) ReportProgress(ctx context.Context, clientKey, transferID strin
 // ({"exceptionType","safeStackTrace"} on recent CCMA/JCMA), as raw JSON
 // because its shape depends on the server app's version. It is nil when the
 // product answered with an empty body.
-func (c *Client) ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error) {
-	if err := required("transferId", transferID); err != nil {
+func (c *AMP) ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error) {
+	if err := requireArg("transferId", transferID); err != nil {
 		return nil, err
 	}
 	var out json.RawMessage
-	req := product.Request{Path: base + "/error/" + url.PathEscape(transferID), Route: RouteError}
+	req := Request{Path: ampBase + "/error/" + url.PathEscape(transferID), Route: RouteError}
 	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
 		return nil, transferErr("error details", transferID, err)
 	}
@@ -290,8 +288,8 @@ func (c *Client) ErrorDetails(ctx context.Context, clientKey, transferID string)
 
 // Feedback sends details back to the server app; new feedback overwrites the
 // previous one, so repeating it is harmless.
-func (c *Client) Feedback(ctx context.Context, clientKey, transferID string, details any) error {
-	if err := required("transferId", transferID); err != nil {
+func (c *AMP) Feedback(ctx context.Context, clientKey, transferID string, details any) error {
+	if err := requireArg("transferId", transferID); err != nil {
 		return err
 	}
 	if details == nil {
@@ -300,7 +298,7 @@ func (c *Client) Feedback(ctx context.Context, clientKey, transferID string, det
 	body := struct {
 		Details any `json:"details"`
 	}{details}
-	req := product.Request{Method: http.MethodPost, Path: base + "/feedback/" + url.PathEscape(transferID), Body: body, Route: RouteFeedback}
+	req := Request{Method: http.MethodPost, Path: ampBase + "/feedback/" + url.PathEscape(transferID), Body: body, Route: RouteFeedback}
 	if err := c.p.Do(ctx, clientKey, req, nil); err != nil {
 		return transferErr("feedback", transferID, err)
 	}
@@ -309,11 +307,11 @@ func (c *Client) Feedback(ctx context.Context, clientKey, transferID string, det
 
 // Webhook returns the migration webhook endpoints registered for the app on
 // the tenant.
-func (c *Client) Webhook(ctx context.Context, clientKey string) ([]string, error) {
+func (c *AMP) Webhook(ctx context.Context, clientKey string) ([]string, error) {
 	var out struct {
 		Endpoints []string `json:"endpoints"`
 	}
-	if err := c.p.Do(ctx, clientKey, product.Request{Path: base + "/webhook", Route: RouteWebhook}, &out); err != nil {
+	if err := c.p.Do(ctx, clientKey, Request{Path: ampBase + "/webhook", Route: RouteWebhook}, &out); err != nil {
 		return nil, fmt.Errorf("amp: get webhook: %w", err)
 	}
 	return out.Endpoints, nil
@@ -322,7 +320,7 @@ func (c *Client) Webhook(ctx context.Context, clientKey string) ([]string, error
 // SetWebhook replaces the registered migration webhook endpoints. The
 // platform requires a non-empty list of absolute URLs; that is checked here
 // so a misconfiguration fails before any call.
-func (c *Client) SetWebhook(ctx context.Context, clientKey string, endpoints []string) error {
+func (c *AMP) SetWebhook(ctx context.Context, clientKey string, endpoints []string) error {
 	if len(endpoints) == 0 {
 		return fmt.Errorf("%w: no webhook endpoints", ErrInvalidArgument)
 	}
@@ -335,7 +333,7 @@ func (c *Client) SetWebhook(ctx context.Context, clientKey string, endpoints []s
 	body := struct {
 		Endpoints []string `json:"endpoints"`
 	}{endpoints}
-	req := product.Request{Method: http.MethodPut, Path: base + "/webhook", Body: body, Route: RouteWebhook}
+	req := Request{Method: http.MethodPut, Path: ampBase + "/webhook", Body: body, Route: RouteWebhook}
 	if err := c.p.Do(ctx, clientKey, req, nil); err != nil {
 		return fmt.Errorf("amp: set webhook: %w", err)
 	}

@@ -16,9 +16,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/migration"
-	"github.com/connectrelay/connectrelay/schema"
 )
 
 const (

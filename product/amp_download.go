@@ -1,4 +1,4 @@
-package amp
+package product
 
 import (
 	"bytes"
@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
-
-	"github.com/connectrelay/connectrelay/product"
 )
 
 // DownloadError is a non-200 answer of a presigned data URL. It never holds
@@ -37,14 +35,14 @@ func (e *DownloadError) Error() string {
 	return msg
 }
 
-// Is makes a DownloadError match ErrDownloadFailed, and product.ErrUnavailable
+// Is makes a DownloadError match ErrDownloadFailed, and ErrUnavailable
 // when the storage service is overloaded or failing (429, 5xx), so that the
 // task layer treats both the product's and the store's outages as transient.
 func (e *DownloadError) Is(target error) bool {
 	switch target {
 	case ErrDownloadFailed:
 		return true
-	case product.ErrUnavailable:
+	case ErrUnavailable:
 		return e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500
 	}
 	return false
@@ -56,7 +54,7 @@ func (e *DownloadError) Is(target error) bool {
 // asked for once. The caller must Close the reader; the body is bound to ctx
 // (cancel it to abort) and fails with ErrDownloadStalled when no data arrives
 // for the stall timeout, but has no overall deadline.
-func (c *Client) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error) {
+func (c *AMP) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error) {
 	for try := 1; ; try++ {
 		raw, err := c.DataURL(ctx, clientKey, s3Key)
 		if err != nil {
@@ -77,7 +75,7 @@ func (c *Client) OpenData(ctx context.Context, clientKey, s3Key string) (io.Read
 
 // download GETs a presigned URL and returns its body wrapped in a stall
 // watchdog. It sets no credentials: the URL carries its own.
-func (c *Client) download(ctx context.Context, raw string) (io.ReadCloser, error) {
+func (c *AMP) download(ctx context.Context, raw string) (io.ReadCloser, error) {
 	u, err := checkDataURL(raw)
 	if err != nil {
 		return nil, err
@@ -103,7 +101,7 @@ func (c *Client) download(ctx context.Context, raw string) (io.ReadCloser, error
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("data download: %w", ctx.Err())
 		}
-		return nil, fmt.Errorf("data download: %w: %v", product.ErrUnavailable, redactURLError(err, u))
+		return nil, fmt.Errorf("data download: %w: %v", ErrUnavailable, redactURLError(err, u))
 	}
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
@@ -194,7 +192,7 @@ func (r *stallReader) Read(p []byte) (int, error) {
 			return n, fmt.Errorf("%w: no data for %s", ErrDownloadStalled, r.stall)
 		}
 		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			return n, fmt.Errorf("data download: %w: %w", product.ErrUnavailable, err)
+			return n, fmt.Errorf("data download: %w: %w", ErrUnavailable, err)
 		}
 	}
 	return n, err

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/connectrelay/connectrelay/migration"
+	"github.com/connectrelay/connectrelay/internal/migration"
 )
 
 // A 2 GiB upload, generated on the fly by the fake product, streams through the
