@@ -141,7 +141,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	cache := tenant.NewSecretCache(h.store, time.Minute)
-	requests, err := connect.NewHS256Verifier(connect.HS256Config{AppBaseURLs: cfg.AppBaseURLs(), Secrets: handlers.Secrets(cache)})
+	requests, err := connect.NewHS256Verifier(connect.HS256Config{AppBaseURLs: cfg.AppBaseURLs(), Secrets: cache})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,9 +216,9 @@ func (h *harness) tenantRow(clientKey string) string {
 	return s
 }
 
-func decodePayload(t *testing.T, ti *asynq.TaskInfo) tasks.LifecyclePayload {
+func decodePayload(t *testing.T, ti *asynq.TaskInfo) tasks.TenantPayload {
 	t.Helper()
-	var p tasks.LifecyclePayload
+	var p tasks.TenantPayload
 	if err := json.Unmarshal(ti.Payload, &p); err != nil {
 		t.Fatalf("decode payload %s: %v", ti.Payload, err)
 	}

@@ -10,19 +10,6 @@ import (
 // AddonRoute is the Observe/error route of the License REST API call.
 const AddonRoute = "/rest/atlassian-connect/1/addons/{appKey}"
 
-// License states recorded on a tenant. They are deliberately coarse: the
-// License API is known to return stale data (MC-1001), and installed != licensed.
-const (
-	// LicenseActive means the product reported license.active = true.
-	LicenseActive = "active"
-	// LicenseInactive means the product reported a license that is not active.
-	LicenseInactive = "inactive"
-	// LicenseUnknown means the answer had no license object: a free app, an
-	// app without "enableLicensing", or an answer we cannot interpret. It must
-	// never be treated as inactive (that would lock out free-app customers).
-	LicenseUnknown = "unknown"
-)
-
 // AddonInfo is the product's view of this app on one site (License REST API,
 // PROTOCOL §4). Only key, version, state and license.active are documented;
 // the other license fields are read when present, and Raw keeps the whole
@@ -61,17 +48,4 @@ func (c *Client) Addon(ctx context.Context, clientKey string) (AddonInfo, error)
 	}
 	info.Raw = raw
 	return info, nil
-}
-
-// LicenseState reduces AddonInfo to the coarse state stored on a tenant:
-// LicenseActive, LicenseInactive or LicenseUnknown.
-func LicenseState(info AddonInfo) string {
-	switch {
-	case info.License == nil:
-		return LicenseUnknown
-	case info.License.Active:
-		return LicenseActive
-	default:
-		return LicenseInactive
-	}
 }

@@ -560,3 +560,10 @@ func drainClose(body io.ReadCloser) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(body, maxErrorBodyRead))
 	_ = body.Close()
 }
+
+// Get is Do for a GET of path (relative to the tenant's baseUrl, escaped, no
+// query), decoding a 2xx JSON answer into out. path is also the Route reported
+// to Observe, so prefer Do with a templated Route for paths with identifiers.
+func (c *Client) Get(ctx context.Context, tenantID, path string, out any) error {
+	return c.Do(ctx, tenantID, Request{Path: path}, out)
+}

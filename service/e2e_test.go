@@ -19,13 +19,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
-	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/product/producttest"
 	"github.com/connectrelay/connectrelay/service"
 	"github.com/connectrelay/connectrelay/tasks"
@@ -83,7 +83,8 @@ func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e
 	edit(&e.cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
-	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger("receiver"), Listener: ln, Metrics: e.metrics, Ready: ready})
+	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger("receiver"),
+		Test: service.ReceiverTest{Listener: ln, Metrics: e.metrics, Ready: ready}})
 	if err != nil {
 		cancel()
 		t.Fatalf("NewReceiver: %v", err)
@@ -123,14 +124,14 @@ func (e *e2e) startWorker(opts service.WorkerOptions) (stop func()) {
 	if opts.Logger == nil {
 		opts.Logger = e.logger("worker")
 	}
-	if opts.Metrics == nil {
-		opts.Metrics = metrics.New()
+	if opts.Test.Metrics == nil {
+		opts.Test.Metrics = metrics.New()
 	}
-	if opts.RetryDelay == nil {
-		opts.RetryDelay = func(int, error, *asynq.Task) time.Duration { return time.Second }
+	if opts.Test.RetryDelay == 0 {
+		opts.Test.RetryDelay = time.Second
 	}
-	if opts.Product.MaxAttempts == 0 {
-		opts.Product.MaxAttempts = 1
+	if opts.Test.ProductAttempts == 0 {
+		opts.Test.ProductAttempts = 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w, err := service.NewWorker(ctx, e.cfg, opts)
@@ -181,7 +182,7 @@ func (e *e2e) hs256(path, clientKey, secret string, body any) int {
 }
 
 // waitLicense waits until the worker has recorded state as clientKey's license.
-func (e *e2e) waitLicense(clientKey, state string, within time.Duration, what string) {
+func (e *e2e) waitLicense(clientKey string, state connectrelay.LicenseState, within time.Duration, what string) {
 	e.t.Helper()
 	eventually(e.t, within, what, func() bool {
 		tn, err := e.store.Get(context.Background(), clientKey)
@@ -278,7 +279,7 @@ func TestWorker_InstallChecksTheLicenseWithASignedCallAndRegistersTheWebhook(t *
 	e.startWorker(service.WorkerOptions{})
 	start := time.Now()
 	e.install("ck-1", prod, secret)
-	e.waitLicense("ck-1", tenant.LicenseActive, 5*time.Second, "license recorded")
+	e.waitLicense("ck-1", connectrelay.LicenseActive, 5*time.Second, "license recorded")
 	t.Logf("install -> license recorded in %s", time.Since(start))
 	reqs := prod.Requests()
 	if len(reqs) == 0 || reqs[0].Method != http.MethodGet || reqs[0].Path != "/rest/atlassian-connect/1/addons/"+appKey {
@@ -309,7 +310,7 @@ func TestWorker_EnabledRegistersTheWebhookOnlyWhenItIsNotRight(t *testing.T) {
 	e.startWorker(service.WorkerOptions{})
 	eventually(t, 5*time.Second, "initialization", func() bool {
 		tn, err := e.store.Get(context.Background(), "ck-1")
-		return err == nil && tn.LicenseState == tenant.LicenseUnknown && tn.LicenseCheckedAt != nil && len(tn.WebhookEndpoints) == 1
+		return err == nil && tn.LicenseState == connectrelay.LicenseUnknown && tn.LicenseCheckedAt != nil && len(tn.WebhookEndpoints) == 1
 	})
 	for i := range 2 {
 		if code := e.hs256(handlers.PathEnabled, "ck-1", secret, map[string]any{"clientKey": "ck-1", "eventType": "enabled"}); code != http.StatusNoContent {
@@ -352,7 +353,7 @@ func TestWorker_Product503TwiceThenSucceedsOnRetry(t *testing.T) {
 	prod := newProduct(t, secret, st)
 	e.startWorker(service.WorkerOptions{})
 	e.install("ck-1", prod, secret)
-	e.waitLicense("ck-1", tenant.LicenseActive, 15*time.Second, "license recorded after retries")
+	e.waitLicense("ck-1", connectrelay.LicenseActive, 15*time.Second, "license recorded after retries")
 	if n := st.hits(); n != 3 {
 		t.Errorf("addon calls = %d, want 3 (503, 503, 200)", n)
 	}
@@ -389,7 +390,7 @@ type blockingInitializer struct {
 	started   chan struct{}
 }
 
-func (b *blockingInitializer) InitializeTenant(ctx context.Context, _ tenant.Tenant, _ *product.Client) error {
+func (b *blockingInitializer) InitializeTenant(ctx context.Context, _ *connectrelay.InitRequest) error {
 	b.mu.Lock()
 	b.runs++
 	first := b.runs == 1
@@ -507,7 +508,7 @@ func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
 	prod := newProduct(t, secret, st)
 	e.startWorker(service.WorkerOptions{})
 	e.install("ck-1", prod, secret)
-	e.waitLicense("ck-1", tenant.LicenseActive, 5*time.Second, "license active")
+	e.waitLicense("ck-1", connectrelay.LicenseActive, 5*time.Second, "license active")
 	// The customer unsubscribes: no lifecycle event, only the License API knows.
 	st.mu.Lock()
 	st.addonBody = `{"key":"` + appKey + `","state":"ENABLED","license":{"active":false}}`
@@ -521,7 +522,7 @@ func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e.waitLicense("ck-1", tenant.LicenseInactive, 5*time.Second, "license inactive")
+	e.waitLicense("ck-1", connectrelay.LicenseInactive, 5*time.Second, "license inactive")
 	hist, err := e.store.History(context.Background(), "ck-1", 20)
 	if err != nil {
 		t.Fatal(err)
@@ -565,7 +566,7 @@ func TestWorker_UnreadableLicenseDoesNotBlockInitialization(t *testing.T) {
 		return init.completed == 1 && st.putCount() == 1
 	})
 	tn, err := e.store.Get(context.Background(), "ck-1")
-	if err != nil || tn.LicenseState != tenant.LicenseUnknown {
+	if err != nil || tn.LicenseState != connectrelay.LicenseUnknown {
 		t.Errorf("license state = %q (%v), want unknown", tn.LicenseState, err)
 	}
 }

@@ -20,7 +20,7 @@ func BenchmarkWorkerPickup_Baseline_AsynqDefault(b *testing.B) {
 }
 
 func BenchmarkWorkerPickup_Configured(b *testing.B) {
-	benchPickup(b, TaskCheckInterval)
+	benchPickup(b, taskCheckInterval)
 }
 
 func benchPickup(b *testing.B, interval time.Duration) {

@@ -20,37 +20,45 @@ import (
 	"github.com/connectrelay/connectrelay/tasks"
 )
 
-// KeyFetchTimeout bounds one fetch of an install public key. Atlassian's CDN
+// keyFetchTimeout bounds one fetch of an install public key. Atlassian's CDN
 // answers in tens of milliseconds; a slower answer is treated as unavailable (503)
 // so Atlassian retries rather than the install hanging. Primary and fallback CDN
 // together stay within the handlers' one-second request budget.
-const KeyFetchTimeout = 400 * time.Millisecond
+const keyFetchTimeout = 400 * time.Millisecond
 
-// SecretCacheTTL is how long the receiver trusts a decrypted secret in memory. A
+// secretCacheTTL is how long the receiver trusts a decrypted secret in memory. A
 // rotation on another replica is caught sooner: a signature that fails with a
 // cached secret reloads it once before answering 401.
-const SecretCacheTTL = 5 * time.Minute
+const secretCacheTTL = 5 * time.Minute
 
-// ReceiverOptions customise the receiver.
+// ReceiverOptions customise the receiver; every field is optional.
 type ReceiverOptions struct {
-	// Logger defaults to DefaultLogger(cfg).
+	// Logger defaults to JSON on standard error at LOG_LEVEL.
 	Logger *slog.Logger
-	// Descriptor may add modules and other keys to the served descriptor.
+	// Descriptor may add modules and other keys to the served descriptor. The
+	// keys the service owns (key, baseUrl, authentication, lifecycle,
+	// apiMigrations.signed-install, cloudAppMigration) are set after it runs.
 	Descriptor func(map[string]any)
-	// Listener, when set, is served instead of listening on cfg.ListenAddr
-	// (tests pass a loopback listener on a free port).
-	Listener net.Listener
-	// Metrics defaults to a fresh metrics.New().
-	Metrics *metrics.Metrics
-	// Ready, when set, is closed once the receiver serves requests.
-	Ready chan<- struct{}
+	// Test holds settings for tests; production leaves it zero.
+	Test ReceiverTest
 }
 
-// Receiver is an assembled receiver: call Run to serve, it returns after a
-// graceful shutdown when ctx ends.
+// ReceiverTest holds the receiver's settings for tests.
+type ReceiverTest struct {
+	// Listener, when set, is served instead of listening on LISTEN_ADDR.
+	Listener net.Listener
+	// Ready, when set, is closed once the receiver serves requests.
+	Ready chan<- struct{}
+	// Metrics, when set, receives the receiver's counters instead of a fresh set.
+	Metrics *metrics.Metrics
+}
+
+// Receiver is an assembled receiver: call Run to serve; it returns after a
+// graceful shutdown when its context ends.
 type Receiver struct {
 	cfg     config.Config
-	opts    ReceiverOptions
+	log     *slog.Logger
+	test    ReceiverTest
 	stores  *stores
 	queue   *asynq.Client
 	monitor *asynqmon.HTTPHandler
@@ -60,35 +68,35 @@ type Receiver struct {
 // NewReceiver connects to Postgres (applying migrations) and Redis and builds the
 // HTTP application.
 func NewReceiver(ctx context.Context, cfg config.Config, opts ReceiverOptions) (*Receiver, error) {
-	st, hosts, err := prepare(ctx, cfg, &opts.Logger, &opts.Metrics)
+	st, err := openStores(ctx, cfg, &opts.Logger, &opts.Test.Metrics)
 	if err != nil {
 		return nil, err
 	}
-	r := &Receiver{cfg: cfg, opts: opts, stores: st}
-	if err := r.build(hosts); err != nil {
+	r := &Receiver{cfg: cfg, log: opts.Logger, test: opts.Test, stores: st}
+	if err := r.build(opts.Descriptor); err != nil {
 		r.close()
 		return nil, err
 	}
 	return r, nil
 }
 
-func (r *Receiver) build(hosts *connect.HostPolicy) error {
-	cfg, log := r.cfg, r.opts.Logger
-	keys := connect.NewKeyServer(connect.KeyServerConfig{BaseURL: cfg.KeysCDNURL, Timeout: KeyFetchTimeout})
+func (r *Receiver) build(descriptor func(map[string]any)) error {
+	cfg, st := r.cfg, r.stores
+	keys := connect.NewKeyServer(connect.KeyServerConfig{BaseURL: cfg.KeysCDNURL, Timeout: keyFetchTimeout})
 	install, err := connect.NewInstallVerifier(connect.InstallConfig{
-		AppBaseURL: cfg.BaseURL, AllowedBaseURLs: cfg.AllowedBaseURLs, Hosts: hosts, Keys: keys, Leeway: cfg.JWTLeeway,
+		AppBaseURL: cfg.BaseURL, AllowedBaseURLs: cfg.AllowedBaseURLs, Hosts: st.hosts, Keys: keys, Leeway: cfg.JWTLeeway,
 	})
 	if err != nil {
 		return fmt.Errorf("install verifier: %w", err)
 	}
-	cache := tenant.NewSecretCache(r.stores.tenants, SecretCacheTTL)
+	secrets := tenant.NewSecretCache(st.tenants, secretCacheTTL)
 	requests, err := connect.NewHS256Verifier(connect.HS256Config{
-		AppBaseURLs: cfg.AppBaseURLs(), Secrets: handlers.Secrets(cache), Leeway: cfg.JWTLeeway,
+		AppBaseURLs: cfg.AppBaseURLs(), Secrets: secrets, Leeway: cfg.JWTLeeway,
 	})
 	if err != nil {
 		return fmt.Errorf("request verifier: %w", err)
 	}
-	r.queue = asynq.NewClientFromRedisClient(r.stores.redis)
+	r.queue = asynq.NewClientFromRedisClient(st.redis)
 	var monitoring http.Handler
 	if cfg.AdminToken != "" {
 		connOpt, err := asynq.ParseRedisURI(cfg.RedisURL)
@@ -104,24 +112,23 @@ func (r *Receiver) build(hosts *connect.HostPolicy) error {
 		})
 		monitoring = r.monitor
 	} else {
-		log.Info("ADMIN_TOKEN is not set: /monitoring is disabled")
+		r.log.Info("ADMIN_TOKEN is not set: /monitoring is disabled")
 	}
-	pool, rdb := r.stores.pool, r.stores.redis
 	srv, err := handlers.New(handlers.Deps{
 		Config:   cfg,
 		Install:  install,
 		Requests: requests,
-		Tenants:  r.stores.tenants,
-		Secrets:  cache,
+		Tenants:  st.tenants,
+		Secrets:  secrets,
 		Queue:    tasks.NewEnqueuer(r.queue),
 		Ready: []handlers.Check{
-			{Name: "postgres", Check: func(ctx context.Context) error { return pool.Ping(ctx) }},
-			{Name: "redis", Check: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+			{Name: "postgres", Check: func(ctx context.Context) error { return st.pool.Ping(ctx) }},
+			{Name: "redis", Check: func(ctx context.Context) error { return st.redis.Ping(ctx).Err() }},
 		},
-		Metrics:    r.opts.Metrics,
-		Logger:     log,
+		Metrics:    r.test.Metrics,
+		Logger:     r.log,
 		Monitoring: monitoring,
-		Descriptor: r.opts.Descriptor,
+		Descriptor: descriptor,
 	})
 	if err != nil {
 		return err
@@ -130,11 +137,11 @@ func (r *Receiver) build(hosts *connect.HostPolicy) error {
 	return nil
 }
 
-// Handler is the receiver's HTTP handler (for tests and for embedding).
+// Handler is the receiver's HTTP handler, for embedding it in another server.
 func (r *Receiver) Handler() http.Handler { return r.handler }
 
 // Run serves until ctx ends, then stops accepting, lets in-flight requests finish
-// within cfg.ShutdownTimeout, and closes the pools.
+// within SHUTDOWN_TIMEOUT, and closes the pools.
 func (r *Receiver) Run(ctx context.Context) error {
 	defer r.close()
 	srv := &http.Server{
@@ -146,27 +153,27 @@ func (r *Receiver) Run(ctx context.Context) error {
 		WriteTimeout:   60 * time.Second,
 		IdleTimeout:    120 * time.Second,
 		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(r.opts.Logger.Handler(), slog.LevelWarn),
+		ErrorLog:       slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
 	}
-	ln := r.opts.Listener
+	ln := r.test.Listener
 	if ln == nil {
 		var err error
 		if ln, err = net.Listen("tcp", r.cfg.ListenAddr); err != nil {
-			return fmt.Errorf("listen on %s: %w", r.cfg.ListenAddr, err)
+			return fmt.Errorf("listen on LISTEN_ADDR %s: %w", r.cfg.ListenAddr, err)
 		}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	r.opts.Logger.Info("receiver listening", slog.String("addr", ln.Addr().String()), slog.String("base_url", r.cfg.BaseURL))
-	if r.opts.Ready != nil {
-		close(r.opts.Ready)
+	r.log.Info("receiver listening", slog.String("addr", ln.Addr().String()), slog.String("base_url", r.cfg.BaseURL))
+	if r.test.Ready != nil {
+		close(r.test.Ready)
 	}
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	r.opts.Logger.Info("receiver shutting down")
+	r.log.Info("receiver shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
@@ -175,7 +182,7 @@ func (r *Receiver) Run(ctx context.Context) error {
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
-	r.opts.Logger.Info("receiver stopped")
+	r.log.Info("receiver stopped")
 	return nil
 }
 

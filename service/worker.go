@@ -2,10 +2,8 @@ package service
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,125 +12,147 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
-	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/dedupe"
+	"github.com/connectrelay/connectrelay/internal/lifecycle"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
-	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
 )
 
 // Worker polling intervals. asynq's defaults (1 s and 5 s) would add up to a
-// second to every task's pickup and five to every retry (STACK-NOTES §2).
+// second to every task's pickup and five to every retry.
 const (
-	TaskCheckInterval        = 50 * time.Millisecond
-	DelayedTaskCheckInterval = 500 * time.Millisecond
+	taskCheckInterval        = 50 * time.Millisecond
+	delayedTaskCheckInterval = 500 * time.Millisecond
 )
+
+// licenseSweepClaims prefixes the Redis keys of the daily license sweep's claim.
+const licenseSweepClaims = "connectrelay:license-sweep:"
 
 // WorkerOptions customise the worker; every field is optional.
 type WorkerOptions struct {
-	Logger  *slog.Logger
-	Metrics *metrics.Metrics
-	// Initializer is the vendor's tenant initialization (no-op when nil).
-	Initializer tasks.TenantInitializer
-	// Listener receives enabled, disabled and uninstalled (ignored when nil).
-	Listener tasks.LifecycleListener
-	// Importer is the vendor's MigrationImporter; the bundled one records label,
-	// size and SHA-256 of each upload in Postgres.
-	Importer migration.Importer
-	// HTTPClient calls the product (and presigned download URLs); tests pass
-	// one with short timeouts.
-	HTTPClient *http.Client
-	// MetricsListener, when set, serves /metrics on it instead of on
-	// cfg.WorkerMetricsAddr.
-	MetricsListener net.Listener
-	// RetryDelay replaces tasks.RetryDelay (tests use a short constant delay).
-	RetryDelay asynq.RetryDelayFunc
-	// Product tunes the outbound client (attempts, backoff); AppKey, Hosts,
-	// HTTPClient, Logger and Observe are always set by the worker.
-	Product product.Config
+	// Logger defaults to JSON on standard error at LOG_LEVEL.
+	Logger *slog.Logger
+	// Initializer runs after every verified installed; none when nil.
+	Initializer connectrelay.Initializer
+	// Listener hears enabled, disabled and uninstalled; none when nil.
+	Listener connectrelay.LifecycleListener
+	// Importer receives each uploaded file of a migration. When nil, the
+	// bundled importer records each upload's label, size and SHA-256 in the
+	// migration_imported_data table.
+	Importer connectrelay.Importer
+	// Test holds settings for tests; production leaves it zero.
+	Test WorkerTest
 }
 
-// Worker is an assembled worker: call Run to process tasks until ctx ends.
+// WorkerTest holds the worker's settings for tests.
+type WorkerTest struct {
+	// HTTPClient, when set, makes the product calls and the migration data
+	// downloads (tests pass one with short timeouts).
+	HTTPClient *http.Client
+	// MetricsListener, when set, serves /metrics and /healthz instead of
+	// listening on WORKER_METRICS_ADDR.
+	MetricsListener net.Listener
+	// RetryDelay, when positive, is the delay of every task retry instead of
+	// the exponential backoff.
+	RetryDelay time.Duration
+	// ProductAttempts, when positive, bounds the attempts of each product call
+	// (default 4).
+	ProductAttempts int
+	// Metrics, when set, receives the worker's counters instead of a fresh set.
+	Metrics *metrics.Metrics
+}
+
+// Worker is an assembled worker: call Run to process tasks until its context
+// ends.
 type Worker struct {
 	cfg       config.Config
-	opts      WorkerOptions
+	log       *slog.Logger
+	test      WorkerTest
 	stores    *stores
 	server    *asynq.Server
 	scheduler *asynq.Scheduler
-	handler   *tasks.Worker
+	handlers  *tasks.Handlers
 	queue     *asynq.Client
 }
 
 // NewWorker connects to Postgres (applying migrations) and Redis and builds the
-// task handlers.
+// task handlers around opts' hooks.
 func NewWorker(ctx context.Context, cfg config.Config, opts WorkerOptions) (*Worker, error) {
-	st, hosts, err := prepare(ctx, cfg, &opts.Logger, &opts.Metrics)
+	st, err := openStores(ctx, cfg, &opts.Logger, &opts.Test.Metrics)
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{cfg: cfg, opts: opts, stores: st}
-	if err := w.build(hosts); err != nil {
+	w := &Worker{cfg: cfg, log: opts.Logger, test: opts.Test, stores: st}
+	if err := w.build(opts); err != nil {
 		w.close()
 		return nil, err
 	}
 	return w, nil
 }
 
-func (w *Worker) build(hosts *connect.HostPolicy) error {
-	cfg, log := w.cfg, w.opts.Logger
-	pc := w.opts.Product
-	pc.AppKey, pc.Hosts, pc.Logger = cfg.AppKey, hosts, log
-	pc.HTTPClient = w.opts.HTTPClient
-	pc.Observe = func(method, route string, status int, _ error) { w.opts.Metrics.ObserveOutbound(method, route, status) }
-	client, err := product.New(pc, tenantTargets{w.stores.tenants})
+func (w *Worker) build(opts WorkerOptions) error {
+	cfg, log, st, m := w.cfg, w.log, w.stores, w.test.Metrics
+	client, err := product.New(product.Config{
+		AppKey:      cfg.AppKey,
+		Hosts:       st.hosts,
+		HTTPClient:  w.test.HTTPClient,
+		MaxAttempts: w.test.ProductAttempts,
+		Logger:      log,
+		Observe:     func(method, route string, status int, _ error) { m.ObserveOutbound(method, route, status) },
+	}, st.tenants)
 	if err != nil {
 		return fmt.Errorf("product client: %w", err)
 	}
-	// A nil download client makes amp use its own: no overall timeout (files
-	// may be gigabytes), a stall watchdog, no transparent decompression.
-	ampClient := product.NewAMP(client, w.opts.HTTPClient)
-	w.queue = asynq.NewClientFromRedisClient(w.stores.redis)
+	// A nil download client makes the AMP client use its own: no overall
+	// timeout (files may be gigabytes), a stall watchdog, no decompression.
+	amp := product.NewAMP(client, w.test.HTTPClient, product.WithLogger(log))
+	w.queue = asynq.NewClientFromRedisClient(st.redis)
 	enq := tasks.NewEnqueuer(w.queue)
-	importer := w.opts.Importer
+	importer := opts.Importer
 	if importer == nil {
-		importer = migration.NewRecordingImporter(w.stores.pool)
+		importer = migration.NewRecordingImporter(st.pool)
 	}
-	machine, err := migration.NewMachine(w.stores.pool, ampAdapter{ampClient}, importer, tasks.ImportScheduler{Enqueuer: enq},
+	machine, err := migration.NewMachine(st.pool, amp, importer, enq,
 		migration.Options{FinalLabel: cfg.MigrationFinalLabel, Logger: log})
 	if err != nil {
 		return fmt.Errorf("migration machine: %w", err)
 	}
-	w.handler, err = tasks.NewWorker(tasks.WorkerDeps{
-		Tenants:     w.stores.tenants,
-		Product:     client,
-		Webhooks:    ampClient,
-		WebhookURL:  cfg.MigrationWebhookURL(),
-		Initializer: w.opts.Initializer,
-		Listener:    w.opts.Listener,
-		Migration:   tasks.MigrationDeps{Runner: machine, Dedupe: dedupe.New(w.stores.redis, dedupe.Options{})},
+	life, err := lifecycle.New(lifecycle.Config{
+		Tenants: st.tenants, Product: client, Webhooks: amp, WebhookURL: cfg.MigrationWebhookURL(),
+		Initializer: opts.Initializer, Listener: opts.Listener, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	w.handlers, err = tasks.NewHandlers(tasks.Deps{
+		Lifecycle:   life,
+		Migration:   machine,
+		Dedupe:      dedupe.New(st.redis, dedupe.Options{Logger: log}),
+		SweepClaims: dedupe.New(st.redis, dedupe.Options{Prefix: licenseSweepClaims, Logger: log}),
 		Enqueuer:    enq,
-		Metrics:     w.opts.Metrics,
+		Metrics:     m,
 		Logger:      log,
 	})
 	if err != nil {
 		return err
 	}
-	retryDelay := w.opts.RetryDelay
-	if retryDelay == nil {
-		retryDelay = tasks.RetryDelay
+	retryDelay := tasks.RetryDelay
+	if d := w.test.RetryDelay; d > 0 {
+		retryDelay = func(int, error, *asynq.Task) time.Duration { return d }
 	}
-	w.server = asynq.NewServerFromRedisClient(w.stores.redis, asynq.Config{
+	w.server = asynq.NewServerFromRedisClient(st.redis, asynq.Config{
 		Concurrency:              cfg.WorkerConcurrency,
 		Queues:                   tasks.Queues,
 		StrictPriority:           true,
-		TaskCheckInterval:        TaskCheckInterval,
-		DelayedTaskCheckInterval: DelayedTaskCheckInterval,
+		TaskCheckInterval:        taskCheckInterval,
+		DelayedTaskCheckInterval: delayedTaskCheckInterval,
 		RetryDelayFunc:           retryDelay,
 		IsFailure:                tasks.IsFailure,
-		ErrorHandler:             w.handler.ErrorHandler(),
+		ErrorHandler:             w.handlers.ErrorHandler(),
 		ShutdownTimeout:          cfg.ShutdownTimeout,
 		Logger:                   asynqLogger{log.With(slog.String("component", "asynq"))},
 		LogLevel:                 asynq.WarnLevel,
@@ -159,8 +179,8 @@ func (w *Worker) build(hosts *connect.HostPolicy) error {
 }
 
 // Run processes tasks until ctx ends, then stops taking tasks and waits up to
-// cfg.ShutdownTimeout for running ones; asynq puts unfinished tasks back in
-// their queue, so another worker runs them.
+// SHUTDOWN_TIMEOUT for running ones; asynq puts unfinished tasks back in their
+// queue, so another worker runs them.
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.close()
 	metricsSrv, err := w.serveMetrics()
@@ -174,7 +194,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			_ = metricsSrv.Shutdown(sctx)
 		}
 	}
-	if err := w.server.Start(w.handler.Mux()); err != nil {
+	if err := w.server.Start(w.handlers.Mux()); err != nil {
 		stopMetrics()
 		return fmt.Errorf("start asynq server: %w", err)
 	}
@@ -183,18 +203,18 @@ func (w *Worker) Run(ctx context.Context) error {
 		stopMetrics()
 		return fmt.Errorf("start asynq scheduler: %w", err)
 	}
-	w.opts.Logger.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
+	w.log.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
-	w.opts.Logger.Info("worker shutting down")
+	w.log.Info("worker shutting down")
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	stopMetrics()
-	w.opts.Logger.Info("worker stopped")
+	w.log.Info("worker stopped")
 	return nil
 }
 
 func (w *Worker) serveMetrics() (*http.Server, error) {
-	ln := w.opts.MetricsListener
+	ln := w.test.MetricsListener
 	if ln == nil {
 		if w.cfg.WorkerMetricsAddr == "" {
 			return nil, nil
@@ -205,12 +225,12 @@ func (w *Worker) serveMetrics() (*http.Server, error) {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", w.opts.Metrics.Handler())
+	mux.Handle("/metrics", w.test.Metrics.Handler())
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			w.opts.Logger.Error("worker metrics server stopped", slog.String("error", err.Error()))
+			w.log.Error("worker metrics server stopped", slog.String("error", err.Error()))
 		}
 	}()
 	return srv, nil
@@ -221,66 +241,6 @@ func (w *Worker) close() {
 		_ = w.queue.Close()
 	}
 	w.stores.close()
-}
-
-// tenantTargets resolves a tenant's current baseUrl and secret for every
-// outbound call, so a rename or a rotation takes effect at once.
-type tenantTargets struct{ store *tenant.Store }
-
-func (t tenantTargets) Target(ctx context.Context, clientKey string) (product.Target, error) {
-	tn, err := t.store.Get(ctx, clientKey)
-	if err != nil {
-		return product.Target{}, err
-	}
-	secret, err := t.store.SharedSecret(ctx, clientKey)
-	if err != nil {
-		return product.Target{}, err
-	}
-	return product.Target{ClientKey: clientKey, BaseURL: tn.BaseURL, Secret: secret}, nil
-}
-
-// ampAdapter maps the migration machine's view of AMP onto the amp client.
-type ampAdapter struct{ c *product.AMP }
-
-func (a ampAdapter) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error) {
-	rc, err := a.c.OpenData(ctx, clientKey, s3Key)
-	if err != nil {
-		return nil, mapAMPErr(err)
-	}
-	return rc, nil
-}
-
-func (a ampAdapter) ReportProgress(ctx context.Context, clientKey, transferID string, p migration.Progress) error {
-	return mapAMPErr(a.c.ReportProgress(ctx, clientKey, transferID, product.Progress{Status: p.Status, Percent: p.Percent, Message: p.Message}))
-}
-
-func (a ampAdapter) ListData(ctx context.Context, clientKey, transferID string) ([]string, error) {
-	uploads, err := a.c.ListData(ctx, clientKey, transferID)
-	if err != nil {
-		return nil, mapAMPErr(err)
-	}
-	keys := make([]string, len(uploads))
-	for i, u := range uploads {
-		keys[i] = u.S3Key
-	}
-	return keys, nil
-}
-
-// mapAMPErr translates the AMP client's final answers into the machine's
-// sentinels (the machine does not import the client).
-func mapAMPErr(err error) error {
-	switch {
-	case errors.Is(err, product.ErrTransferSettled):
-		return fmt.Errorf("%w: %w", migration.ErrTransferSettled, err)
-	case errors.Is(err, product.ErrTransferExpired):
-		return fmt.Errorf("%w: %w", migration.ErrTransferExpired, err)
-	default:
-		return err
-	}
-}
-
-func (a ampAdapter) ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error) {
-	return a.c.ErrorDetails(ctx, clientKey, transferID)
 }
 
 // asynqLogger bridges asynq's logger interface to slog.

@@ -9,10 +9,8 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
-	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
 	"github.com/connectrelay/connectrelay/product"
 )
@@ -63,36 +61,11 @@ func (r *runner) failures() []string {
 	return append([]string(nil), r.failed...)
 }
 
-type noTenants struct{}
-
-func (noTenants) Get(context.Context, string) (tenant.Tenant, error) {
-	return tenant.Tenant{}, tenant.ErrNotFound
-}
-func (noTenants) SetLicense(context.Context, string, string, time.Time) error { return nil }
-func (noTenants) SetWebhookRegistered(context.Context, string, []string, time.Time) error {
-	return nil
-}
-func (noTenants) List(context.Context, int, int) ([]tenant.Tenant, error) { return nil, nil }
-func (noTenants) Target(context.Context, string) (product.Target, error) {
-	return product.Target{}, tenant.ErrNotFound
-}
-
-type noWebhooks struct{}
-
-func (noWebhooks) Webhook(context.Context, string) ([]string, error)  { return nil, nil }
-func (noWebhooks) SetWebhook(context.Context, string, []string) error { return nil }
-
 // startImportWorker runs the real task handlers on a real asynq server.
 func startImportWorker(t *testing.T, r *runner) (*asynq.Client, *asynq.Server) {
 	t.Helper()
 	rdb := testenv.RedisClient(t)
-	hosts, _ := connect.NewHostPolicy([]string{"*.atlassian.net"})
-	pc, err := product.New(product.Config{AppKey: "app", Hosts: hosts}, noTenants{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := NewWorker(WorkerDeps{Tenants: noTenants{}, Product: pc, Webhooks: noWebhooks{}, WebhookURL: "https://app.example.com/migration/events",
-		Migration: MigrationDeps{Runner: r}, Metrics: metrics.New()})
+	w, err := NewHandlers(Deps{Migration: r, Enqueuer: NewEnqueuer(asynq.NewClientFromRedisClient(rdb)), Metrics: metrics.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +81,7 @@ func startImportWorker(t *testing.T, r *runner) (*asynq.Client, *asynq.Server) {
 
 func enqueueImport(t *testing.T, c *asynq.Client, s3Key string, maxRetry int) {
 	t.Helper()
-	task, _ := newTask(TypeMigrationImport, ImportPayload{ClientKey: "ck", TransferID: "tr", S3Key: s3Key})
+	task, _ := newTask(TypeMigrationImport, migration.UploadRef{ClientKey: "ck", TransferID: "tr", S3Key: s3Key})
 	if _, err := c.Enqueue(task, asynq.Queue(QueueMigration), asynq.MaxRetry(maxRetry)); err != nil {
 		t.Fatal(err)
 	}

@@ -107,13 +107,13 @@ func TestEnqueuer_RecognisesRedeliveriesByTaskID(t *testing.T) {
 		{"first migration event", func() (bool, error) { return e.MigrationEvent(ctx, "ck-1", "msg:m1", []byte(`{}`)) }, false},
 		{"re-sent migration event", func() (bool, error) { return e.MigrationEvent(ctx, "ck-1", "msg:m1", []byte(`{}`)) }, true},
 		{"import", func() (bool, error) {
-			return e.Import(ctx, ImportPayload{ClientKey: "ck-1", TransferID: "t", S3Key: "k"}, 0)
+			return e.enqueueImport(ctx, migration.UploadRef{ClientKey: "ck-1", TransferID: "t", S3Key: "k"})
 		}, false},
 		{"import again", func() (bool, error) {
-			return e.Import(ctx, ImportPayload{ClientKey: "ck-1", TransferID: "t", S3Key: "k"}, 0)
+			return e.enqueueImport(ctx, migration.UploadRef{ClientKey: "ck-1", TransferID: "t", S3Key: "k"})
 		}, true},
 		{"import rescheduled after its task was lost", func() (bool, error) {
-			return e.Import(ctx, ImportPayload{ClientKey: "ck-1", TransferID: "t", S3Key: "k"}, 1)
+			return e.enqueueImport(ctx, migration.UploadRef{ClientKey: "ck-1", TransferID: "t", S3Key: "k", Reschedule: 1})
 		}, false},
 	}
 	for _, s := range steps {

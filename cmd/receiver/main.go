@@ -3,16 +3,8 @@
 // monitoring UI. It only wires; see package service.
 package main
 
-import (
-	"context"
-	"log/slog"
-
-	"github.com/connectrelay/connectrelay/config"
-	"github.com/connectrelay/connectrelay/service"
-)
+import "github.com/connectrelay/connectrelay/service"
 
 func main() {
-	service.Main("receiver", func(ctx context.Context, cfg config.Config, log *slog.Logger) (service.Runner, error) {
-		return service.NewReceiver(ctx, cfg, service.ReceiverOptions{Logger: log})
-	})
+	service.RunReceiver(service.ReceiverOptions{})
 }

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/connectrelay/connectrelay"
 )
 
 // EventType is the AMP webhook's eventType. Values outside the known constants are
@@ -51,30 +53,6 @@ var ErrInvalidEvent = errors.New("invalid migration event")
 // Redis, asynq task IDs and index entries small whatever a body holds.
 const maxFieldLen = 2048
 
-// MigrationDetails is the event's migrationDetails object. Its fields are read
-// liberally: a field of an unexpected JSON type (or one holding control characters)
-// is left empty rather than failing the event, because only the transfer ID is
-// needed to act and the whole object is kept in Raw.
-type MigrationDetails struct {
-	// MigrationID is the migration the transfer belongs to; it is part of the
-	// content dedupe key.
-	MigrationID      string `json:"migrationId,omitempty"`
-	MigrationScopeID string `json:"migrationScopeId,omitempty"`
-	// Name is the migration's name as the customer gave it.
-	Name string `json:"name,omitempty"`
-	// CreatedAt is the migration's creation time in epoch milliseconds, 0 if absent.
-	CreatedAt int64 `json:"createdAt,omitempty"`
-	// JiraClientKey and ConfluenceClientKey name the destination tenants; either
-	// may be "unknown". See Event.ClientKeys.
-	JiraClientKey       string `json:"jiraClientKey,omitempty"`
-	ConfluenceClientKey string `json:"confluenceClientKey,omitempty"`
-	// CloudURL is the destination site; informational only (requests go to the
-	// tenant's stored baseUrl, never to a URL from an event).
-	CloudURL string `json:"cloudUrl,omitempty"`
-	// Raw is the migrationDetails object as received.
-	Raw json.RawMessage `json:"-"`
-}
-
 // Event is one parsed AMP webhook body. Build it with ParseEvent: the machine relies
 // on the validation done there (required fields, no control characters).
 type Event struct {
@@ -92,7 +70,7 @@ type Event struct {
 	// uses "key").
 	S3Key   string
 	Label   string
-	Details MigrationDetails
+	Details connectrelay.MigrationDetails
 	// Raw is the body as received, recorded in migration_events.
 	Raw json.RawMessage
 }
@@ -174,14 +152,14 @@ func ParseEvent(body []byte) (Event, error) {
 	return ev, nil
 }
 
-// parseDetails reads a migrationDetails object liberally (see MigrationDetails).
+// parseDetails reads a migrationDetails object liberally (see connectrelay.MigrationDetails).
 // It is also used on the copy stored with a transfer.
-func parseDetails(raw json.RawMessage) (MigrationDetails, error) {
+func parseDetails(raw json.RawMessage) (connectrelay.MigrationDetails, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
-		return MigrationDetails{}, invalid("migrationDetails is not a JSON object")
+		return connectrelay.MigrationDetails{}, invalid("migrationDetails is not a JSON object")
 	}
-	d := MigrationDetails{Raw: bytes.Clone(raw)}
+	d := connectrelay.MigrationDetails{Raw: bytes.Clone(raw)}
 	for name, dst := range map[string]*string{
 		"migrationId":         &d.MigrationID,
 		"migrationScopeId":    &d.MigrationScopeID,

@@ -8,6 +8,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/connectrelay/connectrelay"
+
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
@@ -23,7 +25,7 @@ const docExample = `{"eventType":"app-data-uploaded","cloudAppKey":"my-app","tra
 
 func TestParseEvent(t *testing.T) {
 	ignoreRaw := cmpopts.IgnoreFields(migration.Event{}, "Raw")
-	ignoreDetailsRaw := cmpopts.IgnoreFields(migration.MigrationDetails{}, "Raw")
+	ignoreDetailsRaw := cmpopts.IgnoreFields(connectrelay.MigrationDetails{}, "Raw")
 	tests := []struct {
 		desc string
 		body string
@@ -36,7 +38,7 @@ func TestParseEvent(t *testing.T) {
 				Type: migration.EventAppDataUploaded, TransferID: "2e170ff3-1a8b-4b1c-9f0e-5b1f6f0f2c1a",
 				MessageID: "6b0a1c2e-0000-4000-8000-000000000001", CloudAppKey: "my-app",
 				S3Key: "a1b2c3/data.json", Label: "final",
-				Details: migration.MigrationDetails{
+				Details: connectrelay.MigrationDetails{
 					MigrationID: "fd2b0ea1-0000-4000-8000-000000000000", MigrationScopeID: "0bba5d1d-0000-4000-8000-000000000000",
 					Name: "My test migration", CreatedAt: 1702530783417,
 					JiraClientKey: "fbc7b56e-0000-4000-8000-000000000000", ConfluenceClientKey: "847e2ce1-0000-4000-8000-000000000000",
@@ -69,7 +71,7 @@ func TestParseEvent(t *testing.T) {
 			desc: "s3Key is only read for uploads",
 			body: `{"eventType":"listener-errored","transferId":"t1","s3Key":"k","migrationDetails":{"name":"x"}}`,
 			want: migration.Event{Type: migration.EventListenerErrored, TransferID: "t1",
-				Details: migration.MigrationDetails{Name: "x"}},
+				Details: connectrelay.MigrationDetails{Name: "x"}},
 		},
 	}
 	for _, tc := range tests {

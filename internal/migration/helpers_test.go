@@ -8,11 +8,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -107,7 +113,7 @@ func digest(t *testing.T, r io.Reader) (int64, string) {
 type progressCall struct {
 	ClientKey  string
 	TransferID string
-	migration.Progress
+	product.Progress
 }
 
 // fakeAMP plays the product's AMP API: it serves deterministic data, remembers
@@ -138,12 +144,17 @@ type fakeAMP struct {
 	// hook, when set, runs at the start of ReportProgress and ListData (call is
 	// the method's name), outside the fake's mutex; its error is returned.
 	hook func(ctx context.Context, call, transferID string) error
+	// mappings are what Mappings and FindMappings answer, by namespace;
+	// feedback what Feedback received, by transfer.
+	mappings map[string]map[string]string
+	feedback map[string]any
 }
 
 func newFakeAMP() *fakeAMP {
 	return &fakeAMP{
 		sizes: map[string]int64{}, opens: map[string]int{}, settled: map[string]string{},
 		listed: map[string][]string{}, listErrs: map[string]error{}, listCalls: map[string]int{},
+		mappings: map[string]map[string]string{}, feedback: map[string]any{},
 		errDetails: json.RawMessage(`{"exceptionType":"java.lang.IllegalStateException","safeStackTrace":"at Listener.run"}`),
 	}
 }
@@ -184,7 +195,7 @@ func (f *fakeAMP) runHook(ctx context.Context, call, transferID string) error {
 	return hook(ctx, call, transferID)
 }
 
-func (f *fakeAMP) ReportProgress(ctx context.Context, clientKey, transferID string, p migration.Progress) error {
+func (f *fakeAMP) ReportProgress(ctx context.Context, clientKey, transferID string, p product.Progress) error {
 	if err := f.runHook(ctx, "ReportProgress", transferID); err != nil {
 		return err
 	}
@@ -196,9 +207,9 @@ func (f *fakeAMP) ReportProgress(ctx context.Context, clientKey, transferID stri
 	}
 	f.progress = append(f.progress, progressCall{ClientKey: clientKey, TransferID: transferID, Progress: p})
 	if st, ok := f.settled[transferID]; ok {
-		return fmt.Errorf("product: 403 transfer %s already settled as %s: %w", transferID, st, migration.ErrTransferSettled)
+		return fmt.Errorf("product: 403 transfer %s already settled as %s: %w", transferID, st, product.ErrTransferSettled)
 	}
-	if p.Status != migration.StatusInProgress {
+	if p.Status != product.StatusInProgress {
 		f.settled[transferID] = p.Status
 	}
 	return nil
@@ -210,7 +221,7 @@ func (f *fakeAMP) ErrorDetails(ctx context.Context, clientKey, transferID string
 	return f.errDetails, f.errDetailsE
 }
 
-func (f *fakeAMP) ListData(ctx context.Context, clientKey, transferID string) ([]string, error) {
+func (f *fakeAMP) ListData(ctx context.Context, clientKey, transferID string) ([]product.Upload, error) {
 	if err := f.runHook(ctx, "ListData", transferID); err != nil {
 		return nil, err
 	}
@@ -224,9 +235,49 @@ func (f *fakeAMP) ListData(ctx context.Context, clientKey, transferID string) ([
 		return nil, err
 	}
 	if st, ok := f.settled[transferID]; ok {
-		return nil, fmt.Errorf("product: 403 transfer %s already settled as %s: %w", transferID, st, migration.ErrTransferSettled)
+		return nil, fmt.Errorf("product: 403 transfer %s already settled as %s: %w", transferID, st, product.ErrTransferSettled)
 	}
-	return append([]string(nil), f.listed[transferID]...), nil
+	var uploads []product.Upload
+	for _, k := range f.listed[transferID] {
+		uploads = append(uploads, product.Upload{S3Key: k})
+	}
+	return uploads, nil
+}
+
+// Mappings serves the mappings of f.mappings[namespace] in server ID order, in
+// one page.
+func (f *fakeAMP) Mappings(ctx context.Context, clientKey, transferID, namespace string, pageSize int) iter.Seq2[product.Mapping, error] {
+	f.mu.Lock()
+	m := maps.Clone(f.mappings[namespace])
+	f.mu.Unlock()
+	return func(yield func(product.Mapping, error) bool) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if !yield(product.Mapping{ServerID: k, CloudID: m[k]}, nil) {
+				return
+			}
+		}
+	}
+}
+
+// FindMappings answers the keys of f.mappings[namespace] that it knows.
+func (f *fakeAMP) FindMappings(ctx context.Context, clientKey, transferID, namespace string, keys []string) (map[string]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	found := map[string]string{}
+	for _, k := range keys {
+		if v, ok := f.mappings[namespace][k]; ok {
+			found[k] = v
+		}
+	}
+	return found, nil
+}
+
+// Feedback records the details sent for a transfer, replacing earlier ones.
+func (f *fakeAMP) Feedback(ctx context.Context, clientKey, transferID string, details any) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.feedback[transferID] = details
+	return nil
 }
 
 // setListErr makes ListData of transferID fail with err (nil: answer again).
@@ -248,10 +299,10 @@ func (f *fakeAMP) openCount(s3Key string) int {
 	return f.opens[s3Key]
 }
 
-func (f *fakeAMP) calls(transferID string) []migration.Progress {
+func (f *fakeAMP) calls(transferID string) []product.Progress {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var ps []migration.Progress
+	var ps []product.Progress
 	for _, c := range f.progress {
 		if c.TransferID == transferID {
 			ps = append(ps, c.Progress)
@@ -263,7 +314,7 @@ func (f *fakeAMP) calls(transferID string) []migration.Progress {
 func (f *fakeAMP) settleCalls(transferID string) []string {
 	var st []string
 	for _, p := range f.calls(transferID) {
-		if p.Status != migration.StatusInProgress {
+		if p.Status != product.StatusInProgress {
 			st = append(st, p.Status)
 		}
 	}
@@ -359,20 +410,20 @@ func (a *asyncScheduler) wait(t *testing.T) {
 
 // countingImporter counts calls per s3Key and delegates.
 type countingImporter struct {
-	next  migration.Importer
+	next  connectrelay.Importer
 	mu    sync.Mutex
 	calls map[string]int
 }
 
-func newCounting(next migration.Importer) *countingImporter {
+func newCounting(next connectrelay.Importer) *countingImporter {
 	return &countingImporter{next: next, calls: map[string]int{}}
 }
 
-func (c *countingImporter) Import(ctx context.Context, t migration.Transfer, label, s3Key string, data io.Reader) error {
+func (c *countingImporter) Import(ctx context.Context, req *connectrelay.ImportRequest) error {
 	c.mu.Lock()
-	c.calls[s3Key]++
+	c.calls[req.S3Key]++
 	c.mu.Unlock()
-	return c.next.Import(ctx, t, label, s3Key, data)
+	return c.next.Import(ctx, req)
 }
 
 func (c *countingImporter) count(s3Key string) int {
@@ -441,7 +492,7 @@ func uploadStates(t *testing.T, ctx context.Context, m *migration.Machine, trans
 	return got
 }
 
-func transfer(t *testing.T, ctx context.Context, m *migration.Machine, transferID string) migration.Transfer {
+func transfer(t *testing.T, ctx context.Context, m *migration.Machine, transferID string) connectrelay.Transfer {
 	t.Helper()
 	tr, err := m.Transfer(ctx, tenant, transferID)
 	if err != nil {
@@ -467,7 +518,7 @@ func setup(t *testing.T) *bundle {
 	return &bundle{pool: pool, amp: newFakeAMP(), rec: rec, count: newCounting(rec), queue: &queueScheduler{}}
 }
 
-func (b *bundle) machine(t *testing.T, imp migration.Importer, sched migration.Scheduler, opts migration.Options) *migration.Machine {
+func (b *bundle) machine(t *testing.T, imp connectrelay.Importer, sched migration.Scheduler, opts migration.Options) *migration.Machine {
 	t.Helper()
 	if imp == nil {
 		imp = b.count

@@ -13,6 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
+
 	"github.com/jackc/pgx/v5"
 )
 
@@ -32,7 +35,7 @@ const bookkeepingTimeout = 10 * time.Second
 // importClaim is the outcome of the claim transaction of an import.
 type importClaim struct {
 	done     bool // nothing to import: already imported, or skipped
-	transfer Transfer
+	transfer connectrelay.Transfer
 	label    string
 	token    string
 	attempt  int
@@ -103,7 +106,7 @@ func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
 
 	wg.Go(func() { m.heartbeatLoop(importCtx, log, ref, c.token, cancel) })
 
-	size, sum, ierr := m.stream(importCtx, c.transfer, c.label, ref.S3Key)
+	size, sum, ierr := m.stream(importCtx, c, ref.S3Key)
 	cancel(errImportFinished)
 	wg.Wait()
 	if ierr != nil {
@@ -182,14 +185,15 @@ func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, 
 
 // stream opens the upload's data and feeds it to the Importer, then reads what the
 // Importer left so the size and SHA-256 describe the whole object.
-func (m *Machine) stream(ctx context.Context, t Transfer, label, s3Key string) (int64, string, error) {
-	rc, err := m.amp.OpenData(ctx, t.ClientKey, s3Key)
+func (m *Machine) stream(ctx context.Context, c importClaim, s3Key string) (int64, string, error) {
+	rc, err := m.amp.OpenData(ctx, c.transfer.ClientKey, s3Key)
 	if err != nil {
-		return 0, "", fmt.Errorf("open data: %w", err)
+		return 0, "", err
 	}
 	defer rc.Close()
 	r := &meteredReader{ctx: ctx, r: rc, h: sha256.New()}
-	if err := m.importer.Import(ctx, t, label, s3Key, r); err != nil {
+	req := &connectrelay.ImportRequest{Transfer: c.transfer, Label: c.label, S3Key: s3Key, Data: r, Attempt: c.attempt, AMP: m.amp}
+	if err := m.importer.Import(ctx, req); err != nil {
 		return 0, "", fmt.Errorf("importer: %w", err)
 	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
@@ -230,7 +234,7 @@ func (m *Machine) heartbeatLoop(ctx context.Context, log *slog.Logger, ref Uploa
 		case <-tick.C:
 		}
 		var (
-			state   State
+			state   connectrelay.TransferState
 			settled bool
 		)
 		err := m.pool.QueryRow(ctx, `
@@ -282,7 +286,7 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 	case errors.Is(cause, errLeaseLost) && ctx.Err() == nil:
 		// Another worker owns the upload now; its outcome is the upload's.
 		return fmt.Errorf("migration: import %s of transfer %s: %w (lease taken over)", ref.S3Key, ref.TransferID, ErrImportInProgress)
-	case errors.Is(ierr, ErrTransferSettled):
+	case errors.Is(ierr, product.ErrTransferSettled):
 		log.InfoContext(ctx, "product says the transfer is settled; upload skipped")
 		if err := m.markSettledByProduct(ctx, ref.TransferID); err != nil {
 			return err
@@ -336,7 +340,7 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 		}
 		switch {
 		case t.Closed():
-			settle = t.settlePending()
+			settle = settlePending(t)
 		case finalDone && remaining == 0:
 			// Complete as far as this service knows; whether the product holds
 			// uploads not announced yet is asked after the commit.
@@ -360,8 +364,8 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 	}
 	log.InfoContext(ctx, "upload imported", slog.Int("imported", imported), slog.Int("remaining", remaining))
 	if report > 0 {
-		m.reportProgress(ctx, log, c.transfer.ClientKey, ref.TransferID, Progress{
-			Status: StatusInProgress, Percent: report,
+		m.reportProgress(ctx, log, c.transfer.ClientKey, ref.TransferID, product.Progress{
+			Status: product.StatusInProgress, Percent: report,
 			Message: fmt.Sprintf("imported %d of %d uploads", imported, imported+remaining),
 		})
 	}
@@ -426,7 +430,8 @@ func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transf
 	if !done {
 		return m.settle(ctx, transferID)
 	}
-	keys, err := m.amp.ListData(ctx, clientKey, transferID)
+	uploads, err := m.amp.ListData(ctx, clientKey, transferID)
+	keys := s3Keys(uploads)
 	if final, ferr := m.listAnsweredFinal(ctx, log, transferID, err); final {
 		return ferr
 	}
@@ -472,6 +477,15 @@ func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transf
 	return m.settle(ctx, transferID)
 }
 
+// s3Keys returns the keys of uploads, the product's list of a transfer's data.
+func s3Keys(uploads []product.Upload) []string {
+	keys := make([]string, len(uploads))
+	for i, u := range uploads {
+		keys[i] = u.S3Key
+	}
+	return keys
+}
+
 // notImported returns the s3Keys the product listed for the transfer (keys) that
 // are not recorded imported here, at most maxLoggedKeys of them in key order, and
 // how many there are. It is the one SUCCESS rule, shared by the import that
@@ -510,16 +524,16 @@ func markSucceeded(ctx context.Context, tx pgx.Tx, transferID string) error {
 }
 
 // listAnsweredFinal records the product's final answers to a list of the
-// transfer's data: "already settled" (ErrTransferSettled) is recorded as settled by
-// the product, "expired" (ErrTransferExpired) as an expired FAILED transfer (see
+// transfer's data: "already settled" (product.ErrTransferSettled) is recorded as settled by
+// the product, "expired" (product.ErrTransferExpired) as an expired FAILED transfer (see
 // markExpired). It reports whether err was such an answer, and the error of
 // recording it.
 func (m *Machine) listAnsweredFinal(ctx context.Context, log *slog.Logger, transferID string, err error) (bool, error) {
 	switch {
-	case errors.Is(err, ErrTransferSettled):
+	case errors.Is(err, product.ErrTransferSettled):
 		log.InfoContext(ctx, "product says the transfer is settled")
 		return true, m.markSettledByProduct(ctx, transferID)
-	case errors.Is(err, ErrTransferExpired):
+	case errors.Is(err, product.ErrTransferExpired):
 		log.WarnContext(ctx, "product says the transfer expired before its data could be confirmed; recorded as final",
 			slog.Any("error", err))
 		return true, m.markExpired(ctx, transferID, err)
@@ -527,13 +541,13 @@ func (m *Machine) listAnsweredFinal(ctx context.Context, log *slog.Logger, trans
 	return false, nil
 }
 
-// reportProgress sends an IN_PROGRESS report. Progress is advisory: a failure is
+// reportProgress sends an IN_PROGRESS report. product.Progress is advisory: a failure is
 // logged, not returned (the upload is imported either way), except the product's
 // "already settled" answer, which is recorded as final.
-func (m *Machine) reportProgress(ctx context.Context, log *slog.Logger, clientKey, transferID string, p Progress) {
+func (m *Machine) reportProgress(ctx context.Context, log *slog.Logger, clientKey, transferID string, p product.Progress) {
 	err := m.amp.ReportProgress(ctx, clientKey, transferID, p)
 	switch {
-	case errors.Is(err, ErrTransferSettled):
+	case errors.Is(err, product.ErrTransferSettled):
 		log.InfoContext(ctx, "product says the transfer is settled")
 		if err := m.markSettledByProduct(ctx, transferID); err != nil {
 			log.WarnContext(ctx, "could not record settled transfer", slog.Any("error", err))

@@ -11,67 +11,39 @@ import (
 	"sync"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // AMP is the part of the App Migration Platform REST API the machine calls, on the
-// tenant's product with the app's JWT. It is implemented over the signed product
-// client (package amp); tests implement it to play the product.
+// tenant's product with the app's JWT; *product.AMP implements it, and tests
+// implement it to play the product. It includes what an Importer may call
+// (connectrelay.MigrationAPI), because the machine hands it to the Importer.
 type AMP interface {
+	connectrelay.MigrationAPI
 	// OpenData resolves the s3Key to its presigned URL and returns the streamed
 	// body of a GET of that URL. The caller closes it. Cancelling ctx aborts the
 	// download.
 	OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error)
 	// ReportProgress posts a progress or settle status for the transfer. It
-	// returns an error wrapping ErrTransferSettled when the product answers that
-	// the transfer is already settled (403), and one wrapping ErrTransferExpired
-	// when it answers that the transfer is past AMP's 14-day window (400): both
-	// answers are final and never retried. The machine makes this call with no
-	// database lock or transaction open, so it may take as long as its retries
-	// need (a settle call is bounded to a few minutes).
-	ReportProgress(ctx context.Context, clientKey, transferID string, p Progress) error
+	// returns an error wrapping product.ErrTransferSettled when the product
+	// answers that the transfer is already settled, and one wrapping
+	// product.ErrTransferExpired when it answers that the transfer is past the
+	// 14-day window: both answers are final and never retried. The machine makes
+	// this call with no database lock or transaction open.
+	ReportProgress(ctx context.Context, clientKey, transferID string, p product.Progress) error
 	// ErrorDetails fetches what the app's server-side listener reported when it
-	// failed (GET /migration/error/{transferId}).
+	// failed.
 	ErrorDetails(ctx context.Context, clientKey, transferID string) (json.RawMessage, error)
-	// ListData returns the s3Keys of every upload the product holds for the
-	// transfer (GET /migration/data/{transferId}/all). The machine asks before
-	// settling SUCCESS, so that an upload whose app-data-uploaded event has not
-	// reached it yet keeps the transfer open; Machine.ReconcileStale asks again
-	// for transfers left waiting on it. Like ReportProgress, it returns an error
-	// wrapping ErrTransferSettled when the product answers that the transfer is
-	// already settled, and one wrapping ErrTransferExpired when it answers that
-	// the transfer is past AMP's 14-day window: both are recorded as final.
-	ListData(ctx context.Context, clientKey, transferID string) ([]string, error)
+	// ListData returns every upload the product holds for the transfer, with
+	// the same final answers as ReportProgress.
+	ListData(ctx context.Context, clientKey, transferID string) ([]product.Upload, error)
 }
 
-// Progress is the body of AMP's progress call.
-type Progress struct {
-	// Status is StatusInProgress, StatusSuccess, StatusIncomplete or StatusFailed.
-	Status string `json:"status"`
-	// Percent is 1-99 for IN_PROGRESS; the product ignores a value lower than one
-	// it has seen, and the machine never sends one.
-	Percent int    `json:"percent"`
-	Message string `json:"message,omitempty"`
-}
-
-// Importer is the vendor's MigrationImporter: it receives the data of one upload.
-//
-// The machine records an upload as imported only after Import returned nil, and
-// never calls Import again for an imported upload. A worker that dies after Import
-// returned but before that record is written (a window of one small transaction)
-// leaves the upload to be imported again by the retry, so Import must be idempotent
-// per (transfer, s3Key): record what was imported under that key and make the
-// second write a no-op, as RecordingImporter does.
-//
-// Import must honour ctx: it is cancelled when the transfer is cancelled, fails or
-// is settled (context.Cause(ctx) then wraps ErrTransferStopped) and when the worker
-// shuts down. data ends with the object; reads fail once ctx is done. The machine
-// reads whatever Import leaves unread, so the recorded size and SHA-256 always
-// describe the whole object.
-type Importer interface {
-	Import(ctx context.Context, t Transfer, label, s3Key string, data io.Reader) error
-}
+var _ AMP = (*product.AMP)(nil)
 
 // Scheduler queues one import of an upload; the tasks package implements it with an
 // asynq task whose TaskID derives from transfer and s3Key (and ref.Reschedule). The
@@ -101,14 +73,6 @@ type UploadRef struct {
 
 // Errors callers branch on.
 var (
-	// ErrTransferSettled is wrapped by AMP implementations when the product
-	// answers that a transfer is already settled. The machine records it as final.
-	ErrTransferSettled = errors.New("transfer already settled")
-	// ErrTransferExpired is wrapped by AMP implementations when the product
-	// answers that the transfer no longer accepts calls: AMP's 14-day window
-	// after the first notification has passed (400). A settle call answered so is
-	// recorded as final (SettleExpired) and never made again.
-	ErrTransferExpired = errors.New("transfer expired")
 	// ErrTransferStopped is the cause (context.Cause) of an import context that the
 	// machine cancelled because the transfer was cancelled, failed or settled.
 	ErrTransferStopped = errors.New("transfer stopped")
@@ -160,7 +124,7 @@ type Options struct {
 type Machine struct {
 	pool       *pgxpool.Pool
 	amp        AMP
-	importer   Importer
+	importer   connectrelay.Importer
 	sched      Scheduler
 	finalLabel string
 	log        *slog.Logger
@@ -173,7 +137,7 @@ type Machine struct {
 
 // NewMachine returns a Machine. It fails on a missing dependency or inconsistent
 // options rather than at the first event.
-func NewMachine(pool *pgxpool.Pool, amp AMP, importer Importer, sched Scheduler, opts Options) (*Machine, error) {
+func NewMachine(pool *pgxpool.Pool, amp AMP, importer connectrelay.Importer, sched Scheduler, opts Options) (*Machine, error) {
 	switch {
 	case pool == nil:
 		return nil, errors.New("migration: NewMachine: nil pool")
@@ -353,7 +317,7 @@ func recordEvent(ctx context.Context, tx pgx.Tx, clientKey string, ev Event) (in
 }
 
 // lockTransfer creates the transfer on first sight and locks its row.
-func lockTransfer(ctx context.Context, tx pgx.Tx, clientKey string, ev Event) (Transfer, error) {
+func lockTransfer(ctx context.Context, tx pgx.Tx, clientKey string, ev Event) (connectrelay.Transfer, error) {
 	details := ev.Details.Raw
 	if len(details) == 0 || !json.Valid(details) {
 		details = json.RawMessage("{}")
@@ -363,30 +327,30 @@ func lockTransfer(ctx context.Context, tx pgx.Tx, clientKey string, ev Event) (T
 		VALUES ($1, $2, $3, $4::text::json)
 		ON CONFLICT (transfer_id) DO NOTHING`,
 		ev.TransferID, clientKey, ev.Details.MigrationID, string(details)); err != nil {
-		return Transfer{}, fmt.Errorf("create transfer: %w", err)
+		return connectrelay.Transfer{}, fmt.Errorf("create transfer: %w", err)
 	}
 	t, err := scanTransfer(tx.QueryRow(ctx,
 		`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ev.TransferID))
 	if err != nil {
-		return Transfer{}, fmt.Errorf("lock transfer: %w", err)
+		return connectrelay.Transfer{}, fmt.Errorf("lock transfer: %w", err)
 	}
 	return t, nil
 }
 
 // apply changes the locked transfer t according to ev.
-func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, ac *afterCommit, t Transfer, ev Event, errDetails json.RawMessage) error {
+func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, ac *afterCommit, t connectrelay.Transfer, ev Event, errDetails json.RawMessage) error {
 	switch ev.Type {
 	case EventListenerTriggered:
 		if t.Closed() {
 			log.InfoContext(ctx, "listener-triggered for a closed transfer ignored", slog.String("state", string(t.State)))
 			break
 		}
-		if t.State == StateWaiting {
+		if t.State == connectrelay.TransferWaiting {
 			if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'ready', ready_at = now(), updated_at = now()
 				WHERE transfer_id = $1`, t.TransferID); err != nil {
 				return fmt.Errorf("mark ready: %w", err)
 			}
-			t.State = StateReady
+			t.State = connectrelay.TransferReady
 		}
 		if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'queued', updated_at = now()
 			WHERE transfer_id = $1 AND state = 'parked'`, t.TransferID); err != nil {
@@ -414,7 +378,7 @@ func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, ac *af
 		switch {
 		case t.Closed():
 			state, reason = UploadSkipped, closedReason(t)
-		case t.State == StateReady:
+		case t.State == connectrelay.TransferReady:
 			state = UploadQueued
 		}
 		if _, err := tx.Exec(ctx, `
@@ -497,7 +461,7 @@ func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, ac *af
 	return nil
 }
 
-func closedReason(t Transfer) string {
+func closedReason(t connectrelay.Transfer) string {
 	if t.State.Final() {
 		return "transfer " + string(t.State)
 	}
@@ -589,15 +553,15 @@ func (m *Machine) settle(ctx context.Context, transferID string) error {
 	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
 	defer bcancel()
 	var (
-		result  = SettleReported
+		result  = connectrelay.SettleReported
 		errText *string
 	)
 	switch {
 	case rerr == nil:
-	case errors.Is(rerr, ErrTransferSettled):
-		result = SettleAlreadySettled
-	case errors.Is(rerr, ErrTransferExpired):
-		result = SettleExpired
+	case errors.Is(rerr, product.ErrTransferSettled):
+		result = connectrelay.SettleAlreadySettled
+	case errors.Is(rerr, product.ErrTransferExpired):
+		result = connectrelay.SettleExpired
 		e := redactSecrets(rerr.Error())
 		errText = &e
 	default:
@@ -617,7 +581,7 @@ func (m *Machine) settle(ctx context.Context, transferID string) error {
 		// "already settled", which is recorded.
 		return fmt.Errorf("migration: settle transfer %s %s: record %s: %w", transferID, status, result, err)
 	}
-	if result == SettleExpired {
+	if result == connectrelay.SettleExpired {
 		log.WarnContext(ctx, "transfer expired before it could be settled; recorded as final", slog.Any("error", rerr))
 		return nil
 	}
@@ -627,14 +591,14 @@ func (m *Machine) settle(ctx context.Context, transferID string) error {
 
 // settleProgress is the settle call's body for the status the transfer settles
 // with; message, when recorded, replaces the status's default message.
-func settleProgress(status string, lastPercent int, message *string) Progress {
-	p := Progress{Status: status, Percent: lastPercent}
+func settleProgress(status string, lastPercent int, message *string) product.Progress {
+	p := product.Progress{Status: status, Percent: lastPercent}
 	switch status {
-	case StatusSuccess:
+	case product.StatusSuccess:
 		p.Percent, p.Message = 100, "all uploaded data imported"
-	case StatusIncomplete:
+	case product.StatusIncomplete:
 		p.Message = "transfer cancelled on request"
-	case StatusFailed:
+	case product.StatusFailed:
 		p.Message = "server-side migration listener errored"
 	}
 	if message != nil && *message != "" {

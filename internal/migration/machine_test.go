@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
+
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/connectrelay/connectrelay/internal/migration"
@@ -52,7 +55,7 @@ func TestUploadBeforeListenerTriggeredIsParkedThenImported(t *testing.T) {
 	if refs := b.queue.take(); len(refs) != 0 {
 		t.Fatalf("scheduled before listener-triggered: %+v", refs)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateWaiting {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferWaiting {
 		t.Fatalf("state = %s, want waiting", tr.State)
 	}
 
@@ -100,16 +103,16 @@ func TestUploadBeforeListenerTriggeredIsParkedThenImported(t *testing.T) {
 			t.Errorf("record %+v does not match upload %+v", r, u)
 		}
 	}
-	wantCalls := []migration.Progress{
-		{Status: migration.StatusInProgress, Percent: 50, Message: "imported 1 of 2 uploads"},
-		{Status: migration.StatusSuccess, Percent: 100, Message: "all uploaded data imported"},
+	wantCalls := []product.Progress{
+		{Status: product.StatusInProgress, Percent: 50, Message: "imported 1 of 2 uploads"},
+		{Status: product.StatusSuccess, Percent: 100, Message: "all uploaded data imported"},
 	}
 	if diff := cmp.Diff(wantCalls, b.amp.calls(tid)); diff != "" {
 		t.Errorf("progress calls (-want +got):\n%s", diff)
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.State != migration.StateSucceeded || tr.SettleStatus != migration.StatusSuccess ||
-		tr.SettleResult != migration.SettleReported || tr.SettledAt.IsZero() || tr.Details.MigrationID != "mig-"+tid {
+	if tr.State != connectrelay.TransferSucceeded || tr.SettleStatus != product.StatusSuccess ||
+		tr.SettleResult != connectrelay.SettleReported || tr.SettledAt.IsZero() || tr.Details.MigrationID != "mig-"+tid {
 		t.Errorf("transfer = %+v; want succeeded and settled SUCCESS", tr)
 	}
 	var handled int
@@ -206,7 +209,7 @@ func TestTwoWorkersRaceListenerAndUpload(t *testing.T) {
 		if st := uploadStates(t, ctx, m1, tid); st[key] != migration.UploadImported {
 			t.Errorf("%s: upload state %s, want imported", tid, st[key])
 		}
-		if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+		if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusSuccess}) {
 			t.Errorf("%s: settle calls %v, want one SUCCESS", tid, got)
 		}
 	}
@@ -224,7 +227,8 @@ type blockingImporter struct {
 	cause   error
 }
 
-func (bi *blockingImporter) Import(ctx context.Context, t migration.Transfer, label, s3Key string, data io.Reader) error {
+func (bi *blockingImporter) Import(ctx context.Context, req *connectrelay.ImportRequest) error {
+	data := req.Data
 	if _, err := io.CopyN(io.Discard, data, 1<<20); err != nil {
 		return err
 	}
@@ -305,11 +309,11 @@ func TestCancelMidImport(t *testing.T) {
 				t.Errorf("importer's context cause = %v, want ErrTransferStopped", cause)
 			}
 
-			if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusIncomplete}) {
+			if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusIncomplete}) {
 				t.Errorf("settle calls %v, want [INCOMPLETE]", got)
 			}
 			tr := transfer(t, ctx, importer, tid)
-			if tr.State != migration.StateCancelled || tr.SettleResult != migration.SettleReported {
+			if tr.State != connectrelay.TransferCancelled || tr.SettleResult != connectrelay.SettleReported {
 				t.Errorf("transfer = %+v, want cancelled and settled", tr)
 			}
 			// The upload queued before the cancellation, and one announced after it,
@@ -363,13 +367,13 @@ func TestListenerErroredSettlesFailed(t *testing.T) {
 
 			handle(t, ctx, m, mustEvent(t, migration.EventListenerErrored, tid, nil))
 			tr := transfer(t, ctx, m, tid)
-			if tr.State != migration.StateFailed || tr.SettleStatus != migration.StatusFailed || tr.SettledAt.IsZero() {
+			if tr.State != connectrelay.TransferFailed || tr.SettleStatus != product.StatusFailed || tr.SettledAt.IsZero() {
 				t.Errorf("transfer = %+v, want failed and settled FAILED", tr)
 			}
 			if string(tr.ErrorDetails) != tc.want {
 				t.Errorf("error details = %s, want %s", tr.ErrorDetails, tc.want)
 			}
-			if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusFailed}) {
+			if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusFailed}) {
 				t.Errorf("settle calls %v, want [FAILED]", got)
 			}
 			for _, ref := range refs {
@@ -407,23 +411,23 @@ func TestFinalLabelSettlesSuccessWhateverTheOrder(t *testing.T) {
 		if err := m.Import(ctx, byKey[k]); err != nil {
 			t.Fatal(err)
 		}
-		if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady {
+		if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady {
 			t.Fatalf("after importing %s: state %s, want ready (s3/3 is not imported)", k, tr.State)
 		}
 	}
 	if err := m.Import(ctx, byKey["s3/3"]); err != nil {
 		t.Fatal(err)
 	}
-	want := []migration.Progress{
-		{Status: migration.StatusInProgress, Percent: 25, Message: "imported 1 of 4 uploads"},
-		{Status: migration.StatusInProgress, Percent: 50, Message: "imported 2 of 4 uploads"},
-		{Status: migration.StatusInProgress, Percent: 75, Message: "imported 3 of 4 uploads"},
-		{Status: migration.StatusSuccess, Percent: 100, Message: "all uploaded data imported"},
+	want := []product.Progress{
+		{Status: product.StatusInProgress, Percent: 25, Message: "imported 1 of 4 uploads"},
+		{Status: product.StatusInProgress, Percent: 50, Message: "imported 2 of 4 uploads"},
+		{Status: product.StatusInProgress, Percent: 75, Message: "imported 3 of 4 uploads"},
+		{Status: product.StatusSuccess, Percent: 100, Message: "all uploaded data imported"},
 	}
 	if diff := cmp.Diff(want, b.amp.calls(tid)); diff != "" {
 		t.Errorf("progress calls (-want +got):\n%s", diff)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateSucceeded || tr.LastPercent != 75 {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferSucceeded || tr.LastPercent != 75 {
 		t.Errorf("transfer = %+v, want succeeded", tr)
 	}
 	// A label other than the final one never settles: a transfer without it stays open.
@@ -431,7 +435,7 @@ func TestFinalLabelSettlesSuccessWhateverTheOrder(t *testing.T) {
 	handle(t, ctx, m, mustEvent(t, migration.EventListenerTriggered, open, nil))
 	handle(t, ctx, m, uploadEvent(t, open, "s3/x", "final"))
 	b.queue.drain(t, ctx, m)
-	if tr := transfer(t, ctx, m, open); tr.State != migration.StateReady || len(b.amp.settleCalls(open)) != 0 {
+	if tr := transfer(t, ctx, m, open); tr.State != connectrelay.TransferReady || len(b.amp.settleCalls(open)) != 0 {
 		t.Errorf("transfer without the final label = %+v, settle calls %v", tr, b.amp.settleCalls(open))
 	}
 }
@@ -444,7 +448,7 @@ func TestSettledAnswerIsFinal(t *testing.T) {
 		ctx := ctxT(t, 30*time.Second)
 		m := b.machine(t, nil, nil, migration.Options{})
 		const tid = "transfer-settled-elsewhere"
-		b.amp.settled[tid] = migration.StatusFailed // settled by someone else
+		b.amp.settled[tid] = product.StatusFailed // settled by someone else
 		handle(t, ctx, m, mustEvent(t, migration.EventListenerTriggered, tid, nil))
 		handle(t, ctx, m, uploadEvent(t, tid, "s3/a", "part"))
 		handle(t, ctx, m, uploadEvent(t, tid, "s3/b", "part"))
@@ -453,7 +457,7 @@ func TestSettledAnswerIsFinal(t *testing.T) {
 			t.Fatalf("Import: %v", err)
 		}
 		tr := transfer(t, ctx, m, tid)
-		if tr.SettleResult != migration.SettleAlreadySettled || tr.SettledAt.IsZero() || tr.SettleStatus != "" {
+		if tr.SettleResult != connectrelay.SettleAlreadySettled || tr.SettledAt.IsZero() || tr.SettleStatus != "" {
 			t.Fatalf("transfer = %+v, want settled by the product", tr)
 		}
 		if err := m.Import(ctx, refs[1]); err != nil {
@@ -476,12 +480,12 @@ func TestSettledAnswerIsFinal(t *testing.T) {
 		ctx := ctxT(t, 30*time.Second)
 		m := b.machine(t, nil, nil, migration.Options{})
 		const tid = "transfer-settle-403"
-		b.amp.settled[tid] = migration.StatusSuccess
+		b.amp.settled[tid] = product.StatusSuccess
 		ev := mustEvent(t, migration.EventTransferCancellationRequested, tid, nil)
 		handle(t, ctx, m, ev)
 		handle(t, ctx, m, ev)
 		tr := transfer(t, ctx, m, tid)
-		if tr.State != migration.StateCancelled || tr.SettleResult != migration.SettleAlreadySettled {
+		if tr.State != connectrelay.TransferCancelled || tr.SettleResult != connectrelay.SettleAlreadySettled {
 			t.Errorf("transfer = %+v, want cancelled, already settled", tr)
 		}
 		if n := len(b.amp.calls(tid)); n != 1 {
@@ -501,7 +505,7 @@ func TestSettledAnswerIsFinal(t *testing.T) {
 			t.Fatal("Import succeeded although the SUCCESS settle failed")
 		}
 		tr := transfer(t, ctx, m, tid)
-		if tr.State != migration.StateSucceeded || !tr.SettledAt.IsZero() || tr.SettleError != "product: 503" {
+		if tr.State != connectrelay.TransferSucceeded || !tr.SettledAt.IsZero() || tr.SettleError != "product: 503" {
 			t.Fatalf("transfer = %+v, want succeeded with the settle owed", tr)
 		}
 		// The task's retry: nothing is imported again, the settle is made.
@@ -512,10 +516,10 @@ func TestSettledAnswerIsFinal(t *testing.T) {
 			t.Errorf("Importer called %d times, want 1", n)
 		}
 		tr = transfer(t, ctx, m, tid)
-		if tr.SettledAt.IsZero() || tr.SettleResult != migration.SettleReported || tr.SettleError != "" {
+		if tr.SettledAt.IsZero() || tr.SettleResult != connectrelay.SettleReported || tr.SettleError != "" {
 			t.Errorf("transfer = %+v, want settled", tr)
 		}
-		if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+		if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusSuccess}) {
 			t.Errorf("settle calls %v", got)
 		}
 	})
@@ -524,14 +528,14 @@ func TestSettledAnswerIsFinal(t *testing.T) {
 // crashingImporter runs the recording importer, then "dies" (panics) before the
 // machine can record the upload imported, the first time only.
 type crashingImporter struct {
-	next    migration.Importer
+	next    connectrelay.Importer
 	mu      sync.Mutex
 	crashed bool
 	calls   int
 }
 
-func (c *crashingImporter) Import(ctx context.Context, t migration.Transfer, label, s3Key string, data io.Reader) error {
-	if err := c.next.Import(ctx, t, label, s3Key, data); err != nil {
+func (c *crashingImporter) Import(ctx context.Context, req *connectrelay.ImportRequest) error {
+	if err := c.next.Import(ctx, req); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -587,7 +591,7 @@ func TestWorkerKilledBetweenImportAndMark(t *testing.T) {
 	if us[0].State != migration.UploadImported || us[0].Attempts != 2 || us[0].SHA256 != recs[0].SHA256 {
 		t.Errorf("upload = %+v, want imported after 2 attempts with the recorded digest", us[0])
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusSuccess}) {
 		t.Errorf("settle calls %v", got)
 	}
 }
@@ -630,7 +634,7 @@ func TestEventsWithUnusualJSONAreRecorded(t *testing.T) {
 	}
 	handle(t, ctx, m, ev)
 	tr := transfer(t, ctx, m, "t-odd")
-	if tr.State != migration.StateReady || string(tr.Details.Raw) != `{"name":"a\u0000b\ud800","jiraClientKey":"`+tenant+`"}` {
+	if tr.State != connectrelay.TransferReady || string(tr.Details.Raw) != `{"name":"a\u0000b\ud800","jiraClientKey":"`+tenant+`"}` {
 		t.Errorf("transfer = %+v", tr)
 	}
 }
@@ -657,7 +661,7 @@ func TestTenantMismatchIsRejected(t *testing.T) {
 	if err := m.HandleEvent(ctx, otherTenant, ev); !errors.Is(err, migration.ErrTenantMismatch) {
 		t.Errorf("HandleEvent for another tenant's transfer: %v, want ErrTenantMismatch", err)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady {
 		t.Errorf("state %s after rejected events, want ready", tr.State)
 	}
 	if _, err := m.Transfer(ctx, otherTenant, tid); !errors.Is(err, migration.ErrTransferNotFound) {
@@ -741,11 +745,11 @@ func TestImportErrors(t *testing.T) {
 	const tid2 = "transfer-data-403"
 	handle(t, ctx, m, mustEvent(t, migration.EventListenerTriggered, tid2, nil))
 	handle(t, ctx, m, uploadEvent(t, tid2, "s3/x", "part"))
-	b.amp.openErr = fmt.Errorf("403: %w", migration.ErrTransferSettled)
+	b.amp.openErr = fmt.Errorf("403: %w", product.ErrTransferSettled)
 	if err := m.Import(ctx, b.queue.take()[0]); err != nil {
 		t.Fatalf("Import answered settled: %v", err)
 	}
-	if tr := transfer(t, ctx, m, tid2); tr.SettleResult != migration.SettleAlreadySettled {
+	if tr := transfer(t, ctx, m, tid2); tr.SettleResult != connectrelay.SettleAlreadySettled {
 		t.Errorf("transfer = %+v, want settled by the product", tr)
 	}
 	if st := uploadStates(t, ctx, m, tid2); st["s3/x"] != migration.UploadSkipped {
@@ -801,7 +805,7 @@ func TestStatusQueries(t *testing.T) {
 		t.Errorf("Transfers of another tenant = %+v, %v", ts, err)
 	}
 	tr := transfer(t, ctx, m, "q-0")
-	if tr.ClientKey != tenant || tr.State != migration.StateReady || tr.ReadyAt.IsZero() ||
+	if tr.ClientKey != tenant || tr.State != connectrelay.TransferReady || tr.ReadyAt.IsZero() ||
 		tr.Details.JiraClientKey != tenant || tr.Details.CreatedAt != 1702530783417 {
 		t.Errorf("Transfer = %+v", tr)
 	}

@@ -69,8 +69,8 @@ const lastProgressSQL = `greatest(t.ready_at, t.created_at,
 //     (with an empty label, which an app-data-uploaded arriving before their
 //     import replaces) and their imports are scheduled through the Scheduler; the
 //     import of the last one completes the transfer as usual;
-//   - the product answers "already settled" or "expired" (ErrTransferSettled,
-//     ErrTransferExpired): recorded as final, as the settle path does;
+//   - the product answers "already settled" or "expired" (product.ErrTransferSettled,
+//     product.ErrTransferExpired): recorded as final, as the settle path does;
 //   - otherwise (the list failed, or names uploads that were skipped or failed
 //     here) the transfer stays open until it has made no progress for
 //     giveUpAfter, and is then failed and settled FAILED through the settle
@@ -159,7 +159,8 @@ func (m *Machine) reconcile(ctx context.Context, clientKey, transferID string, g
 	log := m.log.With(slog.String("client_key", clientKey), slog.String("transfer_id", transferID))
 
 	callCtx, cancel := context.WithTimeout(ctx, reconcileCallTimeout)
-	keys, lerr := m.amp.ListData(callCtx, clientKey, transferID)
+	uploads, lerr := m.amp.ListData(callCtx, clientKey, transferID)
+	keys := s3Keys(uploads)
 	cancel()
 	if final, err := m.listAnsweredFinal(ctx, log, transferID, lerr); final {
 		if err != nil {
@@ -284,9 +285,9 @@ func failIfNoProgress(ctx context.Context, tx pgx.Tx, transferID string, giveUpA
 }
 
 // markExpired records that the product answered the transfer is past AMP's 14-day
-// window (ErrTransferExpired) before it could be settled: no call about it is
+// window (product.ErrTransferExpired) before it could be settled: no call about it is
 // accepted any more, so an open transfer fails (settle status FAILED, message
-// naming the cause) and is recorded settled with SettleExpired and the answer,
+// naming the cause) and is recorded settled with connectrelay.SettleExpired and the answer,
 // as the settle path records an expired settle call. Its open uploads are skipped
 // and this process's imports of it stop. A transfer already closed is left as it
 // is. Like markSettledByProduct, it writes under a detached, bounded context.

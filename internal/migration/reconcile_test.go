@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
+
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/connectrelay/connectrelay/internal/migration"
@@ -47,7 +50,7 @@ func stuckOnList(t *testing.T, ctx context.Context, b *bundle, m *migration.Mach
 	if err := m.Import(ctx, refs[0]); !errors.Is(err, listErr) {
 		t.Fatalf("Import with a failing list: %v, want %v", err, listErr)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady || tr.SettleStatus != "" {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady || tr.SettleStatus != "" {
 		t.Fatalf("transfer = %+v, want open", tr)
 	}
 	return refs[0]
@@ -87,7 +90,7 @@ func TestReconcileStaleGivesUpWhenTheListKeepsFailing(t *testing.T) {
 	if n, err := m.RequeueStale(ctx, time.Minute, 10); err != nil || n != 0 {
 		t.Fatalf("RequeueStale = %d, %v", n, err)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady || tr.SettleStatus != "" {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady || tr.SettleStatus != "" {
 		t.Fatalf("transfer = %+v, want still open", tr)
 	}
 	lists := b.amp.listCount(tid)
@@ -106,7 +109,7 @@ func TestReconcileStaleGivesUpWhenTheListKeepsFailing(t *testing.T) {
 	if n := b.amp.listCount(tid); n != lists+1 {
 		t.Errorf("ListData called %d times, want %d", n, lists+1)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady || tr.SettleStatus != "" {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady || tr.SettleStatus != "" {
 		t.Fatalf("transfer = %+v, want still open before giveUpAfter", tr)
 	}
 	// Examined just now: not again before olderThan has passed again.
@@ -123,8 +126,8 @@ func TestReconcileStaleGivesUpWhenTheListKeepsFailing(t *testing.T) {
 		t.Fatalf("ReconcileStale: %v", err)
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.State != migration.StateFailed || tr.SettleStatus != migration.StatusFailed || tr.SettledAt.IsZero() ||
-		tr.SettleResult != migration.SettleReported {
+	if tr.State != connectrelay.TransferFailed || tr.SettleStatus != product.StatusFailed || tr.SettledAt.IsZero() ||
+		tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want failed and settled FAILED", tr)
 	}
 	if !strings.HasPrefix(tr.SettleMessage, "could not confirm uploaded data: ") || !strings.Contains(tr.SettleMessage, "502") {
@@ -136,7 +139,7 @@ func TestReconcileStaleGivesUpWhenTheListKeepsFailing(t *testing.T) {
 		}
 	}
 	calls := b.amp.calls(tid)
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusFailed}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusFailed}) {
 		t.Fatalf("settle calls %v, want one FAILED", got)
 	}
 	if last := calls[len(calls)-1]; last.Message != tr.SettleMessage {
@@ -182,10 +185,10 @@ func TestReconcileStaleSucceedsWhenTheListRecovers(t *testing.T) {
 		t.Fatalf("ReconcileStale: %v", err)
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.State != migration.StateSucceeded || tr.SettleStatus != migration.StatusSuccess || tr.SettleResult != migration.SettleReported {
+	if tr.State != connectrelay.TransferSucceeded || tr.SettleStatus != product.StatusSuccess || tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want succeeded and settled SUCCESS", tr)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusSuccess}) {
 		t.Errorf("settle calls %v, want one SUCCESS", got)
 	}
 	if n := b.count.count("s3/final"); n != 1 {
@@ -208,7 +211,7 @@ func TestReconcileStaleImportsUploadsOnlyTheProductListed(t *testing.T) {
 	if err := m.Import(ctx, b.queue.take()[0]); err != nil {
 		t.Fatalf("Import: %v", err)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady {
 		t.Fatalf("transfer = %+v, want open: the product lists uploads not imported", tr)
 	}
 
@@ -232,7 +235,7 @@ func TestReconcileStaleImportsUploadsOnlyTheProductListed(t *testing.T) {
 	if diff := cmp.Diff(wantRefs, refs); diff != "" {
 		t.Errorf("scheduled (-want +got):\n%s", diff)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady || len(b.amp.settleCalls(tid)) != 0 {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady || len(b.amp.settleCalls(tid)) != 0 {
 		t.Fatalf("transfer = %+v, settle calls %v; want open while the listed uploads import", tr, b.amp.settleCalls(tid))
 	}
 	// Queued uploads: the transfer is no candidate while they are imported.
@@ -250,10 +253,10 @@ func TestReconcileStaleImportsUploadsOnlyTheProductListed(t *testing.T) {
 		}
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.State != migration.StateSucceeded || tr.SettleResult != migration.SettleReported {
+	if tr.State != connectrelay.TransferSucceeded || tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want succeeded and settled", tr)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusSuccess}) {
 		t.Errorf("settle calls %v, want one SUCCESS", got)
 	}
 	labels := map[string]string{}
@@ -307,7 +310,7 @@ func TestReconcileStaleGivesUpOnListedUploadsThatNeverComplete(t *testing.T) {
 	if err := reconcile(t, ctx, m, time.Hour, 24*time.Hour, 1); err != nil {
 		t.Fatalf("ReconcileStale: %v", err)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady || len(b.queue.take()) != 0 {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady || len(b.queue.take()) != 0 {
 		t.Fatalf("transfer = %+v, want open (and nothing scheduled) before giveUpAfter", tr)
 	}
 	backdate(t, ctx, b, tid, 24*time.Hour)
@@ -316,11 +319,11 @@ func TestReconcileStaleGivesUpOnListedUploadsThatNeverComplete(t *testing.T) {
 	}
 	tr := transfer(t, ctx, m, tid)
 	wantMsg := "uploads listed by the product never completed: " + strings.Join(listed[1:11], ", ") + " (truncated: 12 in all)"
-	if tr.State != migration.StateFailed || tr.SettleStatus != migration.StatusFailed || tr.SettleMessage != wantMsg ||
-		tr.SettleResult != migration.SettleReported {
+	if tr.State != connectrelay.TransferFailed || tr.SettleStatus != product.StatusFailed || tr.SettleMessage != wantMsg ||
+		tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want failed and settled FAILED with %q", tr, wantMsg)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusFailed}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusFailed}) {
 		t.Errorf("settle calls %v, want one FAILED", got)
 	}
 }
@@ -334,15 +337,15 @@ func TestReconcileStaleFinalAnswers(t *testing.T) {
 	const settled, expired, expiredOnImport = "transfer-reconcile-settled", "transfer-reconcile-expired", "transfer-import-expired"
 	stuckOnList(t, ctx, b, m, settled, errors.New("product: 503"))
 	stuckOnList(t, ctx, b, m, expired, errors.New("product: 503"))
-	b.amp.setListErr(settled, fmt.Errorf("product: 403 settled: %w", migration.ErrTransferSettled))
-	expiredErr := fmt.Errorf("product: 400 Bad Request: %w", migration.ErrTransferExpired)
+	b.amp.setListErr(settled, fmt.Errorf("product: 403 settled: %w", product.ErrTransferSettled))
+	expiredErr := fmt.Errorf("product: 400 Bad Request: %w", product.ErrTransferExpired)
 	b.amp.setListErr(expired, expiredErr)
 	backdate(t, ctx, b, settled, time.Hour)
 	backdate(t, ctx, b, expired, time.Hour)
 	if err := reconcile(t, ctx, m, time.Minute, 24*time.Hour, 2); err != nil {
 		t.Fatalf("ReconcileStale: %v", err)
 	}
-	if tr := transfer(t, ctx, m, settled); tr.SettleResult != migration.SettleAlreadySettled || tr.SettledAt.IsZero() {
+	if tr := transfer(t, ctx, m, settled); tr.SettleResult != connectrelay.SettleAlreadySettled || tr.SettledAt.IsZero() {
 		t.Errorf("transfer = %+v, want settled by the product", tr)
 	}
 
@@ -355,8 +358,8 @@ func TestReconcileStaleFinalAnswers(t *testing.T) {
 	}
 	for _, tid := range []string{expired, expiredOnImport} {
 		tr := transfer(t, ctx, m, tid)
-		if tr.State != migration.StateFailed || tr.SettleStatus != migration.StatusFailed || tr.SettledAt.IsZero() ||
-			tr.SettleResult != migration.SettleExpired || !strings.Contains(tr.SettleError, "400") ||
+		if tr.State != connectrelay.TransferFailed || tr.SettleStatus != product.StatusFailed || tr.SettledAt.IsZero() ||
+			tr.SettleResult != connectrelay.SettleExpired || !strings.Contains(tr.SettleError, "400") ||
 			!strings.HasPrefix(tr.SettleMessage, "could not confirm uploaded data: ") {
 			t.Errorf("transfer %s = %+v, want failed and recorded expired", tid, tr)
 		}
@@ -435,7 +438,7 @@ func TestReconcileStaleCandidates(t *testing.T) {
 		t.Fatalf("second ReconcileStale = %d, %v; want the other one", n, err)
 	}
 	for _, tid := range []string{stuck1, stuck2} {
-		if tr := transfer(t, ctx, m, tid); tr.State != migration.StateFailed || tr.SettleStatus != migration.StatusFailed {
+		if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferFailed || tr.SettleStatus != product.StatusFailed {
 			t.Errorf("transfer %s = %+v, want failed", tid, tr)
 		}
 	}
@@ -444,10 +447,10 @@ func TestReconcileStaleCandidates(t *testing.T) {
 			t.Errorf("transfer %s: ListData called %d more times", tid, got-lists[tid])
 		}
 	}
-	if tr := transfer(t, ctx, m, queued); tr.State != migration.StateReady {
+	if tr := transfer(t, ctx, m, queued); tr.State != connectrelay.TransferReady {
 		t.Errorf("transfer with a queued upload = %+v, want open", tr)
 	}
-	if tr := transfer(t, ctx, m, noFinal); tr.State != migration.StateReady {
+	if tr := transfer(t, ctx, m, noFinal); tr.State != connectrelay.TransferReady {
 		t.Errorf("transfer without its final upload = %+v, want open", tr)
 	}
 }
@@ -508,7 +511,7 @@ func TestConcurrentReconcilesSettleOnce(t *testing.T) {
 	if err := <-first; err != nil {
 		t.Fatalf("first worker: %v", err)
 	}
-	if got := b.amp.settleCalls(held); !cmp.Equal(got, []string{migration.StatusFailed}) {
+	if got := b.amp.settleCalls(held); !cmp.Equal(got, []string{product.StatusFailed}) {
 		t.Errorf("settle calls %v, want one FAILED", got)
 	}
 
@@ -544,7 +547,7 @@ func TestConcurrentReconcilesSettleOnce(t *testing.T) {
 		t.Errorf("%d examinations, want %d (one per transfer)", total, len(tids))
 	}
 	for _, tid := range tids {
-		if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusFailed}) {
+		if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusFailed}) {
 			t.Errorf("settle calls of %s: %v, want one FAILED", tid, got)
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -23,26 +25,27 @@ type RecordingImporter struct {
 	pool *pgxpool.Pool
 }
 
-var _ Importer = (*RecordingImporter)(nil)
+var _ connectrelay.Importer = (*RecordingImporter)(nil)
 
 // NewRecordingImporter returns a RecordingImporter writing to pool's database.
 func NewRecordingImporter(pool *pgxpool.Pool) *RecordingImporter {
 	return &RecordingImporter{pool: pool}
 }
 
-// Import reads data to the end, hashing it in a fixed-size buffer, and records it.
-func (r *RecordingImporter) Import(ctx context.Context, t Transfer, label, s3Key string, data io.Reader) error {
+// Import reads req.Data to the end, hashing it in a fixed-size buffer, and records
+// it under (transfer, s3Key); a second record of the same upload is a no-op.
+func (r *RecordingImporter) Import(ctx context.Context, req *connectrelay.ImportRequest) error {
 	h := sha256.New()
-	n, err := io.Copy(h, data)
+	n, err := io.Copy(h, req.Data)
 	if err != nil {
-		return fmt.Errorf("recording importer: read %s: %w", s3Key, err)
+		return fmt.Errorf("read: %w", err)
 	}
 	if _, err := r.pool.Exec(ctx, `
 		INSERT INTO migration_imported_data (transfer_id, s3_key, client_key, label, size_bytes, sha256)
 		VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (transfer_id, s3_key) DO NOTHING`,
-		t.TransferID, s3Key, t.ClientKey, label, n, hex.EncodeToString(h.Sum(nil))); err != nil {
-		return fmt.Errorf("recording importer: record %s: %w", s3Key, err)
+		req.Transfer.TransferID, req.S3Key, req.Transfer.ClientKey, req.Label, n, hex.EncodeToString(h.Sum(nil))); err != nil {
+		return fmt.Errorf("record: %w", err)
 	}
 	return nil
 }

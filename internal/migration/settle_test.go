@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
+
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -52,7 +55,7 @@ func owesSettle(t *testing.T, ctx context.Context, b *bundle, m *migration.Machi
 	if err := m.HandleEvent(ctx, tenant, mustEvent(t, migration.EventTransferCancellationRequested, tid, nil)); err == nil {
 		t.Fatal("HandleEvent succeeded although the settle call failed")
 	}
-	if tr := transfer(t, ctx, m, tid); tr.SettleStatus != migration.StatusIncomplete || !tr.SettledAt.IsZero() {
+	if tr := transfer(t, ctx, m, tid); tr.SettleStatus != product.StatusIncomplete || !tr.SettledAt.IsZero() {
 		t.Fatalf("transfer = %+v, want a settle call owed", tr)
 	}
 }
@@ -147,10 +150,10 @@ func TestSettleCallHoldsNoLockOrConnection(t *testing.T) {
 		t.Errorf("other task of the transfer: %v", err)
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.SettledAt.IsZero() || tr.SettleResult != migration.SettleReported || tr.SettleError != "" {
+	if tr.SettledAt.IsZero() || tr.SettleResult != connectrelay.SettleReported || tr.SettleError != "" {
 		t.Errorf("transfer = %+v, want settled", tr)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusIncomplete}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusIncomplete}) {
 		t.Errorf("settle calls %v, want one INCOMPLETE", got)
 	}
 }
@@ -213,11 +216,11 @@ func TestRacingSettlesMakeOneCall(t *testing.T) {
 		map[string]any{"messageId": "third"})); err != nil {
 		t.Errorf("event after the settle: %v", err)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusIncomplete}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusIncomplete}) {
 		t.Errorf("settle calls %v, want exactly one INCOMPLETE", got)
 	}
 	tr := transfer(t, ctx, m1, tid)
-	if tr.SettledAt.IsZero() || tr.SettleResult != migration.SettleReported {
+	if tr.SettledAt.IsZero() || tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want settled", tr)
 	}
 }
@@ -267,10 +270,10 @@ func TestCrashedSettleClaimExpiresAndIsSwept(t *testing.T) {
 	if n, err := m.SettlePending(ctx, 10); err != nil || n != 1 {
 		t.Fatalf("SettlePending after the claim expired = %d, %v; want 1", n, err)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusIncomplete}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusIncomplete}) {
 		t.Errorf("settle calls %v, want one INCOMPLETE", got)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.SettledAt.IsZero() || tr.SettleResult != migration.SettleReported {
+	if tr := transfer(t, ctx, m, tid); tr.SettledAt.IsZero() || tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want settled", tr)
 	}
 }
@@ -283,13 +286,13 @@ func TestExpiredSettleIsFinal(t *testing.T) {
 	var logs testenv.LogBuffer
 	m := b.machine(t, nil, nil, migration.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	const tid = "transfer-expired"
-	b.amp.progressErr, b.amp.progressErrN = fmt.Errorf("product: 400 Bad Request: %w", migration.ErrTransferExpired), -1
+	b.amp.progressErr, b.amp.progressErrN = fmt.Errorf("product: 400 Bad Request: %w", product.ErrTransferExpired), -1
 
 	if err := m.HandleEvent(ctx, tenant, mustEvent(t, migration.EventTransferCancellationRequested, tid, nil)); err != nil {
 		t.Fatalf("HandleEvent: %v, want nil (expired is final)", err)
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.SettleResult != migration.SettleExpired || tr.SettledAt.IsZero() || tr.SettleStatus != migration.StatusIncomplete ||
+	if tr.SettleResult != connectrelay.SettleExpired || tr.SettledAt.IsZero() || tr.SettleStatus != product.StatusIncomplete ||
 		!strings.Contains(tr.SettleError, "400") {
 		t.Errorf("transfer = %+v, want settled as expired with the answer recorded", tr)
 	}
@@ -334,13 +337,13 @@ func TestSettledByProductIsRecordedDuringShutdown(t *testing.T) {
 			return nil
 		}
 		shutdown()
-		return fmt.Errorf("product: 403 transfer is in a settled state: %w", migration.ErrTransferSettled)
+		return fmt.Errorf("product: 403 transfer is in a settled state: %w", product.ErrTransferSettled)
 	}
 	if err := m.Import(wctx, refs[0]); err != nil {
 		t.Fatalf("Import: %v", err)
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.SettleResult != migration.SettleAlreadySettled || tr.SettledAt.IsZero() {
+	if tr.SettleResult != connectrelay.SettleAlreadySettled || tr.SettledAt.IsZero() {
 		t.Errorf("transfer = %+v, want settled by the product", tr)
 	}
 	if st := uploadStates(t, ctx, m, tid); st["s3/b"] != migration.UploadSkipped {

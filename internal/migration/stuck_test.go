@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
+
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/connectrelay/connectrelay/internal/migration"
@@ -64,12 +67,12 @@ func TestFailUploadFailsTheTransfer(t *testing.T) {
 		}
 	}
 	tr := transfer(t, ctx, m, tid)
-	if tr.State != migration.StateFailed || tr.SettleStatus != migration.StatusFailed || tr.SettledAt.IsZero() ||
-		tr.SettleResult != migration.SettleReported || !strings.Contains(tr.SettleMessage, "s3/broken") {
+	if tr.State != connectrelay.TransferFailed || tr.SettleStatus != product.StatusFailed || tr.SettledAt.IsZero() ||
+		tr.SettleResult != connectrelay.SettleReported || !strings.Contains(tr.SettleMessage, "s3/broken") {
 		t.Errorf("transfer = %+v, want failed and settled FAILED naming the upload", tr)
 	}
 	calls := b.amp.calls(tid)
-	if len(calls) == 0 || calls[len(calls)-1].Status != migration.StatusFailed ||
+	if len(calls) == 0 || calls[len(calls)-1].Status != product.StatusFailed ||
 		!strings.Contains(calls[len(calls)-1].Message, `"s3/broken"`) {
 		t.Errorf("progress calls %+v, want FAILED naming the upload last", calls)
 	}
@@ -78,7 +81,7 @@ func TestFailUploadFailsTheTransfer(t *testing.T) {
 	if err := m.FailUpload(ctx, byKey["s3/broken"], cause); err != nil {
 		t.Errorf("second FailUpload: %v", err)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusFailed}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusFailed}) {
 		t.Errorf("settle calls %v, want one FAILED", got)
 	}
 	// A failed upload is final: a late task does not fetch it.
@@ -120,7 +123,7 @@ func TestFailUploadLeavesOthersAlone(t *testing.T) {
 	if st := uploadStates(t, ctx, m, done); st["s3/final"] != migration.UploadImported {
 		t.Errorf("imported upload became %s", st["s3/final"])
 	}
-	if tr := transfer(t, ctx, m, done); tr.State != migration.StateSucceeded || tr.SettleStatus != migration.StatusSuccess {
+	if tr := transfer(t, ctx, m, done); tr.State != connectrelay.TransferSucceeded || tr.SettleStatus != product.StatusSuccess {
 		t.Errorf("succeeded transfer = %+v", tr)
 	}
 
@@ -161,7 +164,7 @@ func TestFailUploadLeavesOthersAlone(t *testing.T) {
 	if st := uploadStates(t, ctx, m, live); st["s3/big"] != migration.UploadImporting {
 		t.Errorf("upload under a live lease became %s", st["s3/big"])
 	}
-	if tr := transfer(t, ctx, m, live); tr.State != migration.StateReady {
+	if tr := transfer(t, ctx, m, live); tr.State != connectrelay.TransferReady {
 		t.Errorf("transfer of a live import = %+v, want ready", tr)
 	}
 	stop()
@@ -185,13 +188,13 @@ func TestFailUploadSettleFailureIsSwept(t *testing.T) {
 	if err := m.FailUpload(ctx, ref, errors.New("permanent")); err == nil {
 		t.Fatal("FailUpload succeeded although its settle call failed")
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateFailed || !tr.SettledAt.IsZero() {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferFailed || !tr.SettledAt.IsZero() {
 		t.Fatalf("transfer = %+v, want failed with the settle owed", tr)
 	}
 	if n, err := m.SettlePending(ctx, 10); err != nil || n != 1 {
 		t.Fatalf("SettlePending = %d, %v", n, err)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusFailed}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusFailed}) {
 		t.Errorf("settle calls %v, want one FAILED", got)
 	}
 }
@@ -330,7 +333,7 @@ func TestSuccessWaitsForUploadsTheProductLists(t *testing.T) {
 	if n := b.amp.listCount(tid); n != 1 {
 		t.Errorf("ListData called %d times, want 1", n)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady || tr.SettleStatus != "" {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady || tr.SettleStatus != "" {
 		t.Fatalf("transfer = %+v, want still open (s3/late is not imported)", tr)
 	}
 	if got := b.amp.settleCalls(tid); len(got) != 0 {
@@ -341,10 +344,10 @@ func TestSuccessWaitsForUploadsTheProductLists(t *testing.T) {
 	if err := m.Import(ctx, b.queue.take()[0]); err != nil {
 		t.Fatalf("Import: %v", err)
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateSucceeded || tr.SettleResult != migration.SettleReported {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferSucceeded || tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want succeeded and settled", tr)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusSuccess}) {
 		t.Errorf("settle calls %v, want one SUCCESS", got)
 	}
 }
@@ -368,7 +371,7 @@ func TestListDataFailures(t *testing.T) {
 	if st := uploadStates(t, ctx, m, tid); st["s3/final"] != migration.UploadImported {
 		t.Errorf("upload %s, want imported", st["s3/final"])
 	}
-	if tr := transfer(t, ctx, m, tid); tr.State != migration.StateReady || len(b.amp.settleCalls(tid)) != 0 {
+	if tr := transfer(t, ctx, m, tid); tr.State != connectrelay.TransferReady || len(b.amp.settleCalls(tid)) != 0 {
 		t.Fatalf("transfer = %+v, settle calls %v; want open", tr, b.amp.settleCalls(tid))
 	}
 	b.amp.listErr = nil
@@ -378,18 +381,18 @@ func TestListDataFailures(t *testing.T) {
 	if n := b.count.count("s3/final"); n != 1 {
 		t.Errorf("Importer called %d times, want 1", n)
 	}
-	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+	if got := b.amp.settleCalls(tid); !cmp.Equal(got, []string{product.StatusSuccess}) {
 		t.Errorf("settle calls %v, want one SUCCESS", got)
 	}
 
 	const settled = "transfer-listdata-403"
 	handle(t, ctx, m, mustEvent(t, migration.EventListenerTriggered, settled, nil))
 	handle(t, ctx, m, uploadEvent(t, settled, "s3/final", "final"))
-	b.amp.listErr = fmt.Errorf("product: 403 settled: %w", migration.ErrTransferSettled)
+	b.amp.listErr = fmt.Errorf("product: 403 settled: %w", product.ErrTransferSettled)
 	if err := m.Import(ctx, b.queue.take()[0]); err != nil {
 		t.Fatalf("Import answered settled: %v", err)
 	}
-	if tr := transfer(t, ctx, m, settled); tr.SettleResult != migration.SettleAlreadySettled || tr.SettledAt.IsZero() {
+	if tr := transfer(t, ctx, m, settled); tr.SettleResult != connectrelay.SettleAlreadySettled || tr.SettledAt.IsZero() {
 		t.Errorf("transfer = %+v, want settled by the product", tr)
 	}
 	if got := b.amp.settleCalls(settled); len(got) != 0 {

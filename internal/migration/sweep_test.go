@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/product"
+
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/connectrelay/connectrelay/internal/migration"
@@ -30,10 +33,10 @@ func TestSettlePending_MakesTheSettleCallsStillOwed(t *testing.T) {
 		t.Fatalf("SettlePending = %d, %v; want 1 attempted, no error", n, err)
 	}
 	tr := transfer(t, ctx, m, owed)
-	if tr.SettledAt.IsZero() || tr.SettleResult != migration.SettleReported {
+	if tr.SettledAt.IsZero() || tr.SettleResult != connectrelay.SettleReported {
 		t.Errorf("transfer = %+v, want settled by the sweep", tr)
 	}
-	if got := b.amp.settleCalls(owed); !cmp.Equal(got, []string{migration.StatusSuccess}) {
+	if got := b.amp.settleCalls(owed); !cmp.Equal(got, []string{product.StatusSuccess}) {
 		t.Errorf("settle calls %v, want one SUCCESS", got)
 	}
 	if got := b.amp.settleCalls(open); len(got) != 0 {

@@ -8,9 +8,15 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/connectrelay/connectrelay/connect"
 )
+
+var _ connect.SecretStore = (*SecretCache)(nil)
 
 // Secret cache defaults.
 const (
@@ -76,9 +82,32 @@ func NewSecretCache(store *Store, ttl time.Duration) *SecretCache {
 
 // SharedSecret returns the decrypted shared secret of clientKey, from memory when a
 // fresh entry exists and refresh is false, otherwise from the store (updating the
-// cache). The returned slice is the caller's own copy. Errors wrap ErrNotFound (the
-// entry is dropped), ErrUnavailable or ErrDecrypt.
+// cache). The returned slice is the caller's own copy. It implements
+// connect.SecretStore: an unknown tenant is an error wrapping both ErrNotFound and
+// connect.ErrUnknownIssuer (a 401; the entry is dropped), any other failure one
+// wrapping connect.ErrSecretUnavailable (a 503) and ErrUnavailable or ErrDecrypt,
+// so that a database outage never looks like a bad token.
+//
+// A clientKey no tenant could have (empty, over 256 bytes, invalid UTF-8, control
+// characters) is unknown without a store read: anyone can send one, and the
+// database rejects some of them with errors that must not look like an outage.
 func (c *SecretCache) SharedSecret(ctx context.Context, clientKey string, refresh bool) ([]byte, error) {
+	if !plausibleClientKey(clientKey) {
+		return nil, fmt.Errorf("%w: implausible clientKey: %w", connect.ErrUnknownIssuer, ErrNotFound)
+	}
+	secret, err := c.secret(ctx, clientKey, refresh)
+	switch {
+	case err == nil:
+		return secret, nil
+	case errors.Is(err, ErrNotFound):
+		return nil, fmt.Errorf("%w: %w", connect.ErrUnknownIssuer, err)
+	default:
+		return nil, fmt.Errorf("%w: %w", connect.ErrSecretUnavailable, err)
+	}
+}
+
+// secret is SharedSecret without the error mapping.
+func (c *SecretCache) secret(ctx context.Context, clientKey string, refresh bool) ([]byte, error) {
 	if !refresh {
 		if secret, ok := c.lookup(clientKey); ok {
 			return secret, nil
@@ -186,6 +215,22 @@ func (c *SecretCache) put(clientKey string, secret []byte, gen uint64) {
 	for c.lru.Len() > c.max {
 		c.removeLocked(c.lru.Back().Value.(*cacheEntry).clientKey)
 	}
+}
+
+// maxClientKeyLength bounds an issuer worth looking up; real clientKeys are UUIDs
+// or short "jira:..." strings.
+const maxClientKeyLength = 256
+
+func plausibleClientKey(k string) bool {
+	if k == "" || len(k) > maxClientKeyLength || !utf8.ValidString(k) {
+		return false
+	}
+	for _, r := range k {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // Len reports how many secrets are cached, for metrics.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/connectrelay/connectrelay/internal/schema"
@@ -124,7 +126,7 @@ func (b *testBundle) install(t *testing.T, p InstallPayload, at, iat time.Time) 
 	return res
 }
 
-func (b *testBundle) get(t *testing.T, clientKey string) Tenant {
+func (b *testBundle) get(t *testing.T, clientKey string) connectrelay.Tenant {
 	t.Helper()
 	tn, err := b.store.Get(testCtx(t), clientKey)
 	if err != nil {

@@ -10,13 +10,15 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/connectrelay/connectrelay"
 )
 
 // InstallPayload is a parsed lifecycle body: what installed (or another lifecycle
 // event) says about the tenant, plus the shared secret. Build it with
 // ParseInstallPayload from a verified body.
 type InstallPayload struct {
-	HostInfo
+	connectrelay.HostInfo
 	// EventType (eventType) is the lifecycle event the body claims to be, empty if
 	// absent. The handler compares it with the route.
 	EventType string
@@ -41,25 +43,25 @@ const (
 // SQL all come from one list.
 type hostField struct {
 	json, column string
-	ptr          func(*HostInfo) *string
+	ptr          func(*connectrelay.HostInfo) *string
 }
 
 var hostFields = []hostField{
-	{"clientKey", "client_key", func(h *HostInfo) *string { return &h.ClientKey }},
-	{"key", "app_key", func(h *HostInfo) *string { return &h.AppKey }},
-	{"baseUrl", "base_url", func(h *HostInfo) *string { return &h.BaseURL }},
-	{"displayUrl", "display_url", func(h *HostInfo) *string { return &h.DisplayURL }},
-	{"displayUrlServicedeskHelpCenter", "display_url_servicedesk_help_center", func(h *HostInfo) *string { return &h.DisplayURLServicedeskHelpCenter }},
-	{"productType", "product_type", func(h *HostInfo) *string { return &h.ProductType }},
-	{"description", "description", func(h *HostInfo) *string { return &h.Description }},
-	{"serverVersion", "server_version", func(h *HostInfo) *string { return &h.ServerVersion }},
-	{"pluginsVersion", "plugins_version", func(h *HostInfo) *string { return &h.PluginsVersion }},
-	{"serviceEntitlementNumber", "service_entitlement_number", func(h *HostInfo) *string { return &h.ServiceEntitlementNumber }},
-	{"entitlementId", "entitlement_id", func(h *HostInfo) *string { return &h.EntitlementID }},
-	{"entitlementNumber", "entitlement_number", func(h *HostInfo) *string { return &h.EntitlementNumber }},
-	{"oauthClientId", "oauth_client_id", func(h *HostInfo) *string { return &h.OAuthClientID }},
-	{"installationId", "installation_id", func(h *HostInfo) *string { return &h.InstallationID }},
-	{"cloudId", "cloud_id", func(h *HostInfo) *string { return &h.CloudID }},
+	{"clientKey", "client_key", func(h *connectrelay.HostInfo) *string { return &h.ClientKey }},
+	{"key", "app_key", func(h *connectrelay.HostInfo) *string { return &h.AppKey }},
+	{"baseUrl", "base_url", func(h *connectrelay.HostInfo) *string { return &h.BaseURL }},
+	{"displayUrl", "display_url", func(h *connectrelay.HostInfo) *string { return &h.DisplayURL }},
+	{"displayUrlServicedeskHelpCenter", "display_url_servicedesk_help_center", func(h *connectrelay.HostInfo) *string { return &h.DisplayURLServicedeskHelpCenter }},
+	{"productType", "product_type", func(h *connectrelay.HostInfo) *string { return &h.ProductType }},
+	{"description", "description", func(h *connectrelay.HostInfo) *string { return &h.Description }},
+	{"serverVersion", "server_version", func(h *connectrelay.HostInfo) *string { return &h.ServerVersion }},
+	{"pluginsVersion", "plugins_version", func(h *connectrelay.HostInfo) *string { return &h.PluginsVersion }},
+	{"serviceEntitlementNumber", "service_entitlement_number", func(h *connectrelay.HostInfo) *string { return &h.ServiceEntitlementNumber }},
+	{"entitlementId", "entitlement_id", func(h *connectrelay.HostInfo) *string { return &h.EntitlementID }},
+	{"entitlementNumber", "entitlement_number", func(h *connectrelay.HostInfo) *string { return &h.EntitlementNumber }},
+	{"oauthClientId", "oauth_client_id", func(h *connectrelay.HostInfo) *string { return &h.OAuthClientID }},
+	{"installationId", "installation_id", func(h *connectrelay.HostInfo) *string { return &h.InstallationID }},
+	{"cloudId", "cloud_id", func(h *connectrelay.HostInfo) *string { return &h.CloudID }},
 }
 
 // Body fields that are never stored: the secret is stored only encrypted, and

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/connectrelay/connectrelay"
+
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -25,7 +27,7 @@ func TestParseInstallPayloadFields(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseInstallPayload: %v", err)
 	}
-	want := HostInfo{
+	want := connectrelay.HostInfo{
 		ClientKey:                       "ck-1",
 		AppKey:                          "installed-addon-key",
 		BaseURL:                         "https://ck-1.atlassian.net",

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/connectrelay/connectrelay"
 )
 
 func TestSecretBoxRoundTripAndBinding(t *testing.T) {
@@ -195,7 +197,7 @@ func TestNoPlaintextSecretInAnyTable(t *testing.T) {
 	if _, err := b.store.Uninstall(ctx, "ck", ts(5), ts(5)); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.store.SetLicense(ctx, "ck", LicenseActive, ts(6)); err != nil {
+	if err := b.store.SetLicense(ctx, "ck", connectrelay.LicenseActive, ts(6)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.store.SetWebhookRegistered(ctx, "imported", []string{"https://app/migration/events"}, ts(6)); err != nil {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -101,8 +103,8 @@ func installArgs(p *InstallPayload, sealed Sealed, at, iat time.Time) pgx.NamedA
 	return args
 }
 
-func scanTenant(row pgx.Row) (Tenant, Sealed, error) {
-	var t Tenant
+func scanTenant(row pgx.Row) (connectrelay.Tenant, Sealed, error) {
+	var t connectrelay.Tenant
 	var s Sealed
 	var extra []byte
 	dest := make([]any, 0, len(hostFields)+16)
@@ -113,7 +115,7 @@ func scanTenant(row pgx.Row) (Tenant, Sealed, error) {
 		&t.LastLifecycleAt, &t.DataIssuedAt, &t.InstalledIssuedAt, &t.EnabledIssuedAt, &t.LicenseState, &t.LicenseCheckedAt,
 		&t.WebhookEndpoints, &t.WebhookRegisteredAt, &t.SecretKeyID, &s.Nonce, &s.Ciphertext)
 	if err := row.Scan(dest...); err != nil {
-		return Tenant{}, Sealed{}, err
+		return connectrelay.Tenant{}, Sealed{}, err
 	}
 	t.Extra = extra
 	s.KeyID = t.SecretKeyID
@@ -134,10 +136,10 @@ func scanTenant(row pgx.Row) (Tenant, Sealed, error) {
 // KEY UPDATE, not FOR UPDATE: it still serialises writers of the tenant, but does not
 // block the key-share locks that inserting history or link rows for the same tenant
 // takes, so concurrent installs of different clientKeys cannot deadlock on them.
-func lockTenant(ctx context.Context, tx pgx.Tx, clientKey string) (Tenant, Sealed, error) {
+func lockTenant(ctx context.Context, tx pgx.Tx, clientKey string) (connectrelay.Tenant, Sealed, error) {
 	t, s, err := scanTenant(tx.QueryRow(ctx, lockTenantSQL, clientKey))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Tenant{}, Sealed{}, fmt.Errorf("clientKey %s: %w", clientKey, ErrNotFound)
+		return connectrelay.Tenant{}, Sealed{}, fmt.Errorf("clientKey %s: %w", clientKey, ErrNotFound)
 	}
 	return t, s, err
 }
@@ -470,15 +472,15 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 }
 
 // Get returns the tenant with clientKey. Errors wrap ErrNotFound or ErrUnavailable.
-func (s *Store) Get(ctx context.Context, clientKey string) (Tenant, error) {
+func (s *Store) Get(ctx context.Context, clientKey string) (connectrelay.Tenant, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	t, _, err := scanTenant(s.pool.QueryRow(ctx, getTenantSQL, clientKey))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Tenant{}, fmt.Errorf("get tenant %s: %w", clientKey, ErrNotFound)
+		return connectrelay.Tenant{}, fmt.Errorf("get tenant %s: %w", clientKey, ErrNotFound)
 	}
 	if err != nil {
-		return Tenant{}, storeErr(err, "get tenant %s", clientKey)
+		return connectrelay.Tenant{}, storeErr(err, "get tenant %s", clientKey)
 	}
 	return t, nil
 }
@@ -499,6 +501,11 @@ func (s *Store) SharedSecret(ctx context.Context, clientKey string) ([]byte, err
 	if err != nil {
 		return nil, storeErr(err, "shared secret of %s", clientKey)
 	}
+	return s.open(ctx, clientKey, sealed)
+}
+
+// open decrypts clientKey's sealed secret, logging (never the secret) when it cannot.
+func (s *Store) open(ctx context.Context, clientKey string, sealed Sealed) ([]byte, error) {
 	secret, err := s.box.Open(clientKey, sealed)
 	if err != nil {
 		s.log.ErrorContext(ctx, "stored shared secret cannot be decrypted",
@@ -583,12 +590,12 @@ func (s *Store) mustExist(ctx context.Context, clientKey string) error {
 	return nil
 }
 
-func (s *Store) queryTenants(ctx context.Context, sql string, args ...any) ([]Tenant, error) {
+func (s *Store) queryTenants(ctx context.Context, sql string, args ...any) ([]connectrelay.Tenant, error) {
 	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Tenant, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (connectrelay.Tenant, error) {
 		t, _, err := scanTenant(r)
 		return t, err
 	})
@@ -596,7 +603,7 @@ func (s *Store) queryTenants(ctx context.Context, sql string, args ...any) ([]Te
 
 // ByBaseURL returns every tenant whose baseUrl is exactly baseURL, oldest first. More
 // than one means a site import. Errors wrap ErrUnavailable.
-func (s *Store) ByBaseURL(ctx context.Context, baseURL string) ([]Tenant, error) {
+func (s *Store) ByBaseURL(ctx context.Context, baseURL string) ([]connectrelay.Tenant, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	ts, err := s.queryTenants(ctx, `SELECT `+tenantColumns+` FROM tenants WHERE base_url = $1
@@ -609,7 +616,7 @@ func (s *Store) ByBaseURL(ctx context.Context, baseURL string) ([]Tenant, error)
 
 // List returns tenants ordered by clientKey, for operators (limit <= 0 means 100, at
 // most 1000). Errors wrap ErrUnavailable.
-func (s *Store) List(ctx context.Context, limit, offset int) ([]Tenant, error) {
+func (s *Store) List(ctx context.Context, limit, offset int) ([]connectrelay.Tenant, error) {
 	if limit <= 0 {
 		limit = 100
 	}
@@ -628,11 +635,11 @@ func (s *Store) List(ctx context.Context, limit, offset int) ([]Tenant, error) {
 // checkedAt. A result older than the one stored is ignored, so a slow retry cannot
 // overwrite a newer check. A change of state is recorded in the history. state must
 // be one of the License* constants. Errors wrap ErrNotFound or ErrUnavailable.
-func (s *Store) SetLicense(ctx context.Context, clientKey, state string, checkedAt time.Time) error {
-	if !slices.Contains([]string{LicenseUnknown, LicenseActive, LicenseInactive}, state) {
+func (s *Store) SetLicense(ctx context.Context, clientKey string, state connectrelay.LicenseState, checkedAt time.Time) error {
+	if !slices.Contains([]connectrelay.LicenseState{connectrelay.LicenseUnknown, connectrelay.LicenseActive, connectrelay.LicenseInactive}, state) {
 		return fmt.Errorf("set license of %s: unknown license state %q", clientKey, state)
 	}
-	return s.workerUpdate(ctx, clientKey, "set license", func(ctx context.Context, tx pgx.Tx, prev Tenant) error {
+	return s.workerUpdate(ctx, clientKey, "set license", func(ctx context.Context, tx pgx.Tx, prev connectrelay.Tenant) error {
 		if prev.LicenseCheckedAt != nil && checkedAt.Before(*prev.LicenseCheckedAt) {
 			return nil
 		}
@@ -656,7 +663,7 @@ func (s *Store) SetWebhookRegistered(ctx context.Context, clientKey string, endp
 	if endpoints == nil {
 		endpoints = []string{}
 	}
-	return s.workerUpdate(ctx, clientKey, "set webhook registration", func(ctx context.Context, tx pgx.Tx, prev Tenant) error {
+	return s.workerUpdate(ctx, clientKey, "set webhook registration", func(ctx context.Context, tx pgx.Tx, prev connectrelay.Tenant) error {
 		if prev.WebhookRegisteredAt != nil && at.Before(*prev.WebhookRegisteredAt) {
 			return nil
 		}
@@ -675,7 +682,7 @@ func (s *Store) SetWebhookRegistered(ctx context.Context, clientKey string, endp
 
 // workerUpdate runs fn in a transaction holding clientKey's row lock, passing it the
 // bounded context.
-func (s *Store) workerUpdate(ctx context.Context, clientKey, what string, fn func(context.Context, pgx.Tx, Tenant) error) error {
+func (s *Store) workerUpdate(ctx context.Context, clientKey, what string, fn func(context.Context, pgx.Tx, connectrelay.Tenant) error) error {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {

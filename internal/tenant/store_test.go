@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -44,7 +46,7 @@ func TestInstallNewTenant(t *testing.T) {
 	got := b.get(t, "ck-new")
 	wantHost := p.HostInfo
 	wantHost.Extra = json.RawMessage(`{"futureField": {"a": 1}}`) // as jsonb prints it
-	want := Tenant{
+	want := connectrelay.Tenant{
 		HostInfo:          wantHost,
 		Installed:         true,
 		Enabled:           false,
@@ -54,7 +56,7 @@ func TestInstallNewTenant(t *testing.T) {
 		DataIssuedAt:      ts(0),
 		InstalledIssuedAt: ts(0),
 		EnabledIssuedAt:   ts(0),
-		LicenseState:      LicenseUnknown,
+		LicenseState:      connectrelay.LicenseUnknown,
 		WebhookEndpoints:  []string{},
 		SecretKeyID:       b.box.PrimaryKeyID(),
 	}
@@ -325,7 +327,7 @@ func TestUnknownClientKeyIsNotFound(t *testing.T) {
 		"Links":        func() error { _, err := b.store.Links(ctx, "nope"); return err },
 		"Uninstall":    func() error { _, err := b.store.Uninstall(ctx, "nope", ts(1), ts(1)); return err },
 		"SetEnabled":   func() error { _, err := b.store.SetEnabled(ctx, "nope", true, ts(1), ts(1)); return err },
-		"SetLicense":   func() error { return b.store.SetLicense(ctx, "nope", LicenseActive, ts(1)) },
+		"SetLicense":   func() error { return b.store.SetLicense(ctx, "nope", connectrelay.LicenseActive, ts(1)) },
 		"SetWebhookRegistered": func() error {
 			return b.store.SetWebhookRegistered(ctx, "nope", []string{"https://app/migration/events"}, ts(1))
 		},
@@ -566,16 +568,16 @@ func TestLicenseAndWebhookRegistration(t *testing.T) {
 	b.install(t, payload(t, "ck", nil), ts(0), ts(0))
 
 	steps := []struct {
-		state string
+		state connectrelay.LicenseState
 		at    int
-	}{{LicenseActive, 10}, {LicenseActive, 20}, {LicenseInactive, 15}, {LicenseInactive, 30}}
+	}{{connectrelay.LicenseActive, 10}, {connectrelay.LicenseActive, 20}, {connectrelay.LicenseInactive, 15}, {connectrelay.LicenseInactive, 30}}
 	for _, s := range steps {
 		if err := b.store.SetLicense(ctx, "ck", s.state, ts(s.at)); err != nil {
 			t.Fatalf("SetLicense(%s, %d): %v", s.state, s.at, err)
 		}
 	}
 	got := b.get(t, "ck")
-	if got.LicenseState != LicenseInactive || got.LicenseCheckedAt == nil || !got.LicenseCheckedAt.Equal(ts(30)) {
+	if got.LicenseState != connectrelay.LicenseInactive || got.LicenseCheckedAt == nil || !got.LicenseCheckedAt.Equal(ts(30)) {
 		t.Errorf("license = %s at %v, want inactive at %v", got.LicenseState, got.LicenseCheckedAt, ts(30))
 	}
 	if err := b.store.SetLicense(ctx, "ck", "expired", ts(40)); err == nil || errors.Is(err, ErrUnavailable) {

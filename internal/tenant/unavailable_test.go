@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/connectrelay/connectrelay"
+
 	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/testenv"
 )
@@ -63,7 +65,7 @@ func blackHole(t testing.TB) string {
 
 // storeCalls are every Store operation a request path uses.
 func storeCalls(s *Store) map[string]func(context.Context) error {
-	p := InstallPayload{HostInfo: HostInfo{ClientKey: "ck", AppKey: "app", BaseURL: "https://ck.atlassian.net"}, SharedSecret: "s"}
+	p := InstallPayload{HostInfo: connectrelay.HostInfo{ClientKey: "ck", AppKey: "app", BaseURL: "https://ck.atlassian.net"}, SharedSecret: "s"}
 	return map[string]func(context.Context) error{
 		"Install":      func(ctx context.Context) error { _, err := s.Install(ctx, p, ts(1), ts(1)); return err },
 		"Uninstall":    func(ctx context.Context) error { _, err := s.Uninstall(ctx, "ck", ts(1), ts(1)); return err },
@@ -78,7 +80,7 @@ func storeCalls(s *Store) map[string]func(context.Context) error {
 		"Links":      func(ctx context.Context) error { _, err := s.Links(ctx, "ck"); return err },
 		"ByBaseURL":  func(ctx context.Context) error { _, err := s.ByBaseURL(ctx, "https://ck.atlassian.net"); return err },
 		"List":       func(ctx context.Context) error { _, err := s.List(ctx, 10, 0); return err },
-		"SetLicense": func(ctx context.Context) error { return s.SetLicense(ctx, "ck", LicenseActive, ts(1)) },
+		"SetLicense": func(ctx context.Context) error { return s.SetLicense(ctx, "ck", connectrelay.LicenseActive, ts(1)) },
 		"SetWebhookRegistered": func(ctx context.Context) error {
 			return s.SetWebhookRegistered(ctx, "ck", []string{"https://app/migration/events"}, ts(1))
 		},

@@ -1,0 +1,272 @@
+// Package lifecycle is the worker's side of the tenant lifecycle: what happens
+// after a verified installed (record the license, run the vendor's
+// Initializer, register the migration webhook), after enabled, disabled and
+// uninstalled (tell the vendor's LifecycleListener), and when a tenant's
+// license is checked again.
+//
+// The methods take a clientKey and read the tenant from the store, so that a
+// task that runs late acts on the tenant as it is now. They never delete
+// anything: installed is not licensed, and an uninstalled can be missed or be
+// a mistake. Nothing here depends on receiving enabled (Connect-on-Forge apps
+// no longer get it), so installed alone registers the migration webhook.
+//
+// Errors are returned as they came, for the task layer to decide whether a
+// retry can help; errors of the vendor's hooks are wrapped in *HookError, which
+// is always retried.
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/internal/tenant"
+	"github.com/connectrelay/connectrelay/product"
+)
+
+// Store is what the lifecycle logic needs of the tenant store.
+type Store interface {
+	Get(ctx context.Context, clientKey string) (connectrelay.Tenant, error)
+	SetLicense(ctx context.Context, clientKey string, state connectrelay.LicenseState, checkedAt time.Time) error
+	SetWebhookRegistered(ctx context.Context, clientKey string, endpoints []string, at time.Time) error
+	List(ctx context.Context, limit, offset int) ([]connectrelay.Tenant, error)
+}
+
+// Webhooks reads and replaces a tenant's registered migration webhook
+// endpoints; *product.AMP implements it.
+type Webhooks interface {
+	Webhook(ctx context.Context, clientKey string) ([]string, error)
+	SetWebhook(ctx context.Context, clientKey string, endpoints []string) error
+}
+
+var (
+	_ Store    = (*tenant.Store)(nil)
+	_ Webhooks = (*product.AMP)(nil)
+)
+
+// Config configures a Service.
+type Config struct {
+	// Tenants is the tenant store. Required.
+	Tenants Store
+	// Product calls the tenants' products (the License REST API). Required.
+	Product *product.Client
+	// Webhooks registers the migration webhook. Required.
+	Webhooks Webhooks
+	// WebhookURL is the absolute URL of the migration webhook. Required.
+	WebhookURL string
+	// Initializer is the vendor's initialization; none when nil.
+	Initializer connectrelay.Initializer
+	// Listener hears enabled, disabled and uninstalled; none when nil.
+	Listener connectrelay.LifecycleListener
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Service runs the lifecycle logic. It is safe for concurrent use.
+type Service struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+}
+
+// New validates cfg and returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Tenants == nil || cfg.Product == nil || cfg.Webhooks == nil || cfg.WebhookURL == "" {
+		return nil, errors.New("lifecycle: Tenants, Product, Webhooks and WebhookURL are required")
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// HookError is an error returned by one of the vendor's hooks. The task that
+// called the hook is retried whatever the error says: the vendor's code, not
+// the product, decided it failed.
+type HookError struct {
+	// Hook names the hook: "initializer" or "lifecycle listener".
+	Hook string
+	Err  error
+}
+
+// Error names the hook and its error.
+func (e *HookError) Error() string { return e.Hook + ": " + e.Err.Error() }
+
+// Unwrap returns the hook's error.
+func (e *HookError) Unwrap() error { return e.Err }
+
+// final reports whether err is an answer no retry changes: a final product
+// answer, or a tenant that does not exist.
+func final(err error) bool {
+	return product.Final(err) || errors.Is(err, tenant.ErrNotFound)
+}
+
+// installed loads the tenant a task is about; ok is false for a tenant
+// uninstalled since the task was enqueued, whose work no longer applies.
+func (s *Service) installed(ctx context.Context, clientKey, what string) (connectrelay.Tenant, bool, error) {
+	tn, err := s.cfg.Tenants.Get(ctx, clientKey)
+	if err != nil {
+		return tn, false, err
+	}
+	if !tn.Installed {
+		s.log.InfoContext(ctx, "tenant uninstalled since the task was enqueued; skipped",
+			slog.String("client_key", clientKey), slog.String("task", what))
+		return tn, false, nil
+	}
+	return tn, true, nil
+}
+
+// Initialize runs after a verified installed: it records the license state,
+// runs the Initializer, and registers the migration webhook when it is not
+// registered yet. A tenant uninstalled since is skipped (nil). A final answer
+// to the webhook registration is logged, not returned: the product may refuse
+// it before the app is enabled, and enabled registers it then.
+func (s *Service) Initialize(ctx context.Context, clientKey string) error {
+	tn, ok, err := s.installed(ctx, clientKey, "initialize")
+	if !ok {
+		return err
+	}
+	if err := s.CheckLicense(ctx, clientKey); err != nil {
+		return err
+	}
+	if s.cfg.Initializer != nil {
+		if err := s.cfg.Initializer.InitializeTenant(ctx, &connectrelay.InitRequest{Tenant: tn, Product: s.cfg.Product}); err != nil {
+			return &HookError{Hook: "initializer", Err: err}
+		}
+	}
+	if !slices.Contains(tn.WebhookEndpoints, s.cfg.WebhookURL) {
+		if err := s.registerWebhook(ctx, clientKey); err != nil {
+			if !final(err) {
+				return err
+			}
+			s.log.WarnContext(ctx, "migration webhook not registered at initialization; will be on enabled",
+				slog.String("client_key", clientKey), slog.String("error", err.Error()))
+		}
+	}
+	s.log.InfoContext(ctx, "tenant initialized", slog.String("client_key", clientKey))
+	return nil
+}
+
+// Enabled registers the migration webhook (when it is not exactly ours) and
+// tells the Listener.
+func (s *Service) Enabled(ctx context.Context, clientKey string) error {
+	if err := s.registerWebhook(ctx, clientKey); err != nil {
+		return err
+	}
+	return s.Notify(ctx, connectrelay.EventEnabled, clientKey)
+}
+
+// Notify tells the Listener, if any, that ev happened to the tenant.
+func (s *Service) Notify(ctx context.Context, ev connectrelay.EventType, clientKey string) error {
+	if s.cfg.Listener == nil {
+		return nil
+	}
+	tn, err := s.cfg.Tenants.Get(ctx, clientKey)
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Listener.TenantLifecycle(ctx, &connectrelay.LifecycleEvent{Type: ev, Tenant: tn}); err != nil {
+		return &HookError{Hook: "lifecycle listener (" + string(ev) + ")", Err: err}
+	}
+	return nil
+}
+
+// registerWebhook makes the product's registered migration webhooks exactly
+// ours, reading first so that a correct registration is not rewritten, and
+// records the registration.
+func (s *Service) registerWebhook(ctx context.Context, clientKey string) error {
+	want := []string{s.cfg.WebhookURL}
+	have, err := s.cfg.Webhooks.Webhook(ctx, clientKey)
+	if err != nil && !errors.Is(err, product.ErrNotFound) {
+		return fmt.Errorf("read migration webhook: %w", err)
+	}
+	if !slices.Equal(have, want) {
+		if err := s.cfg.Webhooks.SetWebhook(ctx, clientKey, want); err != nil {
+			return fmt.Errorf("register migration webhook: %w", err)
+		}
+		s.log.InfoContext(ctx, "migration webhook registered", slog.String("client_key", clientKey), slog.Any("previous", have))
+	}
+	if err := s.cfg.Tenants.SetWebhookRegistered(ctx, clientKey, want, s.now()); err != nil {
+		return fmt.Errorf("record migration webhook: %w", err)
+	}
+	return nil
+}
+
+// CheckLicense asks the product for the app's license on the tenant's site and
+// records the coarse state. A 401 is returned (no other call with this secret
+// can work either); other final answers (403, 404, 400) are logged and the
+// stored state left as it was, so that reading license information never
+// blocks a tenant's initialization. Transient failures are returned.
+func (s *Service) CheckLicense(ctx context.Context, clientKey string) error {
+	checkedAt := s.now()
+	info, err := s.cfg.Product.Addon(ctx, clientKey)
+	if err != nil {
+		if final(err) && !errors.Is(err, product.ErrUnauthorized) {
+			s.log.WarnContext(ctx, "license state not readable; left unchanged",
+				slog.String("client_key", clientKey), slog.String("error", err.Error()))
+			return nil
+		}
+		return fmt.Errorf("license check: %w", err)
+	}
+	if err := s.cfg.Tenants.SetLicense(ctx, clientKey, licenseState(info), checkedAt); err != nil {
+		return fmt.Errorf("record license: %w", err)
+	}
+	return nil
+}
+
+// RecheckLicense is CheckLicense for a tenant that is still installed; an
+// uninstalled tenant is skipped (nil).
+func (s *Service) RecheckLicense(ctx context.Context, clientKey string) error {
+	if _, ok, err := s.installed(ctx, clientKey, "license check"); !ok {
+		return err
+	}
+	return s.CheckLicense(ctx, clientKey)
+}
+
+// licenseState reduces the product's answer to the state stored on a tenant.
+func licenseState(info product.AddonInfo) connectrelay.LicenseState {
+	switch {
+	case info.License == nil:
+		return connectrelay.LicenseUnknown
+	case info.License.Active:
+		return connectrelay.LicenseActive
+	default:
+		return connectrelay.LicenseInactive
+	}
+}
+
+// installedPage is how many tenants InstalledTenants reads per query.
+const installedPage = 500
+
+// InstalledTenants yields the clientKey of every installed tenant, in clientKey
+// order, reading the store a page at a time. An error is yielded once, last.
+func (s *Service) InstalledTenants(ctx context.Context) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		for offset := 0; ; offset += installedPage {
+			page, err := s.cfg.Tenants.List(ctx, installedPage, offset)
+			if err != nil {
+				yield("", fmt.Errorf("list tenants: %w", err))
+				return
+			}
+			for _, tn := range page {
+				if tn.Installed && !yield(tn.ClientKey, nil) {
+					return
+				}
+			}
+			if len(page) < installedPage {
+				return
+			}
+		}
+	}
+}

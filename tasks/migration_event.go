@@ -1,0 +1,80 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/connectrelay/connectrelay/dedupe"
+	"github.com/connectrelay/connectrelay/internal/migration"
+)
+
+// migrationEventPayload is the payload of migration:event.
+type migrationEventPayload struct {
+	// ClientKey is the tenant whose JWT authenticated the event.
+	ClientKey string `json:"clientKey"`
+	// Event is the event body as received; migration events carry no secret.
+	Event json.RawMessage `json:"event"`
+}
+
+// MigrationEvent enqueues a migration event under the signing tenant and its
+// dedupe key (see migration.Event.DedupeKey), so that a re-sent event is a
+// duplicate. The tenant is part of the TaskID: another tenant that learns a
+// messageId must not be able to pre-empt this tenant's event with its own.
+func (e *Enqueuer) MigrationEvent(ctx context.Context, clientKey, dedupeKey string, body json.RawMessage) (duplicate bool, err error) {
+	t, err := newTask(TypeMigrationEvent, migrationEventPayload{ClientKey: clientKey, Event: body})
+	if err != nil {
+		return false, err
+	}
+	return e.enqueue(ctx, t, asynq.Queue(QueueMigration), asynq.TaskID("amp:"+clientKey+":"+dedupeKey),
+		asynq.Retention(MigrationRetention), asynq.MaxRetry(MaxRetry))
+}
+
+// migrationEvent processes one migration event at most once per tenant and
+// dedupe key: the claim keeps two workers from running the same event at once,
+// and the done marker keeps a re-run after a crash from repeating its side
+// effects.
+func (h *Handlers) migrationEvent(ctx context.Context, t *asynq.Task) error {
+	p, err := decode(t, func(p *migrationEventPayload) bool { return p.ClientKey != "" })
+	if err != nil {
+		return err
+	}
+	if h.d.Migration == nil || h.d.Dedupe == nil {
+		return notConfigured(t)
+	}
+	ev, err := migration.ParseEvent(p.Event)
+	if err != nil {
+		return fmt.Errorf("%s: %w: %w", t.Type(), err, asynq.SkipRetry)
+	}
+	// Scoped to the tenant, as the enqueue-side TaskID is.
+	key := p.ClientKey + ":" + ev.DedupeKey()
+	claim, err := h.d.Dedupe.Claim(ctx, key)
+	switch {
+	case errors.Is(err, dedupe.ErrAlreadyDone):
+		h.d.Logger.InfoContext(ctx, "migration event already processed", slog.String("dedupe_key", key))
+		return nil
+	case errors.Is(err, dedupe.ErrInProgress):
+		return &RetryLater{After: 10 * time.Second, Err: err}
+	case err != nil:
+		return fmt.Errorf("%s: %w", t.Type(), err)
+	}
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := h.d.Migration.HandleEvent(ctx, p.ClientKey, ev); err != nil {
+		// Let a retry (or another worker) take the event at once rather than
+		// wait for the claim to expire.
+		_ = claim.Release(bctx)
+		return permanent(fmt.Errorf("%s: %w", t.Type(), err))
+	}
+	if err := claim.Done(bctx); err != nil {
+		// The effects are recorded in Postgres and idempotent there; a re-run
+		// would find them done. Log rather than fail the task.
+		h.d.Logger.WarnContext(ctx, "could not mark migration event done", slog.String("dedupe_key", key), slog.String("error", err.Error()))
+	}
+	return nil
+}

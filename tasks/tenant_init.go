@@ -1,0 +1,23 @@
+package tasks
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hibiken/asynq"
+)
+
+// tenantInit runs the initialization of a tenant after a verified installed.
+func (h *Handlers) tenantInit(ctx context.Context, t *asynq.Task) error {
+	p, err := decodeTenant(t)
+	if err != nil {
+		return err
+	}
+	if h.d.Lifecycle == nil {
+		return notConfigured(t)
+	}
+	if err := h.d.Lifecycle.Initialize(ctx, p.ClientKey); err != nil {
+		return permanent(fmt.Errorf("%s: %w", t.Type(), err))
+	}
+	return nil
+}
