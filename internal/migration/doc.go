@@ -1,41 +1,80 @@
-// Package migration runs Atlassian App Migration Platform (AMP) transfers on the
-// worker side: it parses the AMP webhook events, keeps each transfer's state in
-// PostgreSQL, and imports the uploaded app data into the vendor's Importer.
+// Package migration runs App Migration Platform transfers on the worker side:
+// it parses the platform's webhook events, keeps each transfer's state in
+// PostgreSQL, and streams each uploaded file into the vendor's Importer exactly
+// once.
 //
-// AMP delivers events at least once and in any order (PROTOCOL.md §5): an
-// app-data-uploaded may come before the transfer's listener-triggered, the same
-// event may come five times, and two workers may handle two events of one transfer
-// at the same moment. Machine makes the outcome independent of all that:
+// The platform delivers events at least once and in any order: an
+// app-data-uploaded may come before its transfer's listener-triggered, the same
+// event may come five times, and two workers may handle two events of one
+// transfer at the same moment. [Machine] makes the outcome independent of all
+// that: every change of a transfer or of its uploads happens in a transaction
+// holding the transfer row's lock, calls to other systems (scheduling an import,
+// the product's API) happen after the commit and are made again by a retry when
+// they fail, and every SQL statement is named once, in statements.go.
 //
-//   - every event is applied in a transaction holding the transfer row's lock, so
-//     two events of one transfer never interleave; an upload announced before
-//     listener-triggered is parked and queued by listener-triggered itself;
-//   - each upload (s3Key) is recorded once and imported under a lease, and its
-//     "imported" mark is final, so its data is fetched and imported once;
-//   - calls to other systems (scheduling an import, settling with the product,
-//     listing the product's uploads) happen after the commit, never while a row
-//     is locked, and are made again by a retry when they fail; a settle call is
-//     claimed first (one short statement), so racing workers make it once;
-//   - SUCCESS is settled only when the final-labelled upload and every known
-//     upload are imported and the product lists no other upload.
+// # Transfer states
 //
-// No transfer is left hanging: an import task that gives up reports it with
-// FailUpload (the transfer fails and is settled FAILED), RequeueStale schedules
-// again the imports whose task was lost, ReconcileStale checks again the
-// completion of transfers whose uploads are all imported but which were never
-// confirmed complete (importing the uploads the product lists and this service
-// never heard of, and failing the transfer once it made no progress for a day),
-// and SettlePending makes the settle calls still owed, including those of a
-// worker that died mid-call.
+// A transfer is waiting (seen, no listener-triggered yet), ready (uploads are
+// imported), or final: cancelled, succeeded or failed. Orthogonally it may be
+// settled at the product (settled_at): a settle call is owed from the moment a
+// final state is reached until the product accepted it, and a transfer the
+// product says is settled is closed whatever its state. "Open" below means
+// waiting or ready and not settled.
 //
-// Exactly-once and at-least-once: an upload recorded imported is never imported
-// again. The one window in which an Importer runs twice for one s3Key is a worker
-// dying after the Importer returned and before the mark committed; the Importer
-// must therefore be idempotent per (transfer, s3Key), as the bundled
-// RecordingImporter is. Event-level deduplication by messageId happens before
-// the machine (package dedupe, in the worker) and only narrows how often the
-// machine sees a re-delivered event; the machine does not rely on it.
+//	state \ input        | waiting             | ready                     | final (cancelled/succeeded/failed)
+//	---------------------+---------------------+---------------------------+-----------------------------------
+//	listener-triggered   | ready; parked       | ready; queued uploads     | ignored
+//	                     | uploads queued and  | scheduled again           |
+//	                     | scheduled           |                           |
+//	app-data-uploaded    | upload parked       | upload queued, scheduled  | upload skipped, never fetched
+//	cancellation         | cancelled; waiting  | cancelled; waiting        | ignored; running imports stopped
+//	  requested          | uploads skipped;    | uploads skipped; imports  |
+//	                     | INCOMPLETE owed     | stopped; INCOMPLETE owed  |
+//	listener-errored     | failed; details     | failed; details fetched;  | details kept if none yet
+//	                     | fetched; uploads    | uploads skipped; imports  |
+//	                     | skipped; FAILED owed| stopped; FAILED owed      |
+//	last upload imported | (no imports)        | succeeded once the product| -
+//	  (Import)           |                     | lists no other; SUCCESS   |
+//	                     |                     | owed                      |
+//	upload failed        | (no imports)        | failed; uploads skipped;  | upload failed, transfer unchanged
+//	  (FailUpload)       |                     | FAILED owed, naming it    |
+//	no progress for a    | -                   | failed; FAILED owed,      | -
+//	  day (Reconcile)    |                     | naming the reason         |
+//	product: "expired"   | failed and settled  | failed and settled        | settle recorded expired
+//	product: "settled"   | settled; uploads    | settled; uploads skipped; | settle recorded already_settled
+//	                     | skipped             | imports stopped           |
 //
-// The AMP REST API, the Importer and the task Scheduler are interfaces defined
-// here, by their consumer; packages amp and tasks implement them.
+// # Uploads
+//
+// An upload (one s3Key of a transfer) is parked (announced before
+// listener-triggered), queued (an import task is scheduled), importing (an
+// import holds its lease, renewed by heartbeats; an expired lease may be taken
+// over), or final: imported (the Importer returned nil; size and SHA-256 are
+// recorded), skipped (its transfer closed first) or failed (its import task gave
+// up). An upload recorded imported is never imported again; the one window in
+// which an Importer runs twice for one s3Key is a worker dying after the
+// Importer returned and before the mark committed, which is why Importers must
+// be idempotent per (transfer, s3Key).
+//
+// # Completion
+//
+// SUCCESS is owed once the final-labelled upload (MIGRATION_FINAL_LABEL) and
+// every other known upload are imported and the product's list of the
+// transfer's data names no upload that is not imported: an upload whose event
+// has not reached this service yet keeps the transfer open, since the platform
+// re-sends that event until it is acknowledged.
+//
+// # Nothing hangs
+//
+// The platform keeps a transfer open for 14 days; a customer must not watch a
+// migration "in progress" for that long because a task was lost. So: an import
+// task that gives up reports it (FailUpload: the transfer fails, naming the
+// upload); RequeueStale schedules again imports whose task went missing;
+// ReconcileStale checks again the completion of transfers whose uploads are all
+// imported but which were never confirmed complete (it imports uploads the
+// product lists and this service never heard of, and fails the transfer after a
+// day without progress); SettlePending makes the settle calls still owed,
+// including those of a worker that died mid-call. A settle call is claimed in
+// one short statement before it is made, so racing workers make it once, and no
+// lock is held while it runs.
 package migration

@@ -12,28 +12,19 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// FailUpload records that the import of ref will never run again: the task layer
-// calls it when an import task failed permanently or used up its retries. The
-// upload is marked failed with cause recorded in Upload.LastError (secrets such as
-// presigned URLs' signatures and tokens are removed from it), and an open transfer
-// fails with
-// it: its remaining uploads are skipped, this process's imports of it stop (other
-// processes' at their next heartbeat) and it is settled FAILED with a message
-// naming the upload.
-//
-// Why FAILED rather than waiting: nothing would ever import this upload, so the
-// transfer could never succeed, and the product would show the customer a
-// migration "in progress" that hangs until AMP's 14-day window ends. Failing at
-// once tells the customer now, with the upload's name, and lets them re-run the
-// migration.
+// FailUpload records that the import of ref will never run again (its task
+// failed permanently or used up its retries): the upload is marked failed with
+// cause (secrets removed) as its last error, and an open transfer fails with it:
+// its remaining uploads are skipped, its imports stop and FAILED is owed, with a
+// message naming the upload. Nothing would ever import the upload, so the
+// transfer could never succeed; failing at once tells the customer now.
 //
 // FailUpload is idempotent. It changes nothing (and returns nil) for an upload
-// that is already imported, skipped or failed, for one that is parked (its
-// transfer's listener-triggered schedules it again), for one that another worker
-// is importing under a live lease (that import decides), and for an unknown
-// upload. It returns ErrTenantMismatch, changing nothing, when ref.ClientKey is
-// not the transfer's tenant. A settle call still owed is made (again) in every
-// case; if it fails, the error is returned and SettlePending makes it later.
+// that is imported, skipped, failed or parked, that another worker imports under
+// a live lease, or that is unknown. It returns ErrTenantMismatch, changing
+// nothing, when ref.ClientKey is not the transfer's tenant. A settle call still
+// owed is made (again) in every case; its failure is returned, and SettlePending
+// makes the call later.
 func (m *Machine) FailUpload(ctx context.Context, ref UploadRef, cause error) error {
 	if ref.TransferID == "" || ref.S3Key == "" {
 		return nil
@@ -50,8 +41,7 @@ func (m *Machine) FailUpload(ctx context.Context, ref UploadRef, cause error) er
 	)
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		failed, stop, state = false, false, ""
-		t, err := scanTransfer(tx.QueryRow(ctx,
-			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ref.TransferID))
+		t, err := scanTransfer(tx.QueryRow(ctx, sqlLockTransfer, ref.TransferID))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -65,9 +55,7 @@ func (m *Machine) FailUpload(ctx context.Context, ref UploadRef, cause error) er
 			label     string
 			leaseLive bool
 		)
-		err = tx.QueryRow(ctx, `SELECT state, label, coalesce(lease_until > now(), false)
-			FROM migration_uploads WHERE transfer_id = $1 AND s3_key = $2 FOR UPDATE`,
-			ref.TransferID, ref.S3Key).Scan(&state, &label, &leaseLive)
+		err = tx.QueryRow(ctx, sqlLockUpload, ref.TransferID, ref.S3Key).Scan(&state, &label, &leaseLive)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -80,9 +68,7 @@ func (m *Machine) FailUpload(ctx context.Context, ref UploadRef, cause error) er
 		case state == UploadImporting && leaseLive:
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'failed', last_error = $3,
-			lease_token = NULL, lease_until = NULL, updated_at = now()
-			WHERE transfer_id = $1 AND s3_key = $2`, ref.TransferID, ref.S3Key, why); err != nil {
+		if _, err := tx.Exec(ctx, sqlMarkUploadFailedRow, ref.TransferID, ref.S3Key, why); err != nil {
 			return fmt.Errorf("mark upload failed: %w", err)
 		}
 		failed = true
@@ -92,9 +78,7 @@ func (m *Machine) FailUpload(ctx context.Context, ref UploadRef, cause error) er
 		// The cause stays on the upload (Upload.LastError): the message goes to the
 		// product, and the customer, and names the upload only.
 		msg := fmt.Sprintf("import of uploaded data %q (label %q) failed permanently", ref.S3Key, label)
-		if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'failed', finished_at = now(), updated_at = now(),
-			settle_status = 'FAILED', settle_message = $2
-			WHERE transfer_id = $1`, ref.TransferID, msg); err != nil {
+		if _, err := tx.Exec(ctx, sqlMarkUploadFailed, ref.TransferID, msg); err != nil {
 			return fmt.Errorf("mark transfer failed: %w", err)
 		}
 		stop = true

@@ -42,31 +42,22 @@ type importClaim struct {
 }
 
 // Import imports one upload: it is what the import task runs. It is idempotent and
-// safe to run concurrently for the same upload, in one process or several:
+// safe to run concurrently for the same upload, in one process or several. An
+// upload already imported or skipped returns nil at once; an upload of a closed
+// transfer is marked skipped without fetching its data; otherwise the import
+// takes the upload's lease, streams the data from the product into the Importer
+// (hashed and counted on the way, never buffered whole) and records the upload
+// imported, with its size and SHA-256, only after the Importer returned nil. A
+// cancellation handled here stops the import at once, one handled by another
+// process within a heartbeat; a stopped import marks the upload skipped and
+// returns nil.
 //
-//   - an upload already imported or skipped returns nil at once, so an upload is
-//     never imported twice after it was recorded imported;
-//   - an upload of a cancelled, failed or settled transfer is marked skipped and
-//     its data is never fetched;
-//   - otherwise the import takes the upload's lease (ErrImportInProgress if a live
-//     worker holds it), opens the data through AMP and streams it into the
-//     Importer, hashing and counting on the way (nothing is buffered whole), and
-//     records it imported with its size and SHA-256 only after the Importer
-//     returned nil.
-//
-// While streaming, the lease is renewed every HeartbeatInterval and the transfer's
-// state is checked: a cancellation handled by another process stops the import
-// within one interval, one handled by this process stops it at once. A stopped
-// import marks the upload skipped and returns nil.
-//
-// After the import, progress is reported IN_PROGRESS with a percent that only
-// grows (imported uploads over known ones, at most 99); once the upload labelled
-// Options.FinalLabel and every other known upload are imported, and the product's
-// list of the transfer's data (AMP.ListData) names no upload that is not imported,
-// the transfer succeeds and is settled SUCCESS. The product's "already settled"
-// and "expired" answers are recorded and final, not errors. When the list cannot
-// be had, Import returns an error (the upload stays imported) and its retry
-// completes the transfer; if the retries run out first, ReconcileStale does.
+// After the import, IN_PROGRESS is reported with a percent that only grows; once
+// the final-labelled upload and every other known upload are imported and the
+// product's list of the transfer's data names no other, the transfer succeeds
+// and SUCCESS is settled. When the list cannot be had, Import returns an error
+// (the upload stays imported) and its retry completes the transfer; if the
+// retries run out first, ReconcileStale does.
 //
 // Import returns ErrTransferNotReady for a parked upload, ErrUploadNotFound for an
 // unknown one and ErrTenantMismatch when ref.ClientKey is not the transfer's
@@ -91,7 +82,7 @@ func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
 
 	c, err := m.claimUpload(ctx, ref)
 	if err != nil {
-		return fmt.Errorf("migration: import %s of transfer %s: %w", ref.S3Key, ref.TransferID, err)
+		return fmt.Errorf("migration: import upload %q of transfer %s: %w", ref.S3Key, ref.TransferID, err)
 	}
 	if c.done {
 		// The retry of an import that committed: completing the transfer may still
@@ -123,8 +114,7 @@ func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, 
 	var c importClaim
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		c = importClaim{}
-		t, err := scanTransfer(tx.QueryRow(ctx,
-			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ref.TransferID))
+		t, err := scanTransfer(tx.QueryRow(ctx, sqlLockTransfer, ref.TransferID))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrUploadNotFound
 		}
@@ -138,9 +128,7 @@ func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, 
 			state     UploadState
 			leaseLive bool
 		)
-		err = tx.QueryRow(ctx, `SELECT state, label, coalesce(lease_until > now(), false)
-			FROM migration_uploads WHERE transfer_id = $1 AND s3_key = $2 FOR UPDATE`,
-			ref.TransferID, ref.S3Key).Scan(&state, &c.label, &leaseLive)
+		err = tx.QueryRow(ctx, sqlLockUpload, ref.TransferID, ref.S3Key).Scan(&state, &c.label, &leaseLive)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrUploadNotFound
 		}
@@ -154,9 +142,7 @@ func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, 
 			return nil
 		case t.Closed():
 			c.done = true
-			_, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'skipped', skip_reason = $3,
-				lease_token = NULL, lease_until = NULL, updated_at = now()
-				WHERE transfer_id = $1 AND s3_key = $2`, ref.TransferID, ref.S3Key, closedReason(t))
+			_, err := tx.Exec(ctx, sqlSkipUpload, ref.TransferID, ref.S3Key, closedReason(t))
 			if err != nil {
 				return fmt.Errorf("skip upload: %w", err)
 			}
@@ -170,11 +156,7 @@ func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, 
 		if err != nil {
 			return err
 		}
-		err = tx.QueryRow(ctx, `UPDATE migration_uploads SET state = 'importing', attempts = attempts + 1,
-			started_at = now(), lease_token = $3, lease_until = now() + $4 * interval '1 millisecond',
-			updated_at = now()
-			WHERE transfer_id = $1 AND s3_key = $2 RETURNING attempts`,
-			ref.TransferID, ref.S3Key, c.token, m.leaseTTL.Milliseconds()).Scan(&c.attempt)
+		err = tx.QueryRow(ctx, sqlTakeLease, ref.TransferID, ref.S3Key, c.token, m.leaseTTL.Milliseconds()).Scan(&c.attempt)
 		if err != nil {
 			return fmt.Errorf("take lease: %w", err)
 		}
@@ -194,10 +176,10 @@ func (m *Machine) stream(ctx context.Context, c importClaim, s3Key string) (int6
 	r := &meteredReader{ctx: ctx, r: rc, h: sha256.New()}
 	req := &connectrelay.ImportRequest{Transfer: c.transfer, Label: c.label, S3Key: s3Key, Data: r, Attempt: c.attempt, AMP: m.amp}
 	if err := m.importer.Import(ctx, req); err != nil {
-		return 0, "", fmt.Errorf("importer: %w", err)
+		return 0, "", fmt.Errorf("importer of upload %q: %w", s3Key, err)
 	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return 0, "", fmt.Errorf("read the rest of the data: %w", err)
+		return 0, "", fmt.Errorf("read the rest of upload %q: %w", s3Key, err)
 	}
 	return r.n, hex.EncodeToString(r.h.Sum(nil)), nil
 }
@@ -237,13 +219,7 @@ func (m *Machine) heartbeatLoop(ctx context.Context, log *slog.Logger, ref Uploa
 			state   connectrelay.TransferState
 			settled bool
 		)
-		err := m.pool.QueryRow(ctx, `
-			WITH u AS (
-				UPDATE migration_uploads SET lease_until = now() + $4 * interval '1 millisecond'
-				WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3 AND state = 'importing'
-				RETURNING transfer_id)
-			SELECT t.state, t.settled_at IS NOT NULL FROM migration_transfers t JOIN u USING (transfer_id)`,
-			ref.TransferID, ref.S3Key, token, m.leaseTTL.Milliseconds()).Scan(&state, &settled)
+		err := m.pool.QueryRow(ctx, sqlHeartbeat, ref.TransferID, ref.S3Key, token, m.leaseTTL.Milliseconds()).Scan(&state, &settled)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -271,11 +247,8 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
 	defer cancel()
 	skip := func(reason string) error {
-		if _, err := m.pool.Exec(bctx, `UPDATE migration_uploads SET state = 'skipped', skip_reason = $4,
-			lease_token = NULL, lease_until = NULL, last_error = $5, updated_at = now()
-			WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`,
-			ref.TransferID, ref.S3Key, c.token, reason, redactSecrets(ierr.Error())); err != nil {
-			return fmt.Errorf("migration: import %s of transfer %s: mark skipped: %w", ref.S3Key, ref.TransferID, err)
+		if _, err := m.pool.Exec(bctx, sqlSkipLeased, ref.TransferID, ref.S3Key, c.token, reason, redactSecrets(ierr.Error())); err != nil {
+			return fmt.Errorf("migration: import upload %q of transfer %s: mark skipped: %w", ref.S3Key, ref.TransferID, err)
 		}
 		return nil
 	}
@@ -285,7 +258,7 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 		return skip(cause.Error())
 	case errors.Is(cause, errLeaseLost) && ctx.Err() == nil:
 		// Another worker owns the upload now; its outcome is the upload's.
-		return fmt.Errorf("migration: import %s of transfer %s: %w (lease taken over)", ref.S3Key, ref.TransferID, ErrImportInProgress)
+		return fmt.Errorf("migration: import upload %q of transfer %s: %w (lease taken over)", ref.S3Key, ref.TransferID, ErrImportInProgress)
 	case errors.Is(ierr, product.ErrTransferSettled):
 		log.InfoContext(ctx, "product says the transfer is settled; upload skipped")
 		if err := m.markSettledByProduct(ctx, ref.TransferID); err != nil {
@@ -294,13 +267,12 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 		return skip("transfer settled")
 	}
 	log.WarnContext(ctx, "import failed; upload queued again", slog.Any("error", ierr))
-	if _, err := m.pool.Exec(bctx, `UPDATE migration_uploads SET state = 'queued', last_error = $4,
-		lease_token = NULL, lease_until = NULL, updated_at = now()
-		WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`,
-		ref.TransferID, ref.S3Key, c.token, redactSecrets(ierr.Error())); err != nil {
+	if _, err := m.pool.Exec(bctx, sqlRequeueLeased, ref.TransferID, ref.S3Key, c.token, redactSecrets(ierr.Error())); err != nil {
 		ierr = errors.Join(ierr, fmt.Errorf("record failure: %w", err))
 	}
-	return fmt.Errorf("migration: import %s of transfer %s (attempt %d): %w", ref.S3Key, ref.TransferID, c.attempt, ierr)
+	// ierr names the upload (OpenData and the importer step do): only the
+	// transfer and the attempt are added here.
+	return fmt.Errorf("migration: transfer %s (attempt %d): %w", ref.TransferID, c.attempt, ierr)
 }
 
 // finishImport records the upload imported and decides, under the transfer's lock,
@@ -316,26 +288,17 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 	)
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		report, settle, complete = 0, false, false
-		t, err := scanTransfer(tx.QueryRow(ctx,
-			`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ref.TransferID))
+		t, err := scanTransfer(tx.QueryRow(ctx, sqlLockTransfer, ref.TransferID))
 		if err != nil {
 			return fmt.Errorf("lock transfer: %w", err)
 		}
 		// Recorded whoever holds the lease now: the Importer did succeed. If another
 		// worker finished first, the row is already imported and stays as it is.
-		if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'imported', size_bytes = $3, sha256 = $4,
-			imported_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL, skip_reason = NULL,
-			updated_at = now()
-			WHERE transfer_id = $1 AND s3_key = $2 AND state <> 'imported'`,
-			ref.TransferID, ref.S3Key, size, sum); err != nil {
+		if _, err := tx.Exec(ctx, sqlMarkImported, ref.TransferID, ref.S3Key, size, sum); err != nil {
 			return fmt.Errorf("mark imported: %w", err)
 		}
 		var finalDone bool
-		if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'imported'),
-				count(*) FILTER (WHERE state IN ('parked', 'queued', 'importing')),
-				coalesce(bool_or(state = 'imported' AND label = $2), false)
-			FROM migration_uploads WHERE transfer_id = $1`, ref.TransferID, m.finalLabel).
-			Scan(&imported, &remaining, &finalDone); err != nil {
+		if err := tx.QueryRow(ctx, sqlCountUploads, ref.TransferID, m.finalLabel).Scan(&imported, &remaining, &finalDone); err != nil {
 			return fmt.Errorf("count uploads: %w", err)
 		}
 		switch {
@@ -348,8 +311,7 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 		default:
 			p := min(99, max(1, imported*100/(imported+remaining)))
 			if p > t.LastPercent {
-				if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET last_percent = $2, updated_at = now()
-					WHERE transfer_id = $1`, ref.TransferID, p); err != nil {
+				if _, err := tx.Exec(ctx, sqlRecordPercent, ref.TransferID, p); err != nil {
 					return fmt.Errorf("record percent: %w", err)
 				}
 				report = p
@@ -360,7 +322,7 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 	if err != nil {
 		// The Importer succeeded but the record did not: the retry imports again,
 		// which the Importer's per-s3Key idempotency makes harmless.
-		return fmt.Errorf("migration: import %s of transfer %s: record imported: %w", ref.S3Key, ref.TransferID, err)
+		return fmt.Errorf("migration: import upload %q of transfer %s: record imported: %w", ref.S3Key, ref.TransferID, err)
 	}
 	log.InfoContext(ctx, "upload imported", slog.Int("imported", imported), slog.Int("remaining", remaining))
 	if report > 0 {
@@ -391,13 +353,7 @@ func (m *Machine) allKnownImported(ctx context.Context, q rowQuerier, transferID
 		clientKey string
 		done      bool
 	)
-	err := q.QueryRow(ctx, `SELECT t.client_key,
-			t.state IN ('waiting', 'ready') AND t.settled_at IS NULL
-			AND coalesce(bool_or(u.state = 'imported' AND u.label = $2), false)
-			AND count(u.s3_key) FILTER (WHERE u.state IN ('parked', 'queued', 'importing')) = 0
-		FROM migration_transfers t LEFT JOIN migration_uploads u USING (transfer_id)
-		WHERE t.transfer_id = $1
-		GROUP BY t.transfer_id`, transferID, m.finalLabel).Scan(&clientKey, &done)
+	err := q.QueryRow(ctx, sqlAllKnownImported, transferID, m.finalLabel).Scan(&clientKey, &done)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", false, nil
 	}
@@ -446,7 +402,7 @@ func (m *Machine) completeTransfer(ctx context.Context, log *slog.Logger, transf
 	)
 	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		succeeded, missing, nMissing = false, nil, 0
-		if _, err := tx.Exec(ctx, `SELECT 1 FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, transferID); err != nil {
+		if _, err := tx.Exec(ctx, sqlLockTransferRow, transferID); err != nil {
 			return fmt.Errorf("lock transfer: %w", err)
 		}
 		// Decided again under the lock: another event or import may have changed
@@ -496,10 +452,7 @@ func notImported(ctx context.Context, tx pgx.Tx, transferID string, keys []strin
 		keys = []string{}
 	}
 	var n int
-	rows, err := tx.Query(ctx, `SELECT k, count(*) OVER () FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS k WHERE k <> '') AS listed
-		WHERE NOT EXISTS (SELECT 1 FROM migration_uploads u
-			WHERE u.transfer_id = $1 AND u.s3_key = listed.k AND u.state = 'imported')
-		ORDER BY k LIMIT $3`, transferID, keys, maxLoggedKeys)
+	rows, err := tx.Query(ctx, sqlNotImported, transferID, keys, maxLoggedKeys)
 	if err != nil {
 		return nil, 0, fmt.Errorf("compare the product's uploads: %w", err)
 	}
@@ -516,29 +469,10 @@ func notImported(ctx context.Context, tx pgx.Tx, transferID string, keys []strin
 // markSucceeded makes the locked, complete transfer succeed: a SUCCESS settle
 // call is owed.
 func markSucceeded(ctx context.Context, tx pgx.Tx, transferID string) error {
-	if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'succeeded', settle_status = 'SUCCESS',
-		finished_at = now(), updated_at = now() WHERE transfer_id = $1`, transferID); err != nil {
+	if _, err := tx.Exec(ctx, sqlMarkSucceeded, transferID); err != nil {
 		return fmt.Errorf("mark succeeded: %w", err)
 	}
 	return nil
-}
-
-// listAnsweredFinal records the product's final answers to a list of the
-// transfer's data: "already settled" (product.ErrTransferSettled) is recorded as settled by
-// the product, "expired" (product.ErrTransferExpired) as an expired FAILED transfer (see
-// markExpired). It reports whether err was such an answer, and the error of
-// recording it.
-func (m *Machine) listAnsweredFinal(ctx context.Context, log *slog.Logger, transferID string, err error) (bool, error) {
-	switch {
-	case errors.Is(err, product.ErrTransferSettled):
-		log.InfoContext(ctx, "product says the transfer is settled")
-		return true, m.markSettledByProduct(ctx, transferID)
-	case errors.Is(err, product.ErrTransferExpired):
-		log.WarnContext(ctx, "product says the transfer expired before its data could be confirmed; recorded as final",
-			slog.Any("error", err))
-		return true, m.markExpired(ctx, transferID, err)
-	}
-	return false, nil
 }
 
 // reportProgress sends an IN_PROGRESS report. product.Progress is advisory: a failure is
@@ -554,42 +488,6 @@ func (m *Machine) reportProgress(ctx context.Context, log *slog.Logger, clientKe
 		}
 	case err != nil:
 		log.WarnContext(ctx, "progress report failed", slog.Int("percent", p.Percent), slog.Any("error", err))
-	}
-}
-
-// runningImport is one import of this process that a cancellation can stop.
-type runningImport struct{ cancel context.CancelCauseFunc }
-
-// register makes the import stoppable by stopLocal; the returned func undoes it.
-func (m *Machine) register(transferID string, cancel context.CancelCauseFunc) func() {
-	ri := &runningImport{cancel: cancel}
-	m.mu.Lock()
-	set := m.running[transferID]
-	if set == nil {
-		set = make(map[*runningImport]struct{})
-		m.running[transferID] = set
-	}
-	set[ri] = struct{}{}
-	m.mu.Unlock()
-	return func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if set := m.running[transferID]; set != nil {
-			delete(set, ri)
-			if len(set) == 0 {
-				delete(m.running, transferID)
-			}
-		}
-	}
-}
-
-// stopLocal cancels this process's running imports of the transfer. Imports in
-// other processes notice at their next heartbeat.
-func (m *Machine) stopLocal(transferID, why string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for ri := range m.running[transferID] {
-		ri.cancel(fmt.Errorf("%w: %s", ErrTransferStopped, why))
 	}
 }
 

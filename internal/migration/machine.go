@@ -175,44 +175,34 @@ func NewMachine(pool *pgxpool.Pool, amp AMP, importer connectrelay.Importer, sch
 // afterCommit is what an event's transaction decided to do once committed: calls to
 // other systems never happen while the transfer row is locked.
 type afterCommit struct {
-	err      error // permanent outcome to return (the event is recorded)
 	schedule []UploadRef
 	stop     bool // cancel this process's imports of the transfer
 	settle   bool
 }
 
-// HandleEvent applies one AMP event, delivered by the tenant clientKey (the JWT's
+// HandleEvent applies one event, delivered by the tenant clientKey (the JWT's
 // iss), to its transfer. The event is recorded in migration_events whatever its
-// type. For known types the transfer row is created on first sight and locked
-// (SELECT ... FOR UPDATE) while the event is applied, so concurrent workers and any
-// delivery order converge on the same state:
+// type. For a known type the transfer is created on first sight and its row
+// locked while the event is applied (see the package doc's transition table), so
+// concurrent workers and any delivery order converge on the same state; an event
+// of a type this service does not know is only recorded.
 //
-//   - listener-triggered: the transfer becomes ready; parked uploads are queued and
-//     scheduled.
-//   - app-data-uploaded: the upload is recorded once per s3Key: parked before
-//     listener-triggered, queued and scheduled after it, skipped (never fetched)
-//     once the transfer is cancelled, failed or settled.
-//   - transfer-cancellation-requested: the transfer is cancelled, its running
-//     imports are stopped and it is settled INCOMPLETE.
-//   - listener-errored: the error details are fetched and recorded, the transfer
-//     fails, its imports stop and it is settled FAILED.
-//   - any other type: recorded only.
-//
-// Scheduling and settling happen after the commit. If they fail, the error is
-// returned and a retry of the same event completes them: queued uploads are
+// Scheduling imports and settling happen after the commit. If they fail, the error
+// is returned and a retry of the same event completes them: queued uploads are
 // scheduled again and an owed settle call is made again. ErrTenantMismatch is
 // returned (after recording the event) when clientKey is not the transfer's
 // tenant, or when the event names client keys (ev.ClientKeys) and clientKey is not
-// one of them.
+// one of them. Errors wrap ErrInvalidEvent for an event that ParseEvent would not
+// have returned.
 func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) error {
 	if clientKey == "" {
-		return errors.New("migration: HandleEvent: empty client key")
+		return errors.New("migration: handle event: empty client key")
 	}
 	if ev.Type == "" || (ev.Known() && ev.TransferID == "") {
-		return fmt.Errorf("migration: HandleEvent: %w: event without type or transfer ID", ErrInvalidEvent)
+		return fmt.Errorf("migration: handle event: %w: no type or transfer ID", ErrInvalidEvent)
 	}
 	if ev.Type == EventAppDataUploaded && ev.S3Key == "" {
-		return fmt.Errorf("migration: HandleEvent: %w: app-data-uploaded without s3Key", ErrInvalidEvent)
+		return fmt.Errorf("migration: handle event: %w: app-data-uploaded without s3Key", ErrInvalidEvent)
 	}
 	keys := ev.ClientKeys()
 	tenantOK := len(keys) == 0 || slices.Contains(keys, clientKey)
@@ -225,12 +215,16 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 		errDetails = m.fetchErrorDetails(ctx, log, clientKey, ev.TransferID)
 	}
 
-	var ac afterCommit
+	var (
+		ac       afterCommit
+		rejected error
+	)
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		ac = afterCommit{}
-		eventID, err := recordEvent(ctx, tx, clientKey, ev)
-		if err != nil {
-			return err
+		ac, rejected = afterCommit{}, nil
+		var eventID int64
+		if err := tx.QueryRow(ctx, sqlRecordEvent, clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
+			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))).Scan(&eventID); err != nil {
+			return fmt.Errorf("record event: %w", err)
 		}
 		outcome := "handled"
 		switch {
@@ -238,7 +232,7 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 			outcome = "unknown"
 		case !tenantOK:
 			outcome = "rejected"
-			ac.err = fmt.Errorf("migration: %s event for transfer %s from %s, migration belongs to %v: %w",
+			rejected = fmt.Errorf("migration: %s of transfer %s from %s, migration belongs to %v: %w",
 				ev.Type, ev.TransferID, clientKey, keys, ErrTenantMismatch)
 		default:
 			t, err := lockTransfer(ctx, tx, clientKey, ev)
@@ -247,26 +241,25 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 			}
 			if t.ClientKey != clientKey {
 				outcome = "rejected"
-				ac.err = fmt.Errorf("migration: %s event for transfer %s from %s, transfer belongs to %s: %w",
+				rejected = fmt.Errorf("migration: %s of transfer %s from %s, transfer belongs to %s: %w",
 					ev.Type, ev.TransferID, clientKey, t.ClientKey, ErrTenantMismatch)
 				break
 			}
-			if err := m.apply(ctx, tx, log, &ac, t, ev, errDetails); err != nil {
+			if ac, err = m.apply(ctx, tx, log, t, ev, errDetails); err != nil {
 				return err
 			}
 		}
-		if _, err := tx.Exec(ctx, `UPDATE migration_events SET outcome = $2, handled_at = now() WHERE id = $1`,
-			eventID, outcome); err != nil {
+		if _, err := tx.Exec(ctx, sqlMarkEvent, eventID, outcome); err != nil {
 			return fmt.Errorf("mark event %s: %w", outcome, err)
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("migration: handle %s event for transfer %s: %w", ev.Type, ev.TransferID, err)
+		return fmt.Errorf("migration: %s of transfer %s: %w", ev.Type, ev.TransferID, err)
 	}
-	if ac.err != nil {
-		log.WarnContext(ctx, "migration event rejected", slog.Any("error", ac.err))
-		return ac.err
+	if rejected != nil {
+		log.WarnContext(ctx, "migration event rejected", slog.Any("error", rejected))
+		return rejected
 	}
 	if !ev.Known() {
 		log.InfoContext(ctx, "unknown migration event type recorded")
@@ -278,7 +271,7 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 	var errs []error
 	for _, ref := range ac.schedule {
 		if err := m.sched.ScheduleImport(ctx, ref); err != nil {
-			errs = append(errs, fmt.Errorf("migration: schedule import of %s (transfer %s): %w", ref.S3Key, ref.TransferID, err))
+			errs = append(errs, fmt.Errorf("migration: schedule import of upload %q of transfer %s: %w", ref.S3Key, ref.TransferID, err))
 		}
 	}
 	if ac.settle {
@@ -289,31 +282,15 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 	return errors.Join(errs...)
 }
 
-// recordEvent inserts the event, or counts one more delivery of it.
-func recordEvent(ctx context.Context, tx pgx.Tx, clientKey string, ev Event) (int64, error) {
-	raw := ev.Raw
-	if len(raw) == 0 || !json.Valid(raw) {
-		// An Event built by hand rather than by ParseEvent: record what we know.
-		b, err := json.Marshal(map[string]any{"eventType": ev.Type, "transferId": ev.TransferID,
-			"messageId": ev.MessageID, "s3Key": ev.S3Key, "label": ev.Label})
-		if err != nil {
-			return 0, fmt.Errorf("encode event: %w", err)
-		}
-		raw = b
+// rawEvent is what is recorded of ev: the body as received, or, for an Event
+// built by hand rather than by ParseEvent, what is known of it.
+func rawEvent(ev Event) json.RawMessage {
+	if len(ev.Raw) > 0 && json.Valid(ev.Raw) {
+		return ev.Raw
 	}
-	var id int64
-	err := tx.QueryRow(ctx, `
-		INSERT INTO migration_events (client_key, dedupe_key, event_type, transfer_id, message_id, s3_key, known, raw)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json)
-		ON CONFLICT (client_key, dedupe_key) DO UPDATE
-		SET deliveries = migration_events.deliveries + 1, last_received_at = now()
-		RETURNING id`,
-		clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID, ev.MessageID, ev.S3Key, ev.Known(), string(raw),
-	).Scan(&id)
-	if err != nil {
-		return 0, fmt.Errorf("record event: %w", err)
-	}
-	return id, nil
+	b, _ := json.Marshal(map[string]any{"eventType": ev.Type, "transferId": ev.TransferID,
+		"messageId": ev.MessageID, "s3Key": ev.S3Key, "label": ev.Label})
+	return b
 }
 
 // lockTransfer creates the transfer on first sight and locks its row.
@@ -322,145 +299,159 @@ func lockTransfer(ctx context.Context, tx pgx.Tx, clientKey string, ev Event) (c
 	if len(details) == 0 || !json.Valid(details) {
 		details = json.RawMessage("{}")
 	}
-	if _, err := tx.Exec(ctx, `
-		INSERT INTO migration_transfers (transfer_id, client_key, migration_id, migration_details)
-		VALUES ($1, $2, $3, $4::text::json)
-		ON CONFLICT (transfer_id) DO NOTHING`,
-		ev.TransferID, clientKey, ev.Details.MigrationID, string(details)); err != nil {
+	if _, err := tx.Exec(ctx, sqlCreateTransfer, ev.TransferID, clientKey, ev.Details.MigrationID, string(details)); err != nil {
 		return connectrelay.Transfer{}, fmt.Errorf("create transfer: %w", err)
 	}
-	t, err := scanTransfer(tx.QueryRow(ctx,
-		`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 FOR UPDATE`, ev.TransferID))
+	t, err := scanTransfer(tx.QueryRow(ctx, sqlLockTransfer, ev.TransferID))
 	if err != nil {
 		return connectrelay.Transfer{}, fmt.Errorf("lock transfer: %w", err)
 	}
 	return t, nil
 }
 
-// apply changes the locked transfer t according to ev.
-func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, ac *afterCommit, t connectrelay.Transfer, ev Event, errDetails json.RawMessage) error {
+// apply changes the locked transfer t according to ev, with the method of ev's
+// type, and decides whether a settle call is owed after the commit (whatever the
+// event: a settle call still owed is made again).
+func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer, ev Event, errDetails json.RawMessage) (afterCommit, error) {
+	var (
+		ac  afterCommit
+		err error
+	)
 	switch ev.Type {
 	case EventListenerTriggered:
-		if t.Closed() {
-			log.InfoContext(ctx, "listener-triggered for a closed transfer ignored", slog.String("state", string(t.State)))
-			break
-		}
-		if t.State == connectrelay.TransferWaiting {
-			if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'ready', ready_at = now(), updated_at = now()
-				WHERE transfer_id = $1`, t.TransferID); err != nil {
-				return fmt.Errorf("mark ready: %w", err)
-			}
-			t.State = connectrelay.TransferReady
-		}
-		if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'queued', updated_at = now()
-			WHERE transfer_id = $1 AND state = 'parked'`, t.TransferID); err != nil {
-			return fmt.Errorf("queue parked uploads: %w", err)
-		}
-		// Every queued upload, not only those queued just now: scheduling may have
-		// failed after an earlier commit, and this retry must make up for it.
-		rows, err := tx.Query(ctx, `SELECT s3_key, label FROM migration_uploads
-			WHERE transfer_id = $1 AND state = 'queued' ORDER BY created_at, s3_key`, t.TransferID)
-		if err != nil {
-			return fmt.Errorf("list queued uploads: %w", err)
-		}
-		refs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (UploadRef, error) {
-			ref := UploadRef{ClientKey: t.ClientKey, TransferID: t.TransferID}
-			return ref, r.Scan(&ref.S3Key, &ref.Label)
-		})
-		if err != nil {
-			return fmt.Errorf("list queued uploads: %w", err)
-		}
-		ac.schedule = refs
-		log.InfoContext(ctx, "transfer ready", slog.Int("queued_uploads", len(refs)))
-
+		ac, err = m.onListenerTriggered(ctx, tx, log, t)
 	case EventAppDataUploaded:
-		state, reason := UploadParked, ""
-		switch {
-		case t.Closed():
-			state, reason = UploadSkipped, closedReason(t)
-		case t.State == connectrelay.TransferReady:
-			state = UploadQueued
-		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO migration_uploads (transfer_id, s3_key, label, state, skip_reason)
-			VALUES ($1, $2, $3, $4, nullif($5, ''))
-			ON CONFLICT (transfer_id, s3_key) DO NOTHING`,
-			t.TransferID, ev.S3Key, ev.Label, state, reason); err != nil {
-			return fmt.Errorf("record upload: %w", err)
-		}
-		var cur UploadState
-		var label string
-		if err := tx.QueryRow(ctx, `SELECT state, label FROM migration_uploads WHERE transfer_id = $1 AND s3_key = $2`,
-			t.TransferID, ev.S3Key).Scan(&cur, &label); err != nil {
-			return fmt.Errorf("read upload: %w", err)
-		}
-		if label == "" && ev.Label != "" && (cur == UploadParked || cur == UploadQueued) {
-			// Recorded from the product's list (ReconcileStale), which has no
-			// labels: its event, arriving before the import started, supplies it.
-			if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET label = $3, updated_at = now()
-				WHERE transfer_id = $1 AND s3_key = $2`, t.TransferID, ev.S3Key, ev.Label); err != nil {
-				return fmt.Errorf("label upload: %w", err)
-			}
-			label = ev.Label
-		}
-		if label != ev.Label {
-			log.WarnContext(ctx, "upload announced again with another label; first label kept",
-				slog.String("s3_key", ev.S3Key), slog.String("label", label), slog.String("new_label", ev.Label))
-		}
-		if cur == UploadQueued {
-			ac.schedule = []UploadRef{{ClientKey: t.ClientKey, TransferID: t.TransferID, S3Key: ev.S3Key, Label: label}}
-		}
-		log.InfoContext(ctx, "upload recorded", slog.String("s3_key", ev.S3Key), slog.String("label", label),
-			slog.String("upload_state", string(cur)))
-
+		ac, err = m.onAppDataUploaded(ctx, tx, log, t, ev)
 	case EventTransferCancellationRequested:
-		if !t.State.Final() {
-			if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'cancelled', finished_at = now(), updated_at = now(),
-				settle_status = CASE WHEN settled_at IS NULL THEN 'INCOMPLETE' ELSE settle_status END
-				WHERE transfer_id = $1`, t.TransferID); err != nil {
-				return fmt.Errorf("mark cancelled: %w", err)
-			}
-			if err := skipOpenUploads(ctx, tx, t.TransferID, "transfer cancelled"); err != nil {
-				return err
-			}
-			log.InfoContext(ctx, "transfer cancelled")
-		} else {
-			log.InfoContext(ctx, "cancellation of a finished transfer ignored", slog.String("state", string(t.State)))
-		}
-		ac.stop = true
-
+		ac, err = m.onCancellationRequested(ctx, tx, log, t)
 	case EventListenerErrored:
-		if !t.State.Final() {
-			if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET state = 'failed', finished_at = now(), updated_at = now(),
-				error_details = $2::text::json,
-				settle_status = CASE WHEN settled_at IS NULL THEN 'FAILED' ELSE settle_status END
-				WHERE transfer_id = $1`, t.TransferID, string(errDetails)); err != nil {
-				return fmt.Errorf("mark failed: %w", err)
-			}
-			if err := skipOpenUploads(ctx, tx, t.TransferID, "listener errored"); err != nil {
-				return err
-			}
-			log.WarnContext(ctx, "transfer failed: listener errored", slog.String("error_details", string(errDetails)))
-		} else {
-			// Keep the details for operators; the transfer's fate is already decided.
-			if _, err := tx.Exec(ctx, `UPDATE migration_transfers SET error_details = $2::text::json, updated_at = now()
-				WHERE transfer_id = $1 AND error_details IS NULL`, t.TransferID, string(errDetails)); err != nil {
-				return fmt.Errorf("record error details: %w", err)
-			}
-			log.InfoContext(ctx, "listener-errored for a finished transfer recorded", slog.String("state", string(t.State)))
-		}
-		ac.stop = true
+		ac, err = m.onListenerErrored(ctx, tx, log, t, errDetails)
 	}
-	// Whatever the event, a settle call still owed is made (again) after commit.
-	var pending bool
-	if err := tx.QueryRow(ctx, `SELECT settle_status IS NOT NULL AND settled_at IS NULL FROM migration_transfers
-		WHERE transfer_id = $1`, t.TransferID).Scan(&pending); err != nil {
-		return fmt.Errorf("read settle state: %w", err)
+	if err != nil {
+		return ac, err
 	}
-	ac.settle = pending
-	return nil
+	if err := tx.QueryRow(ctx, sqlSettleOwed, t.TransferID).Scan(&ac.settle); err != nil {
+		return ac, fmt.Errorf("read settle state: %w", err)
+	}
+	return ac, nil
 }
 
+// onListenerTriggered: waiting -> ready; parked uploads are queued, and every
+// queued upload is scheduled (again: scheduling may have failed after an earlier
+// commit, and this retry makes up for it). A closed transfer ignores it.
+func (m *Machine) onListenerTriggered(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer) (afterCommit, error) {
+	var ac afterCommit
+	if t.Closed() {
+		log.InfoContext(ctx, "listener-triggered for a closed transfer ignored", slog.String("state", string(t.State)))
+		return ac, nil
+	}
+	if t.State == connectrelay.TransferWaiting {
+		if _, err := tx.Exec(ctx, sqlMarkReady, t.TransferID); err != nil {
+			return ac, fmt.Errorf("mark ready: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, sqlQueueParked, t.TransferID); err != nil {
+		return ac, fmt.Errorf("queue parked uploads: %w", err)
+	}
+	rows, err := tx.Query(ctx, sqlListQueued, t.TransferID)
+	if err != nil {
+		return ac, fmt.Errorf("list queued uploads: %w", err)
+	}
+	ac.schedule, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (UploadRef, error) {
+		ref := UploadRef{ClientKey: t.ClientKey, TransferID: t.TransferID}
+		return ref, r.Scan(&ref.S3Key, &ref.Label)
+	})
+	if err != nil {
+		return ac, fmt.Errorf("list queued uploads: %w", err)
+	}
+	log.InfoContext(ctx, "transfer ready", slog.Int("queued_uploads", len(ac.schedule)))
+	return ac, nil
+}
+
+// onAppDataUploaded records the upload once per s3Key: parked while the transfer
+// waits, queued and scheduled once it is ready, skipped (never fetched) once it
+// is closed. A repeat announces nothing new, except a label for an upload the
+// product's list recorded without one.
+func (m *Machine) onAppDataUploaded(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer, ev Event) (afterCommit, error) {
+	var ac afterCommit
+	state, reason := UploadParked, ""
+	switch {
+	case t.Closed():
+		state, reason = UploadSkipped, closedReason(t)
+	case t.State == connectrelay.TransferReady:
+		state = UploadQueued
+	}
+	if _, err := tx.Exec(ctx, sqlRecordUpload, t.TransferID, ev.S3Key, ev.Label, state, reason); err != nil {
+		return ac, fmt.Errorf("record upload: %w", err)
+	}
+	var (
+		cur   UploadState
+		label string
+	)
+	if err := tx.QueryRow(ctx, sqlGetUpload, t.TransferID, ev.S3Key).Scan(&cur, &label); err != nil {
+		return ac, fmt.Errorf("read upload: %w", err)
+	}
+	if label == "" && ev.Label != "" && (cur == UploadParked || cur == UploadQueued) {
+		// Recorded from the product's list (ReconcileStale), which has no
+		// labels: its event, arriving before the import started, supplies it.
+		if _, err := tx.Exec(ctx, sqlLabelUpload, t.TransferID, ev.S3Key, ev.Label); err != nil {
+			return ac, fmt.Errorf("label upload: %w", err)
+		}
+		label = ev.Label
+	}
+	if label != ev.Label {
+		log.WarnContext(ctx, "upload announced again with another label; first label kept",
+			slog.String("s3_key", ev.S3Key), slog.String("label", label), slog.String("new_label", ev.Label))
+	}
+	if cur == UploadQueued {
+		ac.schedule = []UploadRef{{ClientKey: t.ClientKey, TransferID: t.TransferID, S3Key: ev.S3Key, Label: label}}
+	}
+	log.InfoContext(ctx, "upload recorded", slog.String("s3_key", ev.S3Key), slog.String("label", label),
+		slog.String("upload_state", string(cur)))
+	return ac, nil
+}
+
+// onCancellationRequested: an open transfer -> cancelled, its waiting uploads
+// skipped, INCOMPLETE owed; running imports are stopped in any case.
+func (m *Machine) onCancellationRequested(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer) (afterCommit, error) {
+	ac := afterCommit{stop: true}
+	if t.State.Final() {
+		log.InfoContext(ctx, "cancellation of a finished transfer ignored", slog.String("state", string(t.State)))
+		return ac, nil
+	}
+	if _, err := tx.Exec(ctx, sqlMarkCancelled, t.TransferID); err != nil {
+		return ac, fmt.Errorf("mark cancelled: %w", err)
+	}
+	if err := skipOpenUploads(ctx, tx, t.TransferID, "transfer cancelled"); err != nil {
+		return ac, err
+	}
+	log.InfoContext(ctx, "transfer cancelled")
+	return ac, nil
+}
+
+// onListenerErrored: an open transfer -> failed with the listener's error
+// details, its waiting uploads skipped, FAILED owed; a final transfer only keeps
+// the details. Running imports are stopped in any case.
+func (m *Machine) onListenerErrored(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer, errDetails json.RawMessage) (afterCommit, error) {
+	ac := afterCommit{stop: true}
+	if t.State.Final() {
+		if _, err := tx.Exec(ctx, sqlRecordErrorDetails, t.TransferID, string(errDetails)); err != nil {
+			return ac, fmt.Errorf("record error details: %w", err)
+		}
+		log.InfoContext(ctx, "listener-errored for a finished transfer recorded", slog.String("state", string(t.State)))
+		return ac, nil
+	}
+	if _, err := tx.Exec(ctx, sqlMarkListenerErrored, t.TransferID, string(errDetails)); err != nil {
+		return ac, fmt.Errorf("mark failed: %w", err)
+	}
+	if err := skipOpenUploads(ctx, tx, t.TransferID, "listener errored"); err != nil {
+		return ac, err
+	}
+	log.WarnContext(ctx, "transfer failed: listener errored", slog.String("error_details", string(errDetails)))
+	return ac, nil
+}
+
+// closedReason is the skip reason of an upload of the closed transfer t.
 func closedReason(t connectrelay.Transfer) string {
 	if t.State.Final() {
 		return "transfer " + string(t.State)
@@ -471,8 +462,7 @@ func closedReason(t connectrelay.Transfer) string {
 // skipOpenUploads marks the uploads that no import holds (parked, queued) skipped.
 // Importing uploads are stopped by their worker, which marks them.
 func skipOpenUploads(ctx context.Context, tx pgx.Tx, transferID, reason string) error {
-	if _, err := tx.Exec(ctx, `UPDATE migration_uploads SET state = 'skipped', skip_reason = $2, updated_at = now()
-		WHERE transfer_id = $1 AND state IN ('parked', 'queued')`, transferID, reason); err != nil {
+	if _, err := tx.Exec(ctx, sqlSkipOpenUploads, transferID, reason); err != nil {
 		return fmt.Errorf("skip open uploads: %w", err)
 	}
 	return nil
@@ -480,8 +470,7 @@ func skipOpenUploads(ctx context.Context, tx pgx.Tx, transferID, reason string) 
 
 // fetchErrorDetails asks the product what the listener reported. Failing to learn
 // it must not keep the transfer from failing and settling, so a failure is recorded
-// in the details instead of returned; only a cancelled ctx is not recorded (the
-// transaction fails with it anyway and the event is retried).
+// in the details instead of returned.
 func (m *Machine) fetchErrorDetails(ctx context.Context, log *slog.Logger, clientKey, transferID string) json.RawMessage {
 	d, err := m.amp.ErrorDetails(ctx, clientKey, transferID)
 	if err == nil && json.Valid(d) {
@@ -496,135 +485,38 @@ func (m *Machine) fetchErrorDetails(ctx context.Context, log *slog.Logger, clien
 	return b
 }
 
-// settleClaimTTL is how long a settle claim keeps other workers from making the
-// same settle call. settleCallTimeout bounds the call itself (with the AMP
-// client's retries) well within the claim, so that a claim never expires while its
-// call is still running: two settle calls for one transfer are never in flight at
-// once. A worker that dies mid-call leaves its claim to expire; SettlePending then
-// makes the call again.
-const (
-	settleClaimTTL    = 3 * time.Minute
-	settleCallTimeout = settleClaimTTL - 30*time.Second
-)
+// runningImport is one import of this process that a cancellation can stop.
+type runningImport struct{ cancel context.CancelCauseFunc }
 
-// settle makes the settle call the transfer owes, if any. The product's "already
-// settled" and "expired" answers are final and recorded as such. Any other failure
-// is recorded on the transfer and returned, so that the task is retried; every
-// later event or import of the transfer tries again too, and so does
-// SettlePending.
-//
-// No lock or transaction is held during the call: it is an HTTP call that may be
-// retried for minutes, and the AMP implementation itself needs database
-// connections (the tenant's URL and secret). Instead one short statement claims
-// the call (settle_claimed_until) and commits; the call is made; a second short
-// statement records the result and clears the claim. Workers racing to settle one
-// transfer (an import completing it while a duplicate event arrives) therefore make
-// one call between them: the others find it claimed, or settled, and return nil.
-func (m *Machine) settle(ctx context.Context, transferID string) error {
-	var (
-		clientKey, status string
-		percent           int
-		message           *string
-		claim             time.Time
-	)
-	err := m.pool.QueryRow(ctx, `UPDATE migration_transfers
-		SET settle_claimed_until = now() + $2 * interval '1 millisecond'
-		WHERE transfer_id = $1 AND settle_status IS NOT NULL AND settled_at IS NULL
-			AND (settle_claimed_until IS NULL OR settle_claimed_until <= now())
-		RETURNING client_key, settle_status, last_percent, settle_message, settle_claimed_until`,
-		transferID, settleClaimTTL.Milliseconds()).Scan(&clientKey, &status, &percent, &message, &claim)
-	if errors.Is(err, pgx.ErrNoRows) {
-		// Nothing owed (open, or settled), or another worker is making the call.
-		return nil
+// register makes the import stoppable by stopLocal; the returned func undoes it.
+func (m *Machine) register(transferID string, cancel context.CancelCauseFunc) func() {
+	ri := &runningImport{cancel: cancel}
+	m.mu.Lock()
+	set := m.running[transferID]
+	if set == nil {
+		set = make(map[*runningImport]struct{})
+		m.running[transferID] = set
 	}
-	if err != nil {
-		return fmt.Errorf("migration: settle transfer %s: claim the settle call: %w", transferID, err)
-	}
-	p := settleProgress(status, percent, message)
-	log := m.log.With(slog.String("client_key", clientKey), slog.String("transfer_id", transferID),
-		slog.String("status", p.Status))
-
-	callCtx, cancel := context.WithTimeout(ctx, settleCallTimeout)
-	rerr := m.amp.ReportProgress(callCtx, clientKey, transferID, p)
-	cancel()
-
-	// Recorded even when the caller is going away: a result the product gave
-	// must not be lost, and a failed call must give its claim back at once.
-	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
-	defer bcancel()
-	var (
-		result  = connectrelay.SettleReported
-		errText *string
-	)
-	switch {
-	case rerr == nil:
-	case errors.Is(rerr, product.ErrTransferSettled):
-		result = connectrelay.SettleAlreadySettled
-	case errors.Is(rerr, product.ErrTransferExpired):
-		result = connectrelay.SettleExpired
-		e := redactSecrets(rerr.Error())
-		errText = &e
-	default:
-		log.WarnContext(ctx, "settle call failed", slog.Any("error", rerr))
-		if _, err := m.pool.Exec(bctx, `UPDATE migration_transfers SET settle_error = $2,
-			settle_claimed_until = NULL, updated_at = now()
-			WHERE transfer_id = $1 AND settled_at IS NULL AND settle_claimed_until = $3`,
-			transferID, redactSecrets(rerr.Error()), claim); err != nil {
-			rerr = errors.Join(rerr, fmt.Errorf("record the failure: %w", err))
+	set[ri] = struct{}{}
+	m.mu.Unlock()
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if set := m.running[transferID]; set != nil {
+			delete(set, ri)
+			if len(set) == 0 {
+				delete(m.running, transferID)
+			}
 		}
-		return fmt.Errorf("migration: settle transfer %s %s: %w", transferID, status, rerr)
 	}
-	if _, err := m.pool.Exec(bctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = $2,
-		settle_error = $3, settle_claimed_until = NULL, updated_at = now()
-		WHERE transfer_id = $1 AND settled_at IS NULL`, transferID, result, errText); err != nil {
-		// The claim expires and the call is made again; the product then answers
-		// "already settled", which is recorded.
-		return fmt.Errorf("migration: settle transfer %s %s: record %s: %w", transferID, status, result, err)
-	}
-	if result == connectrelay.SettleExpired {
-		log.WarnContext(ctx, "transfer expired before it could be settled; recorded as final", slog.Any("error", rerr))
-		return nil
-	}
-	log.InfoContext(ctx, "transfer settled", slog.String("result", result))
-	return nil
 }
 
-// settleProgress is the settle call's body for the status the transfer settles
-// with; message, when recorded, replaces the status's default message.
-func settleProgress(status string, lastPercent int, message *string) product.Progress {
-	p := product.Progress{Status: status, Percent: lastPercent}
-	switch status {
-	case product.StatusSuccess:
-		p.Percent, p.Message = 100, "all uploaded data imported"
-	case product.StatusIncomplete:
-		p.Message = "transfer cancelled on request"
-	case product.StatusFailed:
-		p.Message = "server-side migration listener errored"
+// stopLocal cancels this process's running imports of the transfer. Imports in
+// other processes notice at their next heartbeat.
+func (m *Machine) stopLocal(transferID, why string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ri := range m.running[transferID] {
+		ri.cancel(fmt.Errorf("%w: %s", ErrTransferStopped, why))
 	}
-	if message != nil && *message != "" {
-		p.Message = *message
-	}
-	return p
-}
-
-// markSettledByProduct records that the product said the transfer is settled when
-// we did not settle it (an IN_PROGRESS, data or list call answered 403): final, so
-// open uploads are skipped and this process's imports stop. The record is written
-// under a context detached from ctx (bounded by bookkeepingTimeout), like the other
-// writes that follow a call's outcome: a worker shutting down still records it.
-func (m *Machine) markSettledByProduct(ctx context.Context, transferID string) error {
-	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
-	defer cancel()
-	err := pgx.BeginFunc(bctx, m.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(bctx, `UPDATE migration_transfers SET settled_at = now(), settle_result = 'already_settled',
-			updated_at = now() WHERE transfer_id = $1 AND settled_at IS NULL`, transferID); err != nil {
-			return err
-		}
-		return skipOpenUploads(bctx, tx, transferID, "transfer settled")
-	})
-	if err != nil {
-		return fmt.Errorf("migration: record transfer %s settled by the product: %w", transferID, err)
-	}
-	m.stopLocal(transferID, "settled by the product")
-	return nil
 }

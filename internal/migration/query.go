@@ -55,10 +55,6 @@ type Upload struct {
 	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
 }
 
-const transferColumns = `transfer_id, client_key, migration_details::text, state,
-	coalesce(settle_status, ''), settled_at, coalesce(settle_result, ''), coalesce(settle_error, ''),
-	coalesce(settle_message, ''), last_percent, error_details::text, created_at, updated_at, ready_at, finished_at`
-
 func scanTransfer(row pgx.Row) (connectrelay.Transfer, error) {
 	var (
 		t                              connectrelay.Transfer
@@ -82,10 +78,6 @@ func scanTransfer(row pgx.Row) (connectrelay.Transfer, error) {
 	t.SettledAt, t.ReadyAt, t.FinishedAt = deref(settledAt), deref(readyAt), deref(finishedAt)
 	return t, nil
 }
-
-const uploadColumns = `transfer_id, s3_key, label, state, coalesce(size_bytes, 0), coalesce(sha256, ''),
-	attempts, coalesce(last_error, ''), coalesce(skip_reason, ''), created_at, updated_at,
-	started_at, imported_at, lease_until`
 
 func scanUpload(row pgx.Row) (Upload, error) {
 	var (
@@ -112,9 +104,7 @@ func deref(t *time.Time) time.Time {
 // transfer of another tenant is reported as not found (ErrTransferNotFound), so a
 // tenant-scoped caller never learns about other tenants' transfers.
 func (m *Machine) Transfer(ctx context.Context, clientKey, transferID string) (connectrelay.Transfer, error) {
-	t, err := scanTransfer(m.pool.QueryRow(ctx,
-		`SELECT `+transferColumns+` FROM migration_transfers WHERE transfer_id = $1 AND client_key = $2`,
-		transferID, clientKey))
+	t, err := scanTransfer(m.pool.QueryRow(ctx, sqlGetTransfer, transferID, clientKey))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return connectrelay.Transfer{}, fmt.Errorf("migration: transfer %s of %s: %w", transferID, clientKey, ErrTransferNotFound)
 	}
@@ -127,9 +117,7 @@ func (m *Machine) Transfer(ctx context.Context, clientKey, transferID string) (c
 // Uploads returns the uploads of a transfer in the order they were announced, for
 // operators following a transfer. An unknown transfer has no uploads.
 func (m *Machine) Uploads(ctx context.Context, transferID string) ([]Upload, error) {
-	rows, err := m.pool.Query(ctx,
-		`SELECT `+uploadColumns+` FROM migration_uploads WHERE transfer_id = $1 ORDER BY created_at, s3_key`,
-		transferID)
+	rows, err := m.pool.Query(ctx, sqlListUploads, transferID)
 	if err != nil {
 		return nil, fmt.Errorf("migration: list uploads of %s: %w", transferID, err)
 	}
@@ -153,9 +141,7 @@ func (m *Machine) Transfers(ctx context.Context, clientKey string, limit int) ([
 		limit = DefaultListLimit
 	}
 	limit = min(limit, MaxListLimit)
-	rows, err := m.pool.Query(ctx,
-		`SELECT `+transferColumns+` FROM migration_transfers WHERE client_key = $1
-		 ORDER BY created_at DESC, transfer_id LIMIT $2`, clientKey, limit)
+	rows, err := m.pool.Query(ctx, sqlListTransfers, clientKey, limit)
 	if err != nil {
 		return nil, fmt.Errorf("migration: list transfers of %s: %w", clientKey, err)
 	}

@@ -40,11 +40,7 @@ func (r *RecordingImporter) Import(ctx context.Context, req *connectrelay.Import
 	if err != nil {
 		return fmt.Errorf("read: %w", err)
 	}
-	if _, err := r.pool.Exec(ctx, `
-		INSERT INTO migration_imported_data (transfer_id, s3_key, client_key, label, size_bytes, sha256)
-		VALUES ($1, $2, $3, $4, $5, $6)
-		ON CONFLICT (transfer_id, s3_key) DO NOTHING`,
-		req.Transfer.TransferID, req.S3Key, req.Transfer.ClientKey, req.Label, n, hex.EncodeToString(h.Sum(nil))); err != nil {
+	if _, err := r.pool.Exec(ctx, sqlRecordImportedData, req.Transfer.TransferID, req.S3Key, req.Transfer.ClientKey, req.Label, n, hex.EncodeToString(h.Sum(nil))); err != nil {
 		return fmt.Errorf("record: %w", err)
 	}
 	return nil
@@ -64,8 +60,7 @@ type ImportedRecord struct {
 // Records returns what was recorded for a transfer, for operators checking a
 // migration end to end (and for tests).
 func (r *RecordingImporter) Records(ctx context.Context, transferID string) ([]ImportedRecord, error) {
-	rows, err := r.pool.Query(ctx, `SELECT transfer_id, s3_key, client_key, label, size_bytes, sha256, imported_at
-		FROM migration_imported_data WHERE transfer_id = $1 ORDER BY imported_at, s3_key`, transferID)
+	rows, err := r.pool.Query(ctx, sqlListImportedData, transferID)
 	if err != nil {
 		return nil, fmt.Errorf("recording importer: list records of %s: %w", transferID, err)
 	}

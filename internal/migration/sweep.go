@@ -10,52 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// SettlePending makes the settle calls still owed (the transfer reached a final
-// state but the product did not accept the settle call, and every task that could
-// have retried it is used up, or the worker making it died), at most limit of them,
-// oldest first. It reports how
-// many were attempted; failures are recorded on each transfer and joined into err.
-// The worker runs it periodically so a transfer is never left open at the product
-// because of a transient outage.
-func (m *Machine) SettlePending(ctx context.Context, limit int) (int, error) {
-	if limit <= 0 {
-		limit = 100
-	}
-	// A transfer whose settle call another worker has claimed is left to it; a
-	// claim whose worker died expires (settleClaimTTL) and is taken here.
-	rows, err := m.pool.Query(ctx, `SELECT transfer_id FROM migration_transfers
-		WHERE settle_status IS NOT NULL AND settled_at IS NULL
-			AND (settle_claimed_until IS NULL OR settle_claimed_until <= now())
-		ORDER BY updated_at LIMIT $1`, limit)
-	if err != nil {
-		return 0, fmt.Errorf("migration: list transfers owed a settle call: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("migration: list transfers owed a settle call: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("migration: list transfers owed a settle call: %w", err)
-	}
-	var errs []error
-	for _, id := range ids {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
-			break
-		}
-		if err := m.settle(ctx, id); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return len(ids), errors.Join(errs...)
-}
-
 // RequeueStale schedules again, through the Scheduler, the imports that nothing is
 // going to run: uploads of open transfers that are queued, or importing under an
 // expired lease (their worker died), and were not updated for olderThan. An import
@@ -85,21 +39,7 @@ func (m *Machine) RequeueStale(ctx context.Context, olderThan time.Duration, lim
 	}
 	// SKIP LOCKED: an upload being claimed, imported or skipped right now is not
 	// stale, and the sweep never waits on (or deadlocks with) a transaction.
-	rows, err := m.pool.Query(ctx, `
-		WITH stale AS (
-			SELECT u.transfer_id, u.s3_key
-			FROM migration_uploads u JOIN migration_transfers t USING (transfer_id)
-			WHERE (u.state = 'queued' OR (u.state = 'importing' AND coalesce(u.lease_until <= now(), true)))
-				AND u.updated_at < now() - $1 * interval '1 millisecond'
-				AND t.state IN ('waiting', 'ready') AND t.settled_at IS NULL
-			ORDER BY u.updated_at, u.transfer_id, u.s3_key
-			LIMIT $2
-			FOR UPDATE OF u SKIP LOCKED)
-		UPDATE migration_uploads u SET updated_at = now(), reschedules = u.reschedules + 1
-		FROM stale s, migration_transfers t
-		WHERE u.transfer_id = s.transfer_id AND u.s3_key = s.s3_key AND t.transfer_id = u.transfer_id
-		RETURNING t.client_key, u.transfer_id, u.s3_key, u.label, u.reschedules, u.state`,
-		olderThan.Milliseconds(), limit)
+	rows, err := m.pool.Query(ctx, sqlClaimStaleUploads, olderThan.Milliseconds(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("migration: find stale uploads: %w", err)
 	}
