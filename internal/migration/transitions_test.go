@@ -147,7 +147,9 @@ func TestTransitions_EveryCellOfThePackageDocTable(t *testing.T) {
 			want{connectrelay.TransferCancelled, true, nil, map[string]migration.UploadState{}}},
 		{"cancelled", "app-data-uploaded", func(f fixture) { upload(f, fresh, "part") },
 			want{connectrelay.TransferCancelled, true, nil, map[string]migration.UploadState{fresh: migration.UploadSkipped}}},
-		{"cancelled", "cancellation", func(f fixture) { ev(f, migration.EventTransferCancellationRequested, map[string]any{"messageId": "again"}) },
+		{"cancelled", "cancellation", func(f fixture) {
+			ev(f, migration.EventTransferCancellationRequested, map[string]any{"messageId": "again"})
+		},
 			want{connectrelay.TransferCancelled, true, nil, map[string]migration.UploadState{}}},
 		{"cancelled", "listener-errored", func(f fixture) { ev(f, migration.EventListenerErrored, nil) },
 			want{connectrelay.TransferCancelled, true, nil, map[string]migration.UploadState{}}},
