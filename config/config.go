@@ -1,5 +1,5 @@
 // Package config loads the one Config both binaries run on, from the environment
-// names in the project's contract (DESIGN.md), with defaults and validation whose
+// names in the README's configuration table, with defaults and validation whose
 // errors name the variable and say what is wrong.
 //
 // Load takes a lookup function instead of reading os.Getenv itself, so tests (and

@@ -25,6 +25,7 @@
 //
 // The package depends on the standard library, github.com/golang-jwt/jwt/v5
 // and golang.org/x/sync only, so that it can be reused and audited on its own.
-// The facts it implements, with their sources, are in shared/PROTOCOL.md
-// (§1 signed installs, §2 shared-secret JWT and qsh, §6 outbound requests).
+// The protocol facts it implements, with links to Atlassian's documentation,
+// are in docs/protocol.md (signed installs, shared-secret requests, the query
+// string hash, outbound requests).
 package connect

@@ -60,7 +60,7 @@ func ExampleHS256Verifier_Verify() {
 	// true 401
 }
 
-// Signing an app->product call (PROTOCOL §6).
+// Signing an app->product call (docs/protocol.md#outbound-requests).
 func ExampleSignRequest() {
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "https://x.atlassian.net/rest/api/3/myself", nil)
 	err := connect.SignRequest(req, "https://x.atlassian.net", "my-app-key", []byte("test-shared-secret"), time.Unix(1700000000, 0))

@@ -12,7 +12,7 @@ import (
 // FuzzCanonicalRequest checks that canonicalisation never panics, is
 // deterministic, and always has the shape METHOD&URI&QUERY: a URI that starts
 // with '/', has no '&' and has lost one trailing '/', and a query of sorted, fully
-// RFC 3986-encoded parameters without jwt. Seeds are the PROTOCOL §2.4 vectors
+// RFC 3986-encoded parameters without jwt. Seeds are the vectors of docs/protocol.md#query-string-hash
 // (testdata/fuzz holds more).
 func FuzzCanonicalRequest(f *testing.F) {
 	for _, v := range append(append([]qshVector(nil), publishedVectors...), localVectors...) {

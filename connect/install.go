@@ -32,7 +32,7 @@ type InstallConfig struct {
 }
 
 // InstallVerifier verifies the RS256 signed install tokens of the installed
-// and uninstalled lifecycle callbacks (PROTOCOL §1). It is safe for
+// and uninstalled lifecycle callbacks (docs/protocol.md#signed-installs). It is safe for
 // concurrent use.
 type InstallVerifier struct {
 	audiences []string // each without one trailing '/'
@@ -88,7 +88,7 @@ func NewInstallVerifier(cfg InstallConfig) (*InstallVerifier, error) {
 // Verify authenticates an installed or uninstalled callback. clientKey and
 // productBaseURL are the clientKey and baseUrl of the parsed JSON body.
 //
-// The checks run in the order of PROTOCOL §1.4, each with its own error:
+// The checks run in the order of docs/protocol.md#signed-installs, each with its own error:
 //  1. productBaseURL allowed by the HostPolicy (ErrProductHostNotAllowed),
 //     clientKey present (ErrMissingClaim);
 //  2. a token (ErrMissingToken) whose header alg is RS256 (ErrBadAlgorithm

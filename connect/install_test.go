@@ -210,7 +210,7 @@ func TestInstallVerifierRefusesAttacks(t *testing.T) {
 	}
 }
 
-// TestInstallVerifierChecksInProtocolOrder pins the order of PROTOCOL §1.4
+// TestInstallVerifierChecksInProtocolOrder pins the order of docs/protocol.md#signed-installs
 // when a token has several faults.
 func TestInstallVerifierChecksInProtocolOrder(t *testing.T) {
 	k, _ := testKeys(t)

@@ -34,7 +34,7 @@ type KeyProvider interface {
 type KeyServerConfig struct {
 	// BaseURL is CONNECT_KEYS_CDN_URL: when set, keys are fetched from
 	// {BaseURL}/{kid} only. Empty selects Atlassian's primary and fallback CDNs
-	// by product host (PROTOCOL §1.2 table; KeyServerBases).
+	// by product host (docs/protocol.md#signed-installs; KeyServerBases).
 	BaseURL string
 	// HTTPClient performs the fetches; when nil, a client with bounded dial,
 	// TLS and header timeouts that follows at most 3 redirects and never
@@ -155,7 +155,7 @@ func keyRedirectPolicy(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
-// Atlassian's install key servers (PROTOCOL §1.2, from atlassian-connect-
+// Atlassian's install key servers (docs/protocol.md#signed-installs, from atlassian-connect-
 // express 11.5.3), by environment.
 const (
 	keysProdPrimary     = "https://asap-distribution.us-west-2.prod.atl-asap.net"
@@ -170,7 +170,7 @@ const (
 
 // KeyServerBases returns the install key servers to try for a product base
 // URL, primary first, chosen by the host of the install body's baseUrl
-// (PROTOCOL §1.2): production for *.atlassian.net and *.jira.com, staging for
+// (docs/protocol.md#signed-installs): production for *.atlassian.net and *.jira.com, staging for
 // *.jira-dev.com, the FedRAMP servers for their domains, and the documented
 // connect-install-keys server for anything else.
 func KeyServerBases(productBaseURL string) []string {

@@ -31,8 +31,7 @@ type outboundClaims struct {
 	QSH       string `json:"qsh"`
 }
 
-// NewOutboundToken returns the JWT for an app-to-product request (PROTOCOL
-// §6): HS256 with the tenant's shared secret, header {"typ":"JWT","alg":"HS256"},
+// NewOutboundToken returns the JWT for an app-to-product request (docs/protocol.md#outbound-requests): HS256 with the tenant's shared secret, header {"typ":"JWT","alg":"HS256"},
 // iss = appKey, iat = now, exp = now + 180 s, and the qsh of method and u
 // relative to the path of productBaseURL (so Confluence's "/wiki" is not
 // hashed). u must be an absolute URL on productBaseURL's scheme and host and

@@ -19,7 +19,7 @@ const ContextQSH = "context-qsh"
 const jwtParam = "jwt"
 
 // CanonicalRequest returns the canonical form of a request that the qsh claim
-// hashes (PROTOCOL §2.3): METHOD "&" CANONICAL_URI "&" CANONICAL_QUERY.
+// hashes (docs/protocol.md#query-string-hash): METHOD "&" CANONICAL_URI "&" CANONICAL_QUERY.
 //
 // basePath is the path of the app base URL (inbound) or of the product base
 // URL (outbound, e.g. Confluence "/wiki"); it is removed from the request's

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// qshVector is one canonical-request test vector of PROTOCOL §2.4.
+// qshVector is one canonical-request test vector of docs/protocol.md#query-string-hash.
 type qshVector struct {
 	name      string
 	method    string
@@ -18,7 +18,7 @@ type qshVector struct {
 	qsh       string
 }
 
-// publishedVectors are Atlassian's interoperability vectors (PROTOCOL §2.4,
+// publishedVectors are Atlassian's interoperability vectors (docs/protocol.md#query-string-hash,
 // VEC, app base URL https://example.com).
 var publishedVectors = []qshVector{
 	{"Simple", "GET", "https://example.com/test?param=value", "", "GET&/test&param=value", "be16910858a41fd19ea5c1b4e9decca9a784d1024cb00b2158defe2f29dc86dd"},
@@ -51,7 +51,7 @@ var publishedVectors = []qshVector{
 	{"BasePath RFC3986 Unreserved", "GET", "https://example.com/path-._~?a=b", "", "GET&/path-._~&a=b", "5d1574ea0fd8974fa4326d87b3efec74004bf13d35395599de425327178c173b"},
 }
 
-// localVectors were computed with atlassian-jwt 2.0.3 (PROTOCOL §2.4 extras).
+// localVectors were computed with atlassian-jwt 2.0.3 (docs/protocol.md#query-string-hash).
 var localVectors = []qshVector{
 	{"doc example", "GET", "http://localhost:2990/path/to/service?zee_last=param&repeated=parameter 1&first=param&repeated=parameter 2", "", "GET&/path/to/service&first=param&repeated=parameter%201,parameter%202&zee_last=param", "e52bb281606c3bd9ca16cfe96fe2df78f5d9ffa126f06befd750dfa10fa1a897"},
 	{"POST /installed", "POST", "https://app.example.com/installed", "", "POST&/installed&", "4a2e1de8ca74e6cafe8862d332fa3ac7a8e51e692bc6d798ea4dfedc14948bf4"},
@@ -195,7 +195,7 @@ func sign(n int) int {
 	return 0
 }
 
-// vecSecret and vecSimpleToken are the full "Simple" vector of PROTOCOL §2.4.
+// vecSecret and vecSimpleToken are the full "Simple" vector of docs/protocol.md#query-string-hash.
 const (
 	vecSecret      = "7512836e-9137-48ac-baaf-a1935b96e17a"
 	vecIssuer      = "jira:1234-5678-9000"
@@ -272,7 +272,7 @@ func (s *requestSpec) build(t testing.TB) *http.Request {
 }
 
 // TestOutboundTokenMatchesAtlassianJWTByteForByte is the full outbound vector
-// of PROTOCOL §2.4, signed by atlassian-jwt's encodeSymmetric.
+// of docs/protocol.md#query-string-hash, signed by atlassian-jwt's encodeSymmetric.
 func TestOutboundTokenMatchesAtlassianJWTByteForByte(t *testing.T) {
 	const want = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJteS1hcHAta2V5IiwiaWF0IjoxNzAwMDAwMDAwLCJleHAiOjE3MDAwMDAxODAsInFzaCI6ImM3OTBlODYzY2VjZGRiZjEzNjlkNWUwNThkNWY3MWQ5ZDE5NzQxYTQ5N2E2ZTQ2ODEzNTE5MDkxMDk3NTk1MTMifQ.xSsmGBhssQqyixnkkO9d7-Lr_Boon_C_yPlWWw5NWJY"
 	u, _ := url.Parse("https://x.atlassian.net/rest/api/3/myself")

@@ -18,7 +18,7 @@ import (
 const MaxTokenLength = 8 << 10
 
 // DefaultLeeway is the clock skew tolerated on exp and nbf when a config
-// leaves Leeway zero: PROTOCOL §2.2 recommends at most 30–60 s.
+// leaves Leeway zero: docs/protocol.md#shared-secret-requests recommends at most 30–60 s.
 const DefaultLeeway = 30 * time.Second
 
 // Claims are the verified claims of a Connect JWT, returned only after every
@@ -167,7 +167,7 @@ type jwtClaims struct {
 
 // newParser returns a golang-jwt parser pinned to one algorithm. Claims are
 // validated by this package (not by the library) so that the order of checks
-// and the error of each follow PROTOCOL §1.4 and §2.2.
+// and the error of each follow docs/protocol.md#signed-installs and #shared-secret-requests.
 func newParser(alg string) *jwt.Parser {
 	return jwt.NewParser(jwt.WithValidMethods([]string{alg}), jwt.WithoutClaimsValidation())
 }

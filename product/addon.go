@@ -11,7 +11,7 @@ import (
 const AddonRoute = "/rest/atlassian-connect/1/addons/{appKey}"
 
 // AddonInfo is the product's view of this app on one site (License REST API,
-// PROTOCOL §4). Only key, version, state and license.active are documented;
+// docs/protocol.md#licensing). Only key, version, state and license.active are documented;
 // the other license fields are read when present, and Raw keeps the whole
 // answer so that nothing the product adds later is lost.
 type AddonInfo struct {
@@ -33,7 +33,7 @@ type License struct {
 }
 
 // Addon asks the tenant's product how it sees this app, for the license state
-// recorded after installed (DESIGN "Worker effects").
+// recorded after installed (see internal/lifecycle).
 func (c *Client) Addon(ctx context.Context, clientKey string) (AddonInfo, error) {
 	var raw json.RawMessage
 	req := Request{Path: "/rest/atlassian-connect/1/addons/" + url.PathEscape(c.cfg.AppKey), Route: AddonRoute}

@@ -1,5 +1,5 @@
 // Package amp is the worker's client for the App Migration Platform REST API
-// of a Connect app (PROTOCOL §5.4), under the tenant's
+// of a Connect app (docs/protocol.md#app-migration-platform-connect), under the tenant's
 // /rest/atlassian-connect/1/migration.
 //
 // Every call goes through Client, so it is signed as the app, sent
@@ -54,23 +54,23 @@ var (
 	// ErrTransferSettled means the transfer was already settled (SUCCESS,
 	// INCOMPLETE or FAILED), so the platform refuses further calls for it with
 	// 403. It is final: the task should stop, not retry.
-	ErrTransferSettled = errors.New("amp: transfer already settled")
+	ErrTransferSettled = errors.New("transfer already settled")
 	// ErrTransferExpired means the platform no longer accepts progress for the
 	// transfer: it answers 400 once 14 days have passed since the first
 	// notification. ReportProgress validates its payload first, so a 400 for
 	// a well-formed report is read as this. It is final.
-	ErrTransferExpired = errors.New("amp: transfer no longer accepts progress")
+	ErrTransferExpired = errors.New("transfer no longer accepts calls")
 	// ErrInvalidArgument means a call was refused before any request was made
 	// (empty identifiers, an unknown status, a relative webhook URL...).
-	ErrInvalidArgument = errors.New("amp: invalid argument")
+	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrBadDataURL means the data API answered without a usable http(s) URL.
-	ErrBadDataURL = errors.New("amp: product answered an unusable data URL")
+	ErrBadDataURL = errors.New("product answered an unusable data URL")
 	// ErrDownloadFailed means the presigned URL answered something other than
 	// 200 (after the one re-request an expired URL earns). See DownloadError.
-	ErrDownloadFailed = errors.New("amp: data download failed")
+	ErrDownloadFailed = errors.New("data download failed")
 	// ErrDownloadStalled means the presigned URL sent no data (headers or
 	// body) for the stall timeout. It is transient.
-	ErrDownloadStalled = errors.New("amp: data download stalled")
+	ErrDownloadStalled = errors.New("data download stalled")
 )
 
 // DefaultStallTimeout is how long a download may go without receiving a
@@ -177,9 +177,9 @@ func requireArg(name, v string) error {
 // never be made and the transfer's data would be dropped.
 func transferErr(op, transferID string, err error) error {
 	if settledAnswer(err) {
-		return fmt.Errorf("amp: %s for transfer %s: %w: %w", op, transferID, ErrTransferSettled, err)
+		return fmt.Errorf("%s of transfer %s: %w: %w", op, transferID, ErrTransferSettled, err)
 	}
-	return fmt.Errorf("amp: %s for transfer %s: %w", op, transferID, err)
+	return fmt.Errorf("%s of transfer %s: %w", op, transferID, err)
 }
 
 // settledAnswer reports whether err is the product's 403 for a settled transfer.
@@ -201,12 +201,12 @@ func (c *AMP) DataURL(ctx context.Context, clientKey, s3Key string) (string, err
 	req := Request{Path: ampBase + "/data/" + url.PathEscape(s3Key), Route: RouteData}
 	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
 		if settledAnswer(err) {
-			return "", fmt.Errorf("amp: data URL for %s: %w: %w", s3Key, ErrTransferSettled, err)
+			return "", fmt.Errorf("data URL of upload %q: %w: %w", s3Key, ErrTransferSettled, err)
 		}
-		return "", fmt.Errorf("amp: data URL for %s: %w", s3Key, err)
+		return "", fmt.Errorf("data URL of upload %q: %w", s3Key, err)
 	}
 	if _, err := checkDataURL(out.URL); err != nil {
-		return "", fmt.Errorf("amp: data URL for %s: %w", s3Key, err)
+		return "", fmt.Errorf("data URL of upload %q: %w", s3Key, err)
 	}
 	return out.URL, nil
 }
@@ -236,7 +236,7 @@ func (c *AMP) ListData(ctx context.Context, clientKey, transferID string) ([]Upl
 	if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
 		if errors.Is(err, ErrBadRequest) {
 			// A valid transfer id answered 400: past AMP's 14-day window.
-			return nil, fmt.Errorf("amp: list data for transfer %s: %w: %w", transferID, ErrTransferExpired, err)
+			return nil, fmt.Errorf("list data of transfer %s: %w: %w", transferID, ErrTransferExpired, err)
 		}
 		return nil, transferErr("list data", transferID, err)
 	}
@@ -262,7 +262,7 @@ func (c *AMP) ReportProgress(ctx context.Context, clientKey, transferID string, 
 	req := Request{Method: http.MethodPost, Path: ampBase + "/progress/" + url.PathEscape(transferID), Body: p, Route: RouteProgress}
 	err := c.p.Do(ctx, clientKey, req, nil)
 	if err != nil && errors.Is(err, ErrBadRequest) {
-		return fmt.Errorf("amp: report progress for transfer %s: %w: %w", transferID, ErrTransferExpired, err)
+		return fmt.Errorf("report progress of transfer %s: %w: %w", transferID, ErrTransferExpired, err)
 	}
 	if err != nil {
 		return transferErr("report progress", transferID, err)
@@ -312,7 +312,7 @@ func (c *AMP) Webhook(ctx context.Context, clientKey string) ([]string, error) {
 		Endpoints []string `json:"endpoints"`
 	}
 	if err := c.p.Do(ctx, clientKey, Request{Path: ampBase + "/webhook", Route: RouteWebhook}, &out); err != nil {
-		return nil, fmt.Errorf("amp: get webhook: %w", err)
+		return nil, fmt.Errorf("read migration webhook: %w", err)
 	}
 	return out.Endpoints, nil
 }
@@ -335,7 +335,7 @@ func (c *AMP) SetWebhook(ctx context.Context, clientKey string, endpoints []stri
 	}{endpoints}
 	req := Request{Method: http.MethodPut, Path: ampBase + "/webhook", Body: body, Route: RouteWebhook}
 	if err := c.p.Do(ctx, clientKey, req, nil); err != nil {
-		return fmt.Errorf("amp: set webhook: %w", err)
+		return fmt.Errorf("register migration webhook: %w", err)
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ type DownloadError struct {
 
 // Error reports the storage answer without the presigned URL.
 func (e *DownloadError) Error() string {
-	msg := fmt.Sprintf("amp: data download: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	msg := fmt.Sprintf("storage answered %d %s", e.StatusCode, http.StatusText(e.StatusCode))
 	if e.Body != "" {
 		msg += ": " + strconv.Quote(e.Body)
 	}
@@ -69,7 +69,7 @@ func (c *AMP) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadClo
 				slog.String("client_key", clientKey), slog.String("s3_key", s3Key))
 			continue
 		}
-		return nil, fmt.Errorf("amp: open data %s: %w", s3Key, err)
+		return nil, fmt.Errorf("download of upload %q: %w", s3Key, err)
 	}
 }
 
@@ -99,9 +99,9 @@ func (c *AMP) download(ctx context.Context, raw string) (io.ReadCloser, error) {
 		case errors.Is(cause, ErrDownloadStalled):
 			return nil, fmt.Errorf("%w: no response headers within %s", ErrDownloadStalled, c.stall)
 		case ctx.Err() != nil:
-			return nil, fmt.Errorf("data download: %w", ctx.Err())
+			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("data download: %w: %v", ErrUnavailable, redactURLError(err, u))
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, redactURLError(err, u))
 	}
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
@@ -192,7 +192,7 @@ func (r *stallReader) Read(p []byte) (int, error) {
 			return n, fmt.Errorf("%w: no data for %s", ErrDownloadStalled, r.stall)
 		}
 		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			return n, fmt.Errorf("data download: %w: %w", ErrUnavailable, err)
+			return n, fmt.Errorf("download: %w: %w", ErrUnavailable, err)
 		}
 	}
 	return n, err

@@ -78,7 +78,7 @@ func (c *AMP) Mappings(ctx context.Context, clientKey, transferID, namespace str
 				return
 			}
 			if page.Meta.LastEntity == "" || page.Meta.LastEntity == last {
-				yield(Mapping{}, fmt.Errorf("amp: mappings %s for transfer %s: hasNext without a new lastEntity (%q)", namespace, transferID, page.Meta.LastEntity))
+				yield(Mapping{}, fmt.Errorf("mappings %s of transfer %s: hasNext without a new lastEntity (%q)", namespace, transferID, page.Meta.LastEntity))
 				return
 			}
 			last = page.Meta.LastEntity

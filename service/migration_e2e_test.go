@@ -28,11 +28,12 @@ type ampSite struct {
 	data     map[string][]byte // s3Key -> content
 	dataGets map[string]int    // s3Key -> presigned downloads
 	progress []string          // status/percent of each progress call
+	gone     map[string]bool   // s3Keys whose data URL answers 404
 	t        *testing.T
 }
 
 func newAMPSite(t *testing.T) *ampSite {
-	a := &ampSite{site: newSite(), data: map[string][]byte{}, dataGets: map[string]int{}, t: t}
+	a := &ampSite{site: newSite(), data: map[string][]byte{}, dataGets: map[string]int{}, gone: map[string]bool{}, t: t}
 	a.s3 = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "" {
 			t.Errorf("presigned download carried an Authorization header")
@@ -70,6 +71,14 @@ func (a *ampSite) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(p, prefix+"data/") && r.Method == http.MethodGet:
 		key := strings.TrimPrefix(p, prefix+"data/")
 		w.Header().Set("Content-Type", "application/json")
+		a.mu.Lock()
+		gone := a.gone[key]
+		a.mu.Unlock()
+		if gone {
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = io.WriteString(w, `{"message":"no data for this key"}`)
+			return
+		}
 		_ = json.NewEncoder(w).Encode(map[string]string{"url": a.s3.URL + "/obj/" + key})
 	case strings.HasPrefix(p, prefix+"progress/") && r.Method == http.MethodPost:
 		var body struct {
@@ -238,5 +247,56 @@ func TestMigration_UnknownEventTypeIsAcknowledgedAndRecordedOnce(t *testing.T) {
 	eventually(t, 5*time.Second, "task completed, not retried", func() bool {
 		info, err := e.inspector.GetQueueInfo("migration")
 		return err == nil && info.Completed == 1 && info.Retry == 0 && info.Archived == 0
+	})
+}
+
+// A typical failed import, as the worker logs it: the product no longer has the
+// upload's data. Each identifier appears once in the error, the layer that
+// received it naming it; the task fails permanently and so does the transfer.
+func TestMigration_FailedImportIsLoggedNamingEachIdentifierOnce(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, "")
+	const secret = "shared-secret-e2e-amp-gone-0123456789a"
+	amp := newAMPSite(t)
+	amp.gone["gone/k1"] = true
+	prod := newProduct(t, secret, amp)
+	e.install("ck-1", prod, secret)
+	e.startWorker(service.WorkerOptions{})
+	for _, ev := range []map[string]any{
+		ampEvent("listener-triggered", "tr-gone", "m-lt", "ck-1", "", ""),
+		ampEvent("app-data-uploaded", "tr-gone", "m-up", "ck-1", "gone/k1", "final"),
+	} {
+		if code := e.hs256(handlers.PathMigrationEvents, "ck-1", secret, ev); code != http.StatusOK {
+			t.Fatalf("%s = %d", ev["eventType"], code)
+		}
+	}
+	var logged string
+	eventually(t, 10*time.Second, "the failed import logged", func() bool {
+		for _, line := range e.logs.Lines() {
+			var rec struct {
+				Msg      string `json:"msg"`
+				TaskType string `json:"task_type"`
+				Error    string `json:"error"`
+			}
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				continue
+			}
+			if rec.Msg == "task failed" && rec.TaskType == "migration:import" {
+				logged = rec.Error
+				return true
+			}
+		}
+		return false
+	})
+	want := `migration: transfer tr-gone (attempt 1): data URL of upload "gone/k1": ` +
+		`product: GET /rest/atlassian-connect/1/migration/data/{s3Key}: 404 Not Found: "{\"message\":\"no data for this key\"}"` +
+		` (not retried: skip retry for the task)`
+	if logged != want {
+		t.Errorf("logged error:\n got %s\nwant %s", logged, want)
+	}
+	eventually(t, 5*time.Second, "transfer failed with the upload", func() bool {
+		var state, msg string
+		_ = e.pool.QueryRow(context.Background(), `SELECT state, coalesce(settle_message, '') FROM migration_transfers WHERE transfer_id = 'tr-gone'`).Scan(&state, &msg)
+		return state == "failed" && strings.Contains(msg, "gone/k1")
 	})
 }

@@ -2,7 +2,6 @@ package tasks
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -30,7 +29,7 @@ func (h *Handlers) licenseCheck(ctx context.Context, t *asynq.Task) error {
 		return notConfigured(t)
 	}
 	if err := h.d.Lifecycle.RecheckLicense(ctx, p.ClientKey); err != nil {
-		return permanent(fmt.Errorf("%s: %w", t.Type(), err))
+		return permanent(err)
 	}
 	return nil
 }

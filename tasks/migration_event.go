@@ -69,7 +69,7 @@ func (h *Handlers) migrationEvent(ctx context.Context, t *asynq.Task) error {
 		// Let a retry (or another worker) take the event at once rather than
 		// wait for the claim to expire.
 		_ = claim.Release(bctx)
-		return permanent(fmt.Errorf("%s: %w", t.Type(), err))
+		return permanent(err)
 	}
 	if err := claim.Done(bctx); err != nil {
 		// The effects are recorded in Postgres and idempotent there; a re-run

@@ -3,7 +3,6 @@ package tasks
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"strconv"
 	"time"
@@ -66,7 +65,7 @@ func (h *Handlers) migrationImport(ctx context.Context, t *asynq.Task) error {
 	if err == nil {
 		return nil
 	}
-	err = permanent(fmt.Errorf("%s: %w", t.Type(), err))
+	err = permanent(err)
 	if errors.Is(ctx.Err(), context.Canceled) {
 		// The worker is shutting down: asynq has put the task back in its
 		// queue, so this was not the last attempt whatever the retry count.

@@ -10,7 +10,7 @@ import (
 // OpenRedis builds the process's one Redis client from a redis:// URL, with the
 // timeouts the receiver needs to answer 503 well within a second when Redis is
 // down or hung: go-redis's defaults (5 s read timeout, 3 retries, context deadlines
-// ignored) would hold a request for 10 s (STACK-NOTES §6). asynq's client, server
+// ignored) would hold a request for 10 s. asynq's client, server
 // and inspector are built on this client so they share its pool and timeouts.
 func OpenRedis(rawURL string) (*redis.Client, error) {
 	opt, err := redis.ParseURL(rawURL)

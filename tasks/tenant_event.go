@@ -44,7 +44,7 @@ func (h *Handlers) tenantEnabled(ctx context.Context, t *asynq.Task) error {
 		return notConfigured(t)
 	}
 	if err := h.d.Lifecycle.Enabled(ctx, p.ClientKey); err != nil {
-		return permanent(fmt.Errorf("%s: %w", t.Type(), err))
+		return permanent(err)
 	}
 	return nil
 }
@@ -60,7 +60,7 @@ func (h *Handlers) tenantEvent(ev connectrelay.EventType) asynq.HandlerFunc {
 			return notConfigured(t)
 		}
 		if err := h.d.Lifecycle.Notify(ctx, ev, p.ClientKey); err != nil {
-			return permanent(fmt.Errorf("%s: %w", t.Type(), err))
+			return permanent(err)
 		}
 		return nil
 	}

@@ -2,7 +2,6 @@ package tasks
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/hibiken/asynq"
 )
@@ -17,7 +16,7 @@ func (h *Handlers) tenantInit(ctx context.Context, t *asynq.Task) error {
 		return notConfigured(t)
 	}
 	if err := h.d.Lifecycle.Initialize(ctx, p.ClientKey); err != nil {
-		return permanent(fmt.Errorf("%s: %w", t.Type(), err))
+		return permanent(err)
 	}
 	return nil
 }

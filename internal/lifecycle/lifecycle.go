@@ -133,11 +133,15 @@ func (s *Service) installed(ctx context.Context, clientKey, what string) (connec
 // to the webhook registration is logged, not returned: the product may refuse
 // it before the app is enabled, and enabled registers it then.
 func (s *Service) Initialize(ctx context.Context, clientKey string) error {
+	return wrap(s.initialize(ctx, clientKey))
+}
+
+func (s *Service) initialize(ctx context.Context, clientKey string) error {
 	tn, ok, err := s.installed(ctx, clientKey, "initialize")
 	if !ok {
 		return err
 	}
-	if err := s.CheckLicense(ctx, clientKey); err != nil {
+	if err := s.checkLicense(ctx, clientKey); err != nil {
 		return err
 	}
 	if s.cfg.Initializer != nil {
@@ -162,13 +166,17 @@ func (s *Service) Initialize(ctx context.Context, clientKey string) error {
 // tells the Listener.
 func (s *Service) Enabled(ctx context.Context, clientKey string) error {
 	if err := s.registerWebhook(ctx, clientKey); err != nil {
-		return err
+		return wrap(err)
 	}
-	return s.Notify(ctx, connectrelay.EventEnabled, clientKey)
+	return wrap(s.notify(ctx, connectrelay.EventEnabled, clientKey))
 }
 
 // Notify tells the Listener, if any, that ev happened to the tenant.
 func (s *Service) Notify(ctx context.Context, ev connectrelay.EventType, clientKey string) error {
+	return wrap(s.notify(ctx, ev, clientKey))
+}
+
+func (s *Service) notify(ctx context.Context, ev connectrelay.EventType, clientKey string) error {
 	if s.cfg.Listener == nil {
 		return nil
 	}
@@ -189,11 +197,11 @@ func (s *Service) registerWebhook(ctx context.Context, clientKey string) error {
 	want := []string{s.cfg.WebhookURL}
 	have, err := s.cfg.Webhooks.Webhook(ctx, clientKey)
 	if err != nil && !errors.Is(err, product.ErrNotFound) {
-		return fmt.Errorf("read migration webhook: %w", err)
+		return err
 	}
 	if !slices.Equal(have, want) {
 		if err := s.cfg.Webhooks.SetWebhook(ctx, clientKey, want); err != nil {
-			return fmt.Errorf("register migration webhook: %w", err)
+			return err
 		}
 		s.log.InfoContext(ctx, "migration webhook registered", slog.String("client_key", clientKey), slog.Any("previous", have))
 	}
@@ -209,6 +217,10 @@ func (s *Service) registerWebhook(ctx context.Context, clientKey string) error {
 // stored state left as it was, so that reading license information never
 // blocks a tenant's initialization. Transient failures are returned.
 func (s *Service) CheckLicense(ctx context.Context, clientKey string) error {
+	return wrap(s.checkLicense(ctx, clientKey))
+}
+
+func (s *Service) checkLicense(ctx context.Context, clientKey string) error {
 	checkedAt := s.now()
 	info, err := s.cfg.Product.Addon(ctx, clientKey)
 	if err != nil {
@@ -229,9 +241,17 @@ func (s *Service) CheckLicense(ctx context.Context, clientKey string) error {
 // uninstalled tenant is skipped (nil).
 func (s *Service) RecheckLicense(ctx context.Context, clientKey string) error {
 	if _, ok, err := s.installed(ctx, clientKey, "license check"); !ok {
-		return err
+		return wrap(err)
 	}
-	return s.CheckLicense(ctx, clientKey)
+	return wrap(s.checkLicense(ctx, clientKey))
+}
+
+// wrap prefixes an error leaving the package.
+func wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("lifecycle: %w", err)
 }
 
 // licenseState reduces the product's answer to the state stored on a tenant.

@@ -19,7 +19,7 @@ import (
 // kept as they came: the platform adds event types without notice.
 type EventType string
 
-// The event types this service acts on (PROTOCOL.md §5.3).
+// The event types this service acts on (docs/protocol.md#app-migration-platform-connect).
 const (
 	// EventListenerTriggered starts a transfer: uploads may be imported from now on.
 	EventListenerTriggered EventType = "listener-triggered"

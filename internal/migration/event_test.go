@@ -16,7 +16,7 @@ import (
 	"github.com/connectrelay/connectrelay/internal/migration"
 )
 
-// The illustrative composite of PROTOCOL.md §5.3, with an upload's fields.
+// The illustrative composite of docs/protocol.md#app-migration-platform-connect, with an upload's fields.
 const docExample = `{"eventType":"app-data-uploaded","cloudAppKey":"my-app","transferId":"2e170ff3-1a8b-4b1c-9f0e-5b1f6f0f2c1a",
 "messageId":"6b0a1c2e-0000-4000-8000-000000000001","s3Key":"a1b2c3/data.json","label":"final",
 "migrationDetails":{"migrationId":"fd2b0ea1-0000-4000-8000-000000000000","migrationScopeId":"0bba5d1d-0000-4000-8000-000000000000",

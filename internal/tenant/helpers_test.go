@@ -74,7 +74,7 @@ var base = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
 
 func ts(n int) time.Time { return base.Add(time.Duration(n) * time.Second) }
 
-// body is the installed body from PROTOCOL.md §3 for clientKey, with overrides
+// body is the installed body of docs/protocol.md#lifecycle-payloads for clientKey, with overrides
 // applied (a nil value deletes the field).
 func body(t testing.TB, clientKey string, overrides map[string]any) []byte {
 	t.Helper()

@@ -2,7 +2,7 @@
 // with the shared secret encrypted at rest, a history of every lifecycle event, and the
 // links between tenants that share a baseUrl after a site import.
 //
-// What it is built against (DESIGN.md "falsehoods"):
+// What it is built against (docs/protocol.md#lifecycle-payloads):
 //   - installed arrives many times; it is an idempotent upsert keyed by clientKey that
 //     saves everything it carries (new secret, new baseUrl, versions).
 //   - baseUrl is not a key: it changes on rename, and a site import sends a NEW

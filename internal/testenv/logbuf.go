@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"strings"
 	"sync"
 )
 
@@ -24,4 +25,9 @@ func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Lines returns everything written so far, one element per line.
+func (l *LogBuffer) Lines() []string {
+	return strings.Split(strings.TrimSpace(l.String()), "\n")
 }

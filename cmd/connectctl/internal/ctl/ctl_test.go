@@ -19,7 +19,7 @@ import (
 	"github.com/connectrelay/connectrelay/connect"
 )
 
-// The published "Simple" vector of PROTOCOL §2.4.
+// The published "Simple" vector of docs/protocol.md#query-string-hash.
 const (
 	vecSecret = "7512836e-9137-48ac-baaf-a1935b96e17a"
 	vecToken  = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJxc2giOiJiZTE2OTEwODU4YTQxZmQxOWVhNWMxYjRlOWRlY2NhOWE3ODRkMTAyNGNiMDBiMjE1OGRlZmUyZjI5ZGM4NmRkIiwiY29udGV4dCI6e30sImlzcyI6ImppcmE6MTIzNC01Njc4LTkwMDAiLCJleHAiOjE0NjY3MzEyNTUsImlhdCI6MTQ2NjczMTA3NX0.ssbmLUBemh6nQW3MH5o2fSdnOFTIKf2w0KASnnH8aXo"
