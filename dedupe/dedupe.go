@@ -1,8 +1,30 @@
 // Package dedupe stops a worker from repeating work it has already completed when
-// a task is delivered again: Atlassian re-sends AMP webhooks until it sees a 200,
-// asynq re-runs a task whose worker died, and an operator may re-run an archived
-// task by hand. Deduplication is keyed by the event's messageId or, when there is
-// none, by a key derived from its content (see migration.Event.DedupeKey).
+// a task is delivered again: Atlassian re-sends migration webhooks until it sees a
+// 200, asynq re-runs a task whose worker died, and an operator may re-run an
+// archived task by hand. Deduplication is keyed by the event's messageId or, when
+// there is none, by a key derived from its content (see migration.Event.DedupeKey).
+//
+// # Layers
+//
+// A migration event meets three layers of deduplication; each covers a failure
+// the others do not:
+//
+//   - At enqueue (package tasks), the task's deterministic TaskID (tenant and
+//     dedupe key, kept 14 days): a re-sent webhook finds its task and is
+//     acknowledged without a second task. It cannot see a task that asynq
+//     already deleted, and does nothing against one task running twice.
+//   - In the worker (this package), a claim and a done marker per tenant and
+//     dedupe key: a task that asynq runs again (its worker died, an operator
+//     re-ran it, two tasks slipped through the first layer) does not repeat the
+//     event's effects, and two workers never handle the same event at once.
+//   - In PostgreSQL (internal/migration), each event recorded once per tenant
+//     and dedupe key and each transition idempotent under the transfer's row
+//     lock: the correctness backstop when Redis lost its keys (a failover
+//     without persistence, an eviction). The two Redis layers only narrow how
+//     often the state machine sees a repeated event; it does not rely on them.
+//
+// The license sweep uses a Store of its own (another key prefix) to run once a
+// day across all workers.
 //
 // # Protocol
 //

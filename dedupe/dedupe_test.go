@@ -27,6 +27,7 @@ func setup(t *testing.T, opts dedupe.Options) (*dedupe.Store, *redis.Client) {
 }
 
 func TestConcurrentClaimsOnlyOneWins(t *testing.T) {
+	t.Parallel()
 	s, _ := setup(t, dedupe.Options{})
 	ctx := context.Background()
 	const n = 32
@@ -62,6 +63,7 @@ func TestConcurrentClaimsOnlyOneWins(t *testing.T) {
 }
 
 func TestDoneBlocksLaterClaims(t *testing.T) {
+	t.Parallel()
 	s, rdb := setup(t, dedupe.Options{Prefix: "t:", DoneTTL: time.Hour})
 	ctx := context.Background()
 	c, err := s.Claim(ctx, "k1")
@@ -95,6 +97,7 @@ func TestDoneBlocksLaterClaims(t *testing.T) {
 }
 
 func TestReleaseAllowsReclaim(t *testing.T) {
+	t.Parallel()
 	s, _ := setup(t, dedupe.Options{})
 	ctx := context.Background()
 	c, err := s.Claim(ctx, "k")
@@ -124,6 +127,7 @@ func TestReleaseAllowsReclaim(t *testing.T) {
 }
 
 func TestClaimExpiresAfterTTLAndOnlyOwnerReleases(t *testing.T) {
+	t.Parallel()
 	s, _ := setup(t, dedupe.Options{ClaimTTL: 300 * time.Millisecond})
 	ctx := context.Background()
 	old, err := s.Claim(ctx, "k")
@@ -154,6 +158,7 @@ func TestClaimExpiresAfterTTLAndOnlyOwnerReleases(t *testing.T) {
 }
 
 func TestExtendKeepsClaim(t *testing.T) {
+	t.Parallel()
 	s, _ := setup(t, dedupe.Options{ClaimTTL: 400 * time.Millisecond})
 	ctx := context.Background()
 	c, err := s.Claim(ctx, "k")
@@ -173,6 +178,7 @@ func TestExtendKeepsClaim(t *testing.T) {
 }
 
 func TestDoneAfterLostClaimStillMarksDone(t *testing.T) {
+	t.Parallel()
 	s, _ := setup(t, dedupe.Options{ClaimTTL: 200 * time.Millisecond})
 	ctx := context.Background()
 	old, err := s.Claim(ctx, "k")
@@ -200,6 +206,7 @@ func TestDoneAfterLostClaimStillMarksDone(t *testing.T) {
 }
 
 func TestKeysWithBracesAndPrefixesAreIsolated(t *testing.T) {
+	t.Parallel()
 	rdb := testenv.RedisClient(t)
 	a := dedupe.New(rdb, dedupe.Options{Prefix: "a:", Logger: quietLogger()})
 	b := dedupe.New(rdb, dedupe.Options{Prefix: "b:", Logger: quietLogger()})
@@ -227,6 +234,7 @@ func TestKeysWithBracesAndPrefixesAreIsolated(t *testing.T) {
 }
 
 func TestRedisUnreachable(t *testing.T) {
+	t.Parallel()
 	rdb := redis.NewClient(&redis.Options{
 		Addr: testenv.ClosedAddr(t), DialTimeout: 200 * time.Millisecond, MaxRetries: -1,
 	})

@@ -24,6 +24,7 @@ const docExample = `{"eventType":"app-data-uploaded","cloudAppKey":"my-app","tra
 "confluenceClientKey":"847e2ce1-0000-4000-8000-000000000000","cloudUrl":"https://example.atlassian.net"}}`
 
 func TestParseEvent(t *testing.T) {
+	t.Parallel()
 	ignoreRaw := cmpopts.IgnoreFields(migration.Event{}, "Raw")
 	ignoreDetailsRaw := cmpopts.IgnoreFields(connectrelay.MigrationDetails{}, "Raw")
 	tests := []struct {
@@ -94,6 +95,7 @@ func TestParseEvent(t *testing.T) {
 }
 
 func TestParseEventRejects(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ desc, body string }{
 		{"empty", ``},
 		{"not JSON", `eventType=listener-triggered`},
@@ -130,6 +132,7 @@ func TestParseEventRejects(t *testing.T) {
 }
 
 func TestDedupeKey(t *testing.T) {
+	t.Parallel()
 	parse := func(body string) migration.Event {
 		t.Helper()
 		ev, err := migration.ParseEvent([]byte(body))
@@ -180,6 +183,7 @@ func TestDedupeKey(t *testing.T) {
 }
 
 func TestClientKeys(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		desc    string
 		details string

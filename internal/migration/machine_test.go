@@ -19,6 +19,7 @@ import (
 )
 
 func TestNewMachineValidates(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	if _, err := migration.NewMachine(nil, b.amp, b.rec, b.queue, migration.Options{}); err == nil {
 		t.Error("nil pool accepted")
@@ -41,6 +42,7 @@ func TestNewMachineValidates(t *testing.T) {
 // An upload announced before listener-triggered is parked (nothing fetched, nothing
 // scheduled) and imported once listener-triggered arrives; the final label settles.
 func TestUploadBeforeListenerTriggeredIsParkedThenImported(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -125,6 +127,7 @@ func TestUploadBeforeListenerTriggeredIsParkedThenImported(t *testing.T) {
 // The same app-data-uploaded delivered 5 times, 3 of them concurrently, to a worker
 // fleet that runs imports as soon as they are scheduled: one fetch, one import.
 func TestDuplicateUploadEventsImportOnce(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 60*time.Second)
 	sched := &asyncScheduler{}
@@ -167,6 +170,7 @@ func TestDuplicateUploadEventsImportOnce(t *testing.T) {
 // app-data-uploaded of the same transfer at the same moment, for many transfers:
 // every upload is imported exactly once, and never before listener-triggered.
 func TestTwoWorkersRaceListenerAndUpload(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 120*time.Second)
 	s1, s2 := &asyncScheduler{}, &asyncScheduler{}
@@ -248,6 +252,7 @@ func (bi *blockingImporter) Import(ctx context.Context, req *connectrelay.Import
 // context is cancelled (in this process at once, in another within a heartbeat),
 // INCOMPLETE is reported, and later uploads are skipped without being fetched.
 func TestCancelMidImport(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		desc         string
 		otherProcess bool
@@ -347,6 +352,7 @@ func TestCancelMidImport(t *testing.T) {
 }
 
 func TestListenerErroredSettlesFailed(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		desc      string
 		detailErr error
@@ -391,6 +397,7 @@ func TestListenerErroredSettlesFailed(t *testing.T) {
 // The final label may be imported before other uploads: the transfer succeeds when
 // the last of them is imported, and the percent reported only grows.
 func TestFinalLabelSettlesSuccessWhateverTheOrder(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{FinalLabel: "done"})
@@ -443,6 +450,7 @@ func TestFinalLabelSettlesSuccessWhateverTheOrder(t *testing.T) {
 // Once the product says a transfer is settled, that is final: recorded, never
 // retried, and nothing more is fetched for it.
 func TestSettledAnswerIsFinal(t *testing.T) {
+	t.Parallel()
 	t.Run("progress answered settled", func(t *testing.T) {
 		b := setup(t)
 		ctx := ctxT(t, 30*time.Second)
@@ -552,6 +560,7 @@ func (c *crashingImporter) Import(ctx context.Context, req *connectrelay.ImportR
 // keeps other workers off until it expires, then the retry imports again and the
 // recording importer does not record a second time.
 func TestWorkerKilledBetweenImportAndMark(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	imp := &crashingImporter{next: b.rec}
@@ -597,6 +606,7 @@ func TestWorkerKilledBetweenImportAndMark(t *testing.T) {
 }
 
 func TestUnknownEventIsRecordedOnly(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -624,6 +634,7 @@ func TestUnknownEventIsRecordedOnly(t *testing.T) {
 
 // Raw bodies that jsonb would refuse (\u0000, lone surrogates) are still recorded.
 func TestEventsWithUnusualJSONAreRecorded(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -640,6 +651,7 @@ func TestEventsWithUnusualJSONAreRecorded(t *testing.T) {
 }
 
 func TestTenantMismatchIsRejected(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -684,6 +696,7 @@ func TestTenantMismatchIsRejected(t *testing.T) {
 // Scheduling fails after the commit: the event's retry schedules the upload that
 // stayed queued.
 func TestSchedulingFailureIsRetried(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -704,6 +717,7 @@ func TestSchedulingFailureIsRetried(t *testing.T) {
 }
 
 func TestImportErrors(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -760,6 +774,7 @@ func TestImportErrors(t *testing.T) {
 // A shutting-down worker (its context cancelled mid-import) puts the upload back
 // in the queue instead of skipping it.
 func TestWorkerShutdownRequeues(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	imp := &blockingImporter{started: make(chan struct{})}
@@ -788,6 +803,7 @@ func TestWorkerShutdownRequeues(t *testing.T) {
 }
 
 func TestStatusQueries(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})

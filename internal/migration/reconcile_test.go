@@ -71,6 +71,7 @@ func reconcile(t *testing.T, ctx context.Context, m *migration.Machine, olderTha
 // ReconcileStale asks again every olderThan, and once the transfer has made no
 // progress for giveUpAfter it fails it and settles FAILED, naming the reason.
 func TestReconcileStaleGivesUpWhenTheListKeepsFailing(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -159,6 +160,7 @@ func TestReconcileStaleGivesUpWhenTheListKeepsFailing(t *testing.T) {
 // even past giveUpAfter, with the product asked with no lock held and the upload
 // not imported again.
 func TestReconcileStaleSucceedsWhenTheListRecovers(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -201,6 +203,7 @@ func TestReconcileStaleSucceedsWhenTheListRecovers(t *testing.T) {
 // recorded queued and scheduled, and the import of the last one settles SUCCESS.
 // An event arriving before the import supplies the label the list lacks.
 func TestReconcileStaleImportsUploadsOnlyTheProductListed(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -288,6 +291,7 @@ func TestReconcileStaleImportsUploadsOnlyTheProductListed(t *testing.T) {
 // Uploads the product lists that were skipped or failed here will never be
 // imported: once giveUpAfter passes the transfer fails, naming them.
 func TestReconcileStaleGivesUpOnListedUploadsThatNeverComplete(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -331,6 +335,7 @@ func TestReconcileStaleGivesUpOnListedUploadsThatNeverComplete(t *testing.T) {
 // The product's "already settled" and "expired" answers to the list are final,
 // whether ReconcileStale or the import gets them: recorded, no settle call.
 func TestReconcileStaleFinalAnswers(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -384,6 +389,7 @@ func TestReconcileStaleFinalAnswers(t *testing.T) {
 // uploads still to import, without an imported final upload, waiting for
 // listener-triggered, or closed; and at most limit per call.
 func TestReconcileStaleCandidates(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -459,6 +465,7 @@ func TestReconcileStaleCandidates(t *testing.T) {
 // per transfer: a claimed transfer is not examined again, neither while its
 // product call runs nor after.
 func TestConcurrentReconcilesSettleOnce(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m1 := b.machine(t, nil, nil, migration.Options{})

@@ -66,6 +66,7 @@ func owesSettle(t *testing.T, ctx context.Context, b *bundle, m *migration.Machi
 // real AMP client looks the tenant up in Postgres): holding the row lock and a
 // connection over the call deadlocks the pool until the call gives up.
 func TestSettleCallHoldsNoLockOrConnection(t *testing.T) {
+	t.Parallel()
 	b, url := setupSmallPool(t, 2)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -162,6 +163,7 @@ func TestSettleCallHoldsNoLockOrConnection(t *testing.T) {
 // call is in flight, the second finds the settle claimed and returns at once (it
 // does not wait for the call), and once the call is recorded nobody calls again.
 func TestRacingSettlesMakeOneCall(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m1 := b.machine(t, nil, nil, migration.Options{})
@@ -228,6 +230,7 @@ func TestRacingSettlesMakeOneCall(t *testing.T) {
 // A worker that dies during the settle call leaves a claim: nobody calls while it
 // lives, and once it expired the settle sweep makes the call.
 func TestCrashedSettleClaimExpiresAndIsSwept(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -281,6 +284,7 @@ func TestCrashedSettleClaimExpiresAndIsSwept(t *testing.T) {
 // The product answers a settle call of a transfer past its 14 days with 400: that
 // is final, recorded as expired (with a warning), and never retried.
 func TestExpiredSettleIsFinal(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	var logs testenv.LogBuffer
@@ -321,6 +325,7 @@ func TestExpiredSettleIsFinal(t *testing.T) {
 // when the worker's context ends at that moment (it is shutting down): the write
 // runs under a detached, bounded context.
 func TestSettledByProductIsRecordedDuringShutdown(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})

@@ -13,6 +13,7 @@ import (
 // A 2 GiB upload, generated on the fly by the fake product, streams through the
 // machine into the recording importer with flat memory: nothing buffers the file.
 func TestTwoGiBUploadStreamsWithFlatMemory(t *testing.T) {
+	t.Parallel()
 	const size = 2 << 30
 	const budget = 64 << 20
 	b := setup(t)

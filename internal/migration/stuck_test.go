@@ -19,6 +19,7 @@ import (
 // An import task that gives up fails its upload and, with it, the transfer: the
 // customer learns now, with the upload's name, instead of when AMP's window ends.
 func TestFailUploadFailsTheTransfer(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -103,6 +104,7 @@ func TestFailUploadFailsTheTransfer(t *testing.T) {
 // upload, a parked one (listener-triggered schedules it), one imported right now
 // under a live lease, an unknown one; and nothing at all for another tenant.
 func TestFailUploadLeavesOthersAlone(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	imp := &blockingImporter{started: make(chan struct{})}
@@ -177,6 +179,7 @@ func TestFailUploadLeavesOthersAlone(t *testing.T) {
 // The settle call of a failed upload's transfer may fail: FailUpload reports it
 // and the sweep makes it.
 func TestFailUploadSettleFailureIsSwept(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -212,6 +215,7 @@ func age(t *testing.T, ctx context.Context, b *bundle, tid string, d time.Durati
 // worker's expired lease): the stale sweep schedules them again under a new task
 // ID, and not again before olderThan has passed once more.
 func TestRequeueStaleSchedulesLostImports(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{HeartbeatInterval: 100 * time.Millisecond, LeaseTTL: time.Second})
@@ -312,6 +316,7 @@ func TestRequeueStaleSchedulesLostImports(t *testing.T) {
 // upload whose event has not arrived keeps the transfer open, and the product is
 // asked with no lock held.
 func TestSuccessWaitsForUploadsTheProductLists(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
@@ -356,6 +361,7 @@ func TestSuccessWaitsForUploadsTheProductLists(t *testing.T) {
 // import returns an error (its upload stays imported) and its retry completes it.
 // A "settled" answer to the list is final.
 func TestListDataFailures(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})

@@ -14,6 +14,7 @@ import (
 )
 
 func TestSettlePending_MakesTheSettleCallsStillOwed(t *testing.T) {
+	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t, 30*time.Second)
 	m := b.machine(t, nil, nil, migration.Options{})
