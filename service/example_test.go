@@ -32,8 +32,6 @@ func (importer) Import(ctx context.Context, req *connectrelay.ImportRequest) err
 	return err
 }
 
-// A vendor's worker binary: the bundled worker with their own initialization
-// and import code plugged in. The README shows the same program.
 func Example_vendorWorker() {
 	// Loads the configuration, runs until SIGTERM, shuts down gracefully.
 	service.RunWorker(service.WorkerOptions{Initializer: onboarding{}, Importer: importer{}})

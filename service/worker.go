@@ -98,6 +98,7 @@ func (w *Worker) build(opts WorkerOptions) error {
 	cfg, log, st, m := w.cfg, w.log, w.stores, w.test.Metrics
 	client, err := product.New(product.Config{
 		AppKey:      cfg.AppKey,
+		UserAgent:   "connectrelay/" + connectrelay.Version + " " + cfg.AppKey,
 		Hosts:       st.hosts,
 		HTTPClient:  w.test.HTTPClient,
 		MaxAttempts: w.test.ProductAttempts,
