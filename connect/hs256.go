@@ -85,13 +85,9 @@ func NewHS256Verifier(cfg HS256Config) (*HS256Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect: HS256Config.AppBaseURLs: %w", err)
 	}
-	leeway, err := leewayOrDefault(cfg.Leeway)
+	leeway, now, err := clock(cfg.Leeway, cfg.Now)
 	if err != nil {
 		return nil, fmt.Errorf("connect: HS256Config.Leeway: %w", err)
-	}
-	now := cfg.Now
-	if now == nil {
-		now = time.Now
 	}
 	return &HS256Verifier{
 		basePaths: paths,
@@ -114,16 +110,9 @@ func NewHS256Verifier(cfg HS256Config) (*HS256Verifier, error) {
 // Each failed signature costs one uncached SecretStore lookup; a store that
 // is expensive to refresh should rate-limit refreshes per clientKey.
 func (v *HS256Verifier) Verify(ctx context.Context, r *http.Request, policy QSHPolicy) (*Claims, error) {
-	raw, err := ExtractToken(r)
+	raw, _, err := extractWithAlg(r, jwt.SigningMethodHS256.Alg(), "HS256")
 	if err != nil {
 		return nil, err
-	}
-	hdr, err := parseHeader(raw)
-	if err != nil {
-		return nil, err
-	}
-	if hdr.Alg != jwt.SigningMethodHS256.Alg() {
-		return nil, fmt.Errorf("%w: header alg %q, want HS256", ErrBadAlgorithm, truncate(hdr.Alg, 32))
 	}
 
 	var (
@@ -229,12 +218,17 @@ func parseBaseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
-func leewayOrDefault(d time.Duration) (time.Duration, error) {
-	switch {
-	case d < 0:
-		return 0, fmt.Errorf("negative leeway %s", d)
-	case d == 0:
-		return DefaultLeeway, nil
+// clock applies the defaults of a verifier's Leeway (DefaultLeeway) and Now
+// (time.Now); a negative leeway is an error.
+func clock(leeway time.Duration, now func() time.Time) (time.Duration, func() time.Time, error) {
+	if now == nil {
+		now = time.Now
 	}
-	return d, nil
+	switch {
+	case leeway < 0:
+		return 0, nil, fmt.Errorf("negative leeway %s", leeway)
+	case leeway == 0:
+		leeway = DefaultLeeway
+	}
+	return leeway, now, nil
 }

@@ -66,13 +66,9 @@ func NewInstallVerifier(cfg InstallConfig) (*InstallVerifier, error) {
 			auds = append(auds, a)
 		}
 	}
-	leeway, err := leewayOrDefault(cfg.Leeway)
+	leeway, now, err := clock(cfg.Leeway, cfg.Now)
 	if err != nil {
 		return nil, fmt.Errorf("connect: InstallConfig.Leeway: %w", err)
-	}
-	now := cfg.Now
-	if now == nil {
-		now = time.Now
 	}
 	return &InstallVerifier{
 		audiences: auds,
@@ -115,16 +111,9 @@ func (v *InstallVerifier) Verify(ctx context.Context, r *http.Request, clientKey
 		return nil, fmt.Errorf("%w: install payload has no clientKey", ErrMissingClaim)
 	}
 
-	raw, err := ExtractToken(r)
+	raw, hdr, err := extractWithAlg(r, jwt.SigningMethodRS256.Alg(), "RS256 for a signed install")
 	if err != nil {
 		return nil, err
-	}
-	hdr, err := parseHeader(raw)
-	if err != nil {
-		return nil, err
-	}
-	if hdr.Alg != jwt.SigningMethodRS256.Alg() {
-		return nil, fmt.Errorf("%w: header alg %q, want RS256 for a signed install", ErrBadAlgorithm, truncate(hdr.Alg, 32))
 	}
 	if hdr.Kid == "" {
 		return nil, fmt.Errorf("%w: header has no kid", ErrBadKeyID)

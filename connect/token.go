@@ -154,6 +154,23 @@ func parseHeader(raw string) (tokenHeader, error) {
 	return h, nil
 }
 
+// extractWithAlg extracts the request's token and decodes its header, which must
+// name alg (ErrBadAlgorithm otherwise; want says what the endpoint wants).
+func extractWithAlg(r *http.Request, alg, want string) (string, tokenHeader, error) {
+	raw, err := ExtractToken(r)
+	if err != nil {
+		return "", tokenHeader{}, err
+	}
+	hdr, err := parseHeader(raw)
+	if err != nil {
+		return "", tokenHeader{}, err
+	}
+	if hdr.Alg != alg {
+		return "", tokenHeader{}, fmt.Errorf("%w: header alg %q, want %s", ErrBadAlgorithm, truncate(hdr.Alg, 32), want)
+	}
+	return raw, hdr, nil
+}
+
 func isBase64URL(c byte) bool {
 	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_'
 }

@@ -163,15 +163,10 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		event, typ = "enabled", tasks.TypeTenantEnabled
 	}
 	return func(c echo.Context) error {
-		body, err := s.readBody(c)
+		body, claims, ctx, cancel, err := s.signedRequest(c)
+		defer cancel()
 		if err != nil {
 			return err
-		}
-		ctx, cancel := budget(c)
-		defer cancel()
-		claims, err := s.d.Requests.Verify(ctx, c.Request(), connect.QSHComputed)
-		if err != nil {
-			return authError(err)
 		}
 		lb, err := parseLifecycleBody(body, event, false)
 		if err != nil {

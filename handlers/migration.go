@@ -7,7 +7,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
 )
@@ -27,15 +26,10 @@ func (s *Server) migrationEvent(c echo.Context) error {
 }
 
 func (s *Server) handleMigrationEvent(c echo.Context) error {
-	body, err := s.readBody(c)
+	body, claims, ctx, cancel, err := s.signedRequest(c)
+	defer cancel()
 	if err != nil {
 		return err
-	}
-	ctx, cancel := budget(c)
-	defer cancel()
-	claims, err := s.d.Requests.Verify(ctx, c.Request(), connect.QSHComputed)
-	if err != nil {
-		return authError(err)
 	}
 	ev, err := migration.ParseEvent(body)
 	if err != nil {

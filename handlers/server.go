@@ -281,6 +281,20 @@ func (s *Server) readBody(c echo.Context) ([]byte, error) {
 	return b, nil
 }
 
+// signedRequest reads the body of a product-to-app request and verifies its HS256
+// JWT (computed qsh) under the request budget. The caller must call cancel; the
+// context is the budget's.
+func (s *Server) signedRequest(c echo.Context) (body []byte, claims *connect.Claims, ctx context.Context, cancel context.CancelFunc, err error) {
+	if body, err = s.readBody(c); err != nil {
+		return nil, nil, nil, func() {}, err
+	}
+	ctx, cancel = budget(c)
+	if claims, err = s.d.Requests.Verify(ctx, c.Request(), connect.QSHComputed); err != nil {
+		return nil, nil, ctx, cancel, authError(err)
+	}
+	return body, claims, ctx, cancel, nil
+}
+
 // authError turns a verification error into 401 (bad or missing credentials) or
 // 503 (the key server or the secret store could not be asked).
 func authError(err error) error {
