@@ -58,6 +58,8 @@
 // happen, it does not close it. Redis itself is not durable storage: if the done
 // marker is lost (failover without persistence, eviction) the handler runs again,
 // which per-effect idempotency makes harmless.
+//
+// This package is not part of the module's API and may change.
 package dedupe
 
 import (

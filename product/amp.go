@@ -1,16 +1,3 @@
-// Package amp is the worker's client for the App Migration Platform REST API
-// of a Connect app (docs/protocol.md#app-migration-platform-connect), under the tenant's
-// /rest/atlassian-connect/1/migration.
-//
-// Every call goes through Client, so it is signed as the app, sent
-// only to the tenant's stored and allowed baseUrl, and retried like any other
-// product call. The one exception is the migrated data itself: OpenData
-// fetches the presigned URL that the product's data API answered, with a
-// separate plain HTTP client that never carries the app's JWT.
-//
-// Errors wrap product's sentinels (ErrForbidden, ErrUnavailable...) and add
-// the migration-specific ones the task layer branches on: ErrTransferSettled
-// and ErrTransferExpired are final for a transfer and must not be retried.
 package product
 
 import (
@@ -25,7 +12,7 @@ import (
 	"time"
 )
 
-// base is the migration API's path below the tenant baseUrl.
+// ampBase is the migration API's path below the tenant baseUrl.
 const ampBase = "/rest/atlassian-connect/1/migration"
 
 // Routes of the migration API, as reported to Config.Observe and in

@@ -1,6 +1,6 @@
-// Package product is the outbound half of the Connect protocol: the worker's
-// HTTP client for a tenant's product REST API (Jira, Confluence), called as the
-// app with an HS256 JWT signed by the tenant's shared secret.
+// Package product is the outbound half of the Connect protocol: the worker's HTTP
+// client for a tenant's product REST API (Jira, Confluence), called as the app
+// with an HS256 JWT signed by the tenant's shared secret.
 //
 // The client is deliberately narrow about where it sends a JWT. Every call
 // re-reads the tenant (so a site rename or secret rotation stored by an
@@ -9,6 +9,14 @@
 // afresh. Redirects are followed only within the same origin (scheme, host and
 // port) and are re-signed for the new path; a redirect anywhere else is
 // returned as a *RedirectError and never receives the token.
+//
+// AMP is the client of the App Migration Platform API under the tenant's
+// /rest/atlassian-connect/1/migration (docs/protocol.md#app-migration-platform-connect).
+// Its calls go through Client; the one exception is the migrated data itself:
+// OpenData fetches the presigned URL the product's data API answered with a
+// separate plain HTTP client that never carries the app's JWT. Its errors wrap
+// Client's sentinels and add ErrTransferSettled and ErrTransferExpired, which
+// are final for a transfer and must not be retried.
 package product
 
 import (
