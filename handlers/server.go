@@ -6,6 +6,8 @@
 // Echo v5 touches one package. The handlers are thin on purpose: authenticate,
 // validate, persist only what must be durable before the 2xx (a verified install's
 // secret), enqueue, answer. Everything slow happens in the worker.
+//
+// This package is not part of the module's API and may change.
 package handlers
 
 import (
