@@ -2,8 +2,11 @@ package connectrelay
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"io"
 	"iter"
+	"time"
 
 	"github.com/connectrelay/connectrelay/product"
 )
@@ -29,38 +32,103 @@ type InitRequest struct {
 	Product *product.Client
 }
 
-// EventType names a lifecycle event.
+// EventType names a change this service reports to the vendor: what happened to a
+// tenant (tenant.*, to a LifecycleListener) or to a migration transfer
+// (migration.*, to a MigrationListener). The values are also the "type" of
+// forwarded events.
 type EventType string
 
-// Lifecycle events. A [LifecycleListener] must ignore types it does not know:
-// later versions deliver more of them.
+// Event types. A listener must ignore types it does not know: later versions
+// deliver more of them.
 const (
+	// EventInstalled: a new tenant installed the app.
+	EventInstalled EventType = "tenant.installed"
+	// EventUpdated: an installed of a known tenant changed what is stored (a
+	// secret rotation, a site rename, new versions); Changes lists what.
+	EventUpdated EventType = "tenant.updated"
+	// EventSiteImportDetected: the tenant's baseUrl is also held by other
+	// tenants (LinkedClientKeys), the mark of a site import. Nothing is merged.
+	EventSiteImportDetected EventType = "tenant.site_import_detected"
 	// EventEnabled: the app was enabled on the tenant's site.
-	EventEnabled EventType = "enabled"
+	EventEnabled EventType = "tenant.enabled"
 	// EventDisabled: the app was disabled on the tenant's site.
-	EventDisabled EventType = "disabled"
+	EventDisabled EventType = "tenant.disabled"
 	// EventUninstalled: the app was uninstalled from the tenant's site. The
 	// tenant is kept; an uninstall can be missed, or be a mistake.
-	EventUninstalled EventType = "uninstalled"
+	EventUninstalled EventType = "tenant.uninstalled"
+	// EventLicenseChanged: the tenant's license state changed (Changes says from
+	// what to what; Tenant.LicenseState is the new one).
+	EventLicenseChanged EventType = "tenant.license_changed"
+
+	// EventTransferReady: the platform's listener-triggered arrived; the
+	// transfer's uploads are imported from now on.
+	EventTransferReady EventType = "migration.transfer_ready"
+	// EventTransferSettled: the transfer is settled at the product
+	// (Transfer.SettleStatus, Transfer.SettleResult).
+	EventTransferSettled EventType = "migration.transfer_settled"
+	// EventMigrationEvent: the platform sent an event of a type this service
+	// does not know; Raw is its body.
+	EventMigrationEvent EventType = "migration.event"
 )
 
-// LifecycleEvent is one recorded lifecycle event, as a [LifecycleListener]
+// LifecycleEvent is one recorded change of a tenant, as a [LifecycleListener]
 // receives it. Fields may be added.
 type LifecycleEvent struct {
+	// ID identifies the event; it is the same every time the event is delivered
+	// again, so use it to drop repeats.
+	ID string
+	// Sequence increases with every event of the tenant (it is not contiguous):
+	// an event with a lower Sequence than one already handled is stale.
+	Sequence int64
 	// Type is what happened.
 	Type EventType
-	// Tenant is the tenant as stored after the event was applied.
+	// At is when the change was recorded.
+	At time.Time
+	// Tenant is the tenant as stored when the event is delivered.
 	Tenant Tenant
+	// Changes are the human-readable changes of EventUpdated and
+	// EventLicenseChanged (never secret values).
+	Changes []string
+	// LinkedClientKeys are the other tenants holding the tenant's baseUrl, for
+	// EventSiteImportDetected.
+	LinkedClientKeys []string
 }
 
-// LifecycleListener hears the lifecycle events other than installed (which
-// goes to the [Initializer]).
+// LifecycleListener hears the changes of tenants.
 type LifecycleListener interface {
-	// TenantLifecycle is called once per recorded event, in the order the
-	// worker processes them (not necessarily the order Atlassian sent them).
-	// It must not delete data: a missed or mistaken uninstalled is possible,
-	// and installed is not licensed. An error retries the event.
+	// TenantLifecycle is called at least once per event, in the order the
+	// events were recorded for a tenant as far as delivery allows (compare
+	// Sequence). It must not delete data: a missed or mistaken uninstalled is
+	// possible, and installed is not licensed. An error retries the event with
+	// backoff.
 	TenantLifecycle(ctx context.Context, ev *LifecycleEvent) error
+}
+
+// TransferEvent is one change of a migration transfer, as a [MigrationListener]
+// receives it. Fields may be added.
+type TransferEvent struct {
+	// ID identifies the event across deliveries.
+	ID string
+	// Sequence increases with every event of the tenant, as in LifecycleEvent.
+	Sequence int64
+	// Type is what happened.
+	Type EventType
+	// At is when the change was recorded.
+	At time.Time
+	// Tenant is the transfer's tenant as stored when the event is delivered.
+	Tenant Tenant
+	// Transfer is the transfer as stored when the event is delivered; zero for
+	// an EventMigrationEvent that names none.
+	Transfer Transfer
+	// Raw is the platform's event body, for EventMigrationEvent.
+	Raw json.RawMessage
+}
+
+// MigrationListener hears the changes of migration transfers (uploads go to the
+// Importer).
+type MigrationListener interface {
+	// TransferEvent is called at least once per event; an error retries it.
+	TransferEvent(ctx context.Context, ev *TransferEvent) error
 }
 
 // Importer receives the data of each uploaded file of an app migration.
@@ -68,7 +136,9 @@ type Importer interface {
 	// Import streams req.Data into the vendor's store. It returns nil only once
 	// the data is durably imported; the upload is then recorded imported and
 	// Import is never called for it again. An error retries the upload with
-	// backoff; an error wrapping a final product answer fails it.
+	// backoff; an error wrapping ErrImportFailed, or a final product answer,
+	// fails it (and with it the transfer). An error wrapping ErrImportPending
+	// means the result will be reported later through the internal API.
 	//
 	// A worker that dies after Import returned nil but before the upload was
 	// recorded runs Import once more for the same upload, so Import must be
@@ -79,6 +149,17 @@ type Importer interface {
 	// it is. Files can be many gigabytes: stream them, never read them whole.
 	Import(ctx context.Context, req *ImportRequest) error
 }
+
+// Errors an Importer returns to say what became of an upload.
+var (
+	// ErrImportFailed: the upload can never be imported; it fails at once,
+	// without retries, and its transfer fails with it.
+	ErrImportFailed = errors.New("import failed")
+	// ErrImportPending: the upload was handed over and its result will be
+	// reported later (POST /v1/migrations/{transferId}/uploads/{s3Key}/result
+	// on the internal listener); until then it keeps the transfer open.
+	ErrImportPending = errors.New("import result pending")
+)
 
 // ImportRequest is what an [Importer] is given. Fields may be added.
 type ImportRequest struct {

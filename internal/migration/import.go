@@ -103,7 +103,11 @@ func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
 	if ierr != nil {
 		return m.importFailed(ctx, context.Cause(importCtx), log, ref, c, ierr)
 	}
-	log.InfoContext(ctx, "import streamed", slog.Int64("size_bytes", size), slog.String("sha256", sum),
+	if size == nil {
+		log.InfoContext(ctx, "import done without reading the data", slog.Duration("took", time.Since(start)))
+		return m.finishImport(ctx, log, ref, c, nil, nil)
+	}
+	log.InfoContext(ctx, "import streamed", slog.Int64("size_bytes", *size), slog.String("sha256", *sum),
 		slog.Duration("took", time.Since(start)))
 	return m.finishImport(ctx, log, ref, c, size, sum)
 }
@@ -165,42 +169,68 @@ func (m *Machine) claimUpload(ctx context.Context, ref UploadRef) (importClaim, 
 	return c, err
 }
 
-// stream opens the upload's data and feeds it to the Importer, then reads what the
-// Importer left so the size and SHA-256 describe the whole object.
-func (m *Machine) stream(ctx context.Context, c importClaim, s3Key string) (int64, string, error) {
-	rc, err := m.amp.OpenData(ctx, c.transfer.ClientKey, s3Key)
-	if err != nil {
-		return 0, "", err
-	}
-	defer rc.Close()
-	r := &meteredReader{ctx: ctx, r: rc, h: sha256.New()}
+// stream feeds the upload's data to the Importer, opening it at the Importer's
+// first read, then reads what the Importer left so that the size and SHA-256
+// describe the whole object. An Importer that never reads the data (it handed
+// the upload over) leaves both unknown (nil). An open failure is returned as it
+// is, whatever the Importer made of it.
+func (m *Machine) stream(ctx context.Context, c importClaim, s3Key string) (size *int64, sum *string, err error) {
+	r := &meteredReader{ctx: ctx, h: sha256.New(), open: func() (io.ReadCloser, error) {
+		return m.amp.OpenData(ctx, c.transfer.ClientKey, s3Key)
+	}}
+	defer r.close()
 	req := &connectrelay.ImportRequest{Transfer: c.transfer, Label: c.label, S3Key: s3Key, Data: r, Attempt: c.attempt, AMP: m.amp}
 	if err := m.importer.Import(ctx, req); err != nil {
-		return 0, "", fmt.Errorf("importer of upload %q: %w", s3Key, err)
+		if r.openErr != nil {
+			return nil, nil, r.openErr
+		}
+		return nil, nil, fmt.Errorf("importer of upload %q: %w", s3Key, err)
+	}
+	if r.body == nil {
+		return nil, nil, nil
 	}
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return 0, "", fmt.Errorf("read the rest of upload %q: %w", s3Key, err)
+		return nil, nil, fmt.Errorf("read the rest of upload %q: %w", s3Key, err)
 	}
-	return r.n, hex.EncodeToString(r.h.Sum(nil)), nil
+	n, h := r.n, hex.EncodeToString(r.h.Sum(nil))
+	return &n, &h, nil
 }
 
-// meteredReader hashes and counts what passes through it, and stops at once when
-// ctx is done, even for an Importer that does not watch ctx.
+// meteredReader opens the data at its first read, hashes and counts what passes
+// through it, and stops at once when ctx is done, even for an Importer that does
+// not watch ctx.
 type meteredReader struct {
-	ctx context.Context
-	r   io.Reader
-	h   hash.Hash
-	n   int64
+	ctx     context.Context
+	open    func() (io.ReadCloser, error)
+	body    io.ReadCloser
+	openErr error
+	h       hash.Hash
+	n       int64
 }
 
 func (mr *meteredReader) Read(p []byte) (int, error) {
 	if mr.ctx.Err() != nil {
 		return 0, context.Cause(mr.ctx)
 	}
-	n, err := mr.r.Read(p)
+	if mr.openErr != nil {
+		return 0, mr.openErr
+	}
+	if mr.body == nil {
+		if mr.body, mr.openErr = mr.open(); mr.openErr != nil {
+			mr.body = nil
+			return 0, mr.openErr
+		}
+	}
+	n, err := mr.body.Read(p)
 	mr.h.Write(p[:n])
 	mr.n += int64(n)
 	return n, err
+}
+
+func (mr *meteredReader) close() {
+	if mr.body != nil {
+		_ = mr.body.Close()
+	}
 }
 
 // heartbeatLoop renews the import's lease every HeartbeatInterval and stops the
@@ -259,6 +289,12 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 	case errors.Is(cause, errLeaseLost) && ctx.Err() == nil:
 		// Another worker owns the upload now; its outcome is the upload's.
 		return fmt.Errorf("migration: import upload %q of transfer %s: %w (lease taken over)", ref.S3Key, ref.TransferID, ErrImportInProgress)
+	case errors.Is(ierr, connectrelay.ErrImportPending):
+		if _, err := m.pool.Exec(bctx, sqlMarkPending, ref.TransferID, ref.S3Key, c.token); err != nil {
+			return fmt.Errorf("migration: import upload %q of transfer %s: mark pending: %w", ref.S3Key, ref.TransferID, err)
+		}
+		log.InfoContext(ctx, "upload handed over; its result is reported later")
+		return nil
 	case errors.Is(ierr, product.ErrTransferSettled):
 		log.InfoContext(ctx, "product says the transfer is settled; upload skipped")
 		if err := m.markSettledByProduct(ctx, ref.TransferID); err != nil {
@@ -278,7 +314,7 @@ func (m *Machine) importFailed(ctx context.Context, cause error, log *slog.Logge
 // finishImport records the upload imported and decides, under the transfer's lock,
 // whether the transfer may now be complete; progress, completion (which asks the
 // product) and settle calls follow the commit.
-func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref UploadRef, c importClaim, size int64, sum string) error {
+func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref UploadRef, c importClaim, size *int64, sum *string) error {
 	var (
 		report    int
 		settle    bool

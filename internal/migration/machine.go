@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/internal/outbox"
 	"github.com/connectrelay/connectrelay/product"
 
 	"github.com/jackc/pgx/v5"
@@ -221,15 +222,24 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 	)
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
 		ac, rejected = afterCommit{}, nil
-		var eventID int64
+		var (
+			eventID int64
+			first   bool
+		)
 		if err := tx.QueryRow(ctx, sqlRecordEvent, clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
-			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))).Scan(&eventID); err != nil {
+			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))).Scan(&eventID, &first); err != nil {
 			return fmt.Errorf("record event: %w", err)
 		}
 		outcome := "handled"
 		switch {
 		case !ev.Known():
 			outcome = "unknown"
+			if first {
+				if err := outbox.Append(ctx, tx, clientKey, connectrelay.EventMigrationEvent, ev.TransferID,
+					outbox.Data{Raw: rawEvent(ev)}); err != nil {
+					return err
+				}
+			}
 		case !tenantOK:
 			outcome = "rejected"
 			rejected = fmt.Errorf("migration: %s of transfer %s from %s, migration belongs to %v: %w",
@@ -348,6 +358,9 @@ func (m *Machine) onListenerTriggered(ctx context.Context, tx pgx.Tx, log *slog.
 	if t.State == connectrelay.TransferWaiting {
 		if _, err := tx.Exec(ctx, sqlMarkReady, t.TransferID); err != nil {
 			return ac, fmt.Errorf("mark ready: %w", err)
+		}
+		if err := outbox.Append(ctx, tx, t.ClientKey, connectrelay.EventTransferReady, t.TransferID, outbox.Data{}); err != nil {
+			return ac, err
 		}
 	}
 	if _, err := tx.Exec(ctx, sqlQueueParked, t.TransferID); err != nil {

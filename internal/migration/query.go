@@ -23,7 +23,13 @@ const (
 	UploadQueued UploadState = "queued"
 	// UploadImporting: an import holds the upload's lease, or held it and died.
 	UploadImporting UploadState = "importing"
-	// UploadImported: the Importer returned nil; size and SHA-256 are recorded. Final.
+	// UploadPending: the Importer handed the upload over (ErrImportPending); its
+	// result is reported later (Machine.ReportResult). The stale-upload sweep
+	// schedules it again if no result comes.
+	UploadPending UploadState = "pending"
+	// UploadImported: the Importer returned nil (or its result said imported);
+	// size and SHA-256 are recorded when the data passed through this service.
+	// Final.
 	UploadImported UploadState = "imported"
 	// UploadSkipped: the transfer was cancelled, failed or settled first. Final.
 	UploadSkipped UploadState = "skipped"

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/internal/outbox"
 	"github.com/connectrelay/connectrelay/product"
 )
 
@@ -84,7 +85,9 @@ func (m *Machine) settle(ctx context.Context, transferID string) error {
 		}
 		return fmt.Errorf("migration: settle transfer %s %s: %w", transferID, status, rerr)
 	}
-	if _, err := m.pool.Exec(bctx, sqlMarkSettled, transferID, result, errText); err != nil {
+	if err := pgx.BeginFunc(bctx, m.pool, func(tx pgx.Tx) error {
+		return markSettled(bctx, tx, sqlMarkSettled, transferID, result, errText)
+	}); err != nil {
 		// The claim expires and the call is made again; the product then answers
 		// "already settled", which is recorded.
 		return fmt.Errorf("migration: settle transfer %s %s: record %s: %w", transferID, status, result, err)
@@ -124,7 +127,7 @@ func (m *Machine) markSettledByProduct(ctx context.Context, transferID string) e
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bookkeepingTimeout)
 	defer cancel()
 	err := pgx.BeginFunc(bctx, m.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(bctx, sqlMarkSettledByProduct, transferID); err != nil {
+		if err := markSettled(bctx, tx, sqlMarkSettledByProduct, transferID); err != nil {
 			return err
 		}
 		return skipOpenUploads(bctx, tx, transferID, "transfer settled")
@@ -193,12 +196,17 @@ func (m *Machine) markExpired(ctx context.Context, transferID string, cause erro
 	msg := truncateText("could not confirm uploaded data: "+answer, maxSettleMessage)
 	var expired bool
 	err := pgx.BeginFunc(bctx, m.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(bctx, sqlMarkExpired, transferID, msg, answer)
+		var clientKey string
+		err := tx.QueryRow(bctx, sqlMarkExpired, transferID, msg, answer).Scan(&clientKey)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		if expired = tag.RowsAffected() > 0; !expired {
-			return nil
+		expired = true
+		if err := outbox.Append(bctx, tx, clientKey, connectrelay.EventTransferSettled, transferID, outbox.Data{}); err != nil {
+			return err
 		}
 		return skipOpenUploads(bctx, tx, transferID, "transfer expired")
 	})
@@ -227,4 +235,19 @@ func (m *Machine) listAnsweredFinal(ctx context.Context, log *slog.Logger, trans
 		return true, m.markExpired(ctx, transferID, err)
 	}
 	return false, nil
+}
+
+// markSettled runs one of the statements that record a transfer settled (they
+// return its tenant, and nothing when it was settled already) and appends the
+// settled event when it did.
+func markSettled(ctx context.Context, tx pgx.Tx, stmt, transferID string, args ...any) error {
+	var clientKey string
+	err := tx.QueryRow(ctx, stmt, append([]any{transferID}, args...)...).Scan(&clientKey)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return outbox.Append(ctx, tx, clientKey, connectrelay.EventTransferSettled, transferID, outbox.Data{})
 }

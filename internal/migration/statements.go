@@ -19,14 +19,14 @@ const (
 // Events.
 const (
 	// sqlRecordEvent inserts a received event, or counts one more delivery of it;
-	// it returns the event's id. $1 client key, $2 dedupe key, $3 event type,
+	// it returns the event's id and whether this is its first delivery. $1 client key, $2 dedupe key, $3 event type,
 	// $4 transfer id, $5 message id, $6 s3Key, $7 known, $8 raw body (text).
 	sqlRecordEvent = `
 		INSERT INTO migration_events (client_key, dedupe_key, event_type, transfer_id, message_id, s3_key, known, raw)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json)
 		ON CONFLICT (client_key, dedupe_key) DO UPDATE
 		SET deliveries = migration_events.deliveries + 1, last_received_at = now()
-		RETURNING id`
+		RETURNING id, xmax = 0`
 
 	// sqlMarkEvent records an event's outcome (handled, unknown, rejected).
 	// $1 event id, $2 outcome.
@@ -70,7 +70,7 @@ const (
 	sqlAllKnownImported = `SELECT t.client_key,
 			t.state IN ('waiting', 'ready') AND t.settled_at IS NULL
 			AND coalesce(bool_or(u.state = 'imported' AND u.label = $2), false)
-			AND count(u.s3_key) FILTER (WHERE u.state IN ('parked', 'queued', 'importing')) = 0
+			AND count(u.s3_key) FILTER (WHERE u.state IN ('parked', 'queued', 'importing', 'pending')) = 0
 		FROM migration_transfers t LEFT JOIN migration_uploads u USING (transfer_id)
 		WHERE t.transfer_id = $1
 		GROUP BY t.transfer_id`
@@ -129,13 +129,15 @@ const (
 	sqlMarkExpired = `UPDATE migration_transfers SET state = 'failed', settle_status = 'FAILED',
 		settle_message = $2, settled_at = now(), settle_result = 'expired', settle_error = $3,
 		settle_claimed_until = NULL, finished_at = now(), updated_at = now()
-		WHERE transfer_id = $1 AND state IN ('waiting', 'ready') AND settled_at IS NULL AND settle_status IS NULL`
+		WHERE transfer_id = $1 AND state IN ('waiting', 'ready') AND settled_at IS NULL AND settle_status IS NULL
+		RETURNING client_key`
 
 	// sqlMarkSettledByProduct: any -> settled (already_settled), when the
 	// product answers that the transfer is settled and we did not settle it.
 	// The state is left as it is; the transfer is closed. $1 transfer id.
 	sqlMarkSettledByProduct = `UPDATE migration_transfers SET settled_at = now(), settle_result = 'already_settled',
-		updated_at = now() WHERE transfer_id = $1 AND settled_at IS NULL`
+		updated_at = now() WHERE transfer_id = $1 AND settled_at IS NULL
+		RETURNING client_key`
 
 	// sqlRecordPercent records a higher IN_PROGRESS percent. $1 transfer id,
 	// $2 percent.
@@ -165,7 +167,8 @@ const (
 	// already_settled, expired). $1 transfer id, $2 result, $3 error text or NULL.
 	sqlMarkSettled = `UPDATE migration_transfers SET settled_at = now(), settle_result = $2,
 		settle_error = $3, settle_claimed_until = NULL, updated_at = now()
-		WHERE transfer_id = $1 AND settled_at IS NULL`
+		WHERE transfer_id = $1 AND settled_at IS NULL
+		RETURNING client_key`
 
 	// sqlListSettleOwed lists transfers owing a settle call that no live claim
 	// holds, oldest first. $1 limit.
@@ -208,10 +211,10 @@ const (
 	sqlListQueued = `SELECT s3_key, label FROM migration_uploads
 		WHERE transfer_id = $1 AND state = 'queued' ORDER BY created_at, s3_key`
 
-	// sqlSkipOpenUploads: parked, queued -> skipped for a transfer that closed.
+	// sqlSkipOpenUploads: parked, queued, pending -> skipped for a transfer that closed.
 	// $1 transfer id, $2 reason.
 	sqlSkipOpenUploads = `UPDATE migration_uploads SET state = 'skipped', skip_reason = $2, updated_at = now()
-		WHERE transfer_id = $1 AND state IN ('parked', 'queued')`
+		WHERE transfer_id = $1 AND state IN ('parked', 'queued', 'pending')`
 
 	// sqlSkipUpload: queued or importing -> skipped, when the import finds its
 	// transfer closed. $1 transfer id, $2 s3Key, $3 reason.
@@ -250,9 +253,17 @@ const (
 		lease_token = NULL, lease_until = NULL, updated_at = now()
 		WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`
 
+	// sqlMarkPending: importing -> pending, when the Importer handed the upload
+	// over (ErrImportPending), if the import still holds the lease.
+	// $1 transfer id, $2 s3Key, $3 token.
+	sqlMarkPending = `UPDATE migration_uploads SET state = 'pending',
+		lease_token = NULL, lease_until = NULL, updated_at = now()
+		WHERE transfer_id = $1 AND s3_key = $2 AND lease_token = $3`
+
 	// sqlMarkImported: -> imported, with size and SHA-256, whoever holds the
 	// lease now (the Importer did succeed); an upload imported already stays as
-	// it is. $1 transfer id, $2 s3Key, $3 size, $4 SHA-256.
+	// it is. $1 transfer id, $2 s3Key, $3 size, $4 SHA-256 (both NULL when
+	// the data did not pass through this service).
 	sqlMarkImported = `UPDATE migration_uploads SET state = 'imported', size_bytes = $3, sha256 = $4,
 		imported_at = now(), lease_token = NULL, lease_until = NULL, last_error = NULL, skip_reason = NULL,
 		updated_at = now()
@@ -262,7 +273,7 @@ const (
 	// import, and says whether the final-labelled one is imported. $1 transfer
 	// id, $2 final label.
 	sqlCountUploads = `SELECT count(*) FILTER (WHERE state = 'imported'),
-			count(*) FILTER (WHERE state IN ('parked', 'queued', 'importing')),
+			count(*) FILTER (WHERE state IN ('parked', 'queued', 'importing', 'pending')),
 			coalesce(bool_or(state = 'imported' AND label = $2), false)
 		FROM migration_uploads WHERE transfer_id = $1`
 
@@ -315,7 +326,7 @@ const (
 		WITH stale AS (
 			SELECT u.transfer_id, u.s3_key
 			FROM migration_uploads u JOIN migration_transfers t USING (transfer_id)
-			WHERE (u.state = 'queued' OR (u.state = 'importing' AND coalesce(u.lease_until <= now(), true)))
+			WHERE (u.state IN ('queued', 'pending') OR (u.state = 'importing' AND coalesce(u.lease_until <= now(), true)))
 				AND u.updated_at < now() - $1 * interval '1 millisecond'
 				AND t.state IN ('waiting', 'ready') AND t.settled_at IS NULL
 			ORDER BY u.updated_at, u.transfer_id, u.s3_key
@@ -339,7 +350,7 @@ const (
 				AND EXISTS (SELECT 1 FROM migration_uploads u
 					WHERE u.transfer_id = t.transfer_id AND u.state = 'imported' AND u.label = $3)
 				AND NOT EXISTS (SELECT 1 FROM migration_uploads u
-					WHERE u.transfer_id = t.transfer_id AND u.state IN ('parked', 'queued', 'importing'))
+					WHERE u.transfer_id = t.transfer_id AND u.state IN ('parked', 'queued', 'importing', 'pending'))
 			ORDER BY t.updated_at, t.transfer_id
 			LIMIT $2
 			FOR UPDATE OF t SKIP LOCKED)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/internal/outbox"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -242,7 +243,10 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 			return fmt.Errorf("insert tenant: %w", err)
 		}
 		res.EventID, err = insertEvent(ctx, tx, p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes)
-		return err
+		if err != nil {
+			return err
+		}
+		return appendInstallEvents(ctx, tx, &res)
 	})
 	if err != nil {
 		return InstallResult{}, storeErr(err, "install tenant %s", p.ClientKey)
@@ -251,6 +255,30 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 		slog.String("client_key", p.ClientKey), slog.Bool("created", res.Created),
 		slog.Bool("applied", res.Applied), slog.Any("changes", res.Changes))
 	return res, nil
+}
+
+// appendInstallEvents appends the events of an applied install to the event
+// feed: installed for a new tenant, updated when something stored changed, and
+// site_import_detected when its baseUrl is also another tenant's.
+func appendInstallEvents(ctx context.Context, tx pgx.Tx, res *InstallResult) error {
+	if !res.Applied {
+		return nil
+	}
+	ck := res.Tenant.ClientKey
+	switch {
+	case res.Created:
+		if err := outbox.Append(ctx, tx, ck, connectrelay.EventInstalled, "", outbox.Data{}); err != nil {
+			return err
+		}
+	case len(res.Changes) > 0:
+		if err := outbox.Append(ctx, tx, ck, connectrelay.EventUpdated, "", outbox.Data{Changes: res.Changes}); err != nil {
+			return err
+		}
+	}
+	if len(res.LinkedClientKeys) == 0 {
+		return nil
+	}
+	return outbox.Append(ctx, tx, ck, connectrelay.EventSiteImportDetected, "", outbox.Data{LinkedClientKeys: res.LinkedClientKeys})
 }
 
 // updateExisting applies an installed to an existing tenant, filling res.
@@ -461,7 +489,21 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 			return fmt.Errorf("update tenant: %w", err)
 		}
 		id, err = insertEvent(ctx, tx, clientKey, typ, at, iat, why == "", changes)
-		return err
+		if err != nil {
+			return err
+		}
+		var ev connectrelay.EventType
+		switch {
+		case typ == EventUninstalled && prev.installed && !next.installed:
+			ev = connectrelay.EventUninstalled
+		case typ == EventEnabled && !prev.enabled && next.enabled:
+			ev = connectrelay.EventEnabled
+		case typ == EventDisabled && prev.enabled && !next.enabled:
+			ev = connectrelay.EventDisabled
+		default:
+			return nil
+		}
+		return outbox.Append(ctx, tx, clientKey, ev, "", outbox.Data{})
 	})
 	if err != nil {
 		return 0, storeErr(err, "%s tenant %s", typ, clientKey)
@@ -650,9 +692,11 @@ func (s *Store) SetLicense(ctx context.Context, clientKey string, state connectr
 		if prev.LicenseState == state {
 			return nil
 		}
-		_, err := insertEvent(ctx, tx, clientKey, EventLicense, checkedAt, time.Time{}, true,
-			[]string{fmt.Sprintf("license %s -> %s", prev.LicenseState, state)})
-		return err
+		changes := []string{fmt.Sprintf("license %s -> %s", prev.LicenseState, state)}
+		if _, err := insertEvent(ctx, tx, clientKey, EventLicense, checkedAt, time.Time{}, true, changes); err != nil {
+			return err
+		}
+		return outbox.Append(ctx, tx, clientKey, connectrelay.EventLicenseChanged, "", outbox.Data{Changes: changes})
 	})
 }
 
