@@ -68,9 +68,9 @@ func ExampleLifecycleListener() {
 		fmt.Println(typ, s["jira:tenant-1"])
 	}
 	// Output:
-	// enabled true
+	// tenant.enabled true
 	// a-future-event true
-	// disabled false
+	// tenant.disabled false
 }
 
 func ExampleTenant_ID() {

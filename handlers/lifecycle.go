@@ -148,19 +148,20 @@ func (s *Server) uninstalled(c echo.Context) error {
 	if err != nil {
 		return dependencyError("tenant store", err)
 	}
-	if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeTenantUninstalled, lb.ClientKey, eventID); err != nil {
-		return dependencyError("task queue", err)
-	}
+	// Nothing else to do now: the uninstalled event, recorded with the change,
+	// reaches the vendor through the event feed.
 	s.d.Logger.InfoContext(ctx, "tenant uninstalled", slog.String("client_key", lb.ClientKey), slog.Int64("event_id", eventID))
 	return c.NoContent(http.StatusNoContent)
 }
 
 // enabledOrDisabled handles enabled and disabled: HS256 with the tenant's current
-// secret and a computed qsh. enabled enqueues the migration webhook registration.
+// secret and a computed qsh. enabled enqueues the migration webhook
+// registration; the event itself reaches the vendor through the event feed,
+// recorded with the change.
 func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
-	event, typ := "disabled", tasks.TypeTenantDisabled
+	event := "disabled"
 	if enabled {
-		event, typ = "enabled", tasks.TypeTenantEnabled
+		event = "enabled"
 	}
 	return func(c echo.Context) error {
 		body, claims, ctx, cancel, err := s.signedRequest(c)
@@ -182,8 +183,10 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		if err != nil {
 			return dependencyError("tenant store", err)
 		}
-		if _, err := s.d.Queue.Lifecycle(ctx, typ, claims.Issuer, eventID); err != nil {
-			return dependencyError("task queue", err)
+		if enabled {
+			if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeTenantEnabled, claims.Issuer, eventID); err != nil {
+				return dependencyError("task queue", err)
+			}
 		}
 		s.d.Logger.InfoContext(ctx, "tenant "+event, slog.String("client_key", claims.Issuer), slog.Int64("event_id", eventID))
 		return c.NoContent(http.StatusNoContent)

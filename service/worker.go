@@ -18,6 +18,7 @@ import (
 	"github.com/connectrelay/connectrelay/internal/lifecycle"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/outbox"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -29,6 +30,10 @@ const (
 	delayedTaskCheckInterval = 500 * time.Millisecond
 )
 
+// eventDispatchInterval is how often a worker looks for events of the feed to
+// hand to delivery tasks.
+const eventDispatchInterval = 100 * time.Millisecond
+
 // licenseSweepClaims prefixes the Redis keys of the daily license sweep's claim.
 const licenseSweepClaims = "connectrelay:license-sweep:"
 
@@ -38,8 +43,12 @@ type WorkerOptions struct {
 	Logger *slog.Logger
 	// Initializer runs after every verified installed; none when nil.
 	Initializer connectrelay.Initializer
-	// Listener hears enabled, disabled and uninstalled; none when nil.
+	// Listener hears the changes of tenants (installed, updated, enabled,
+	// disabled, uninstalled, license changes, site imports); none when nil.
 	Listener connectrelay.LifecycleListener
+	// MigrationListener hears the changes of migration transfers (ready,
+	// settled, events of unknown types); none when nil.
+	MigrationListener connectrelay.MigrationListener
 	// Importer receives each uploaded file of a migration. When nil, the
 	// bundled importer records each upload's label, size and SHA-256 in the
 	// migration_imported_data table.
@@ -77,6 +86,8 @@ type Worker struct {
 	scheduler *asynq.Scheduler
 	handlers  *tasks.Handlers
 	queue     *asynq.Client
+	events    *outbox.Store
+	enqueuer  *tasks.Enqueuer
 }
 
 // NewWorker connects to Postgres (applying migrations) and Redis and builds the
@@ -113,6 +124,7 @@ func (w *Worker) build(opts WorkerOptions) error {
 	amp := product.NewAMP(client, w.test.HTTPClient, product.WithLogger(log))
 	w.queue = asynq.NewClientFromRedisClient(st.redis)
 	enq := tasks.NewEnqueuer(w.queue)
+	w.enqueuer = enq
 	importer := opts.Importer
 	if importer == nil {
 		importer = migration.NewRecordingImporter(st.pool)
@@ -122,9 +134,11 @@ func (w *Worker) build(opts WorkerOptions) error {
 	if err != nil {
 		return fmt.Errorf("migration machine: %w", err)
 	}
+	w.events = outbox.NewStore(st.pool)
 	life, err := lifecycle.New(lifecycle.Config{
 		Tenants: st.tenants, Product: client, Webhooks: amp, WebhookURL: cfg.MigrationWebhookURL(),
-		Initializer: opts.Initializer, Listener: opts.Listener, Logger: log,
+		Events: w.events, Transfers: machine,
+		Initializer: opts.Initializer, Listener: opts.Listener, MigrationListener: opts.MigrationListener, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -135,6 +149,7 @@ func (w *Worker) build(opts WorkerOptions) error {
 		Dedupe:      dedupe.New(st.redis, dedupe.Options{Logger: log}),
 		SweepClaims: dedupe.New(st.redis, dedupe.Options{Prefix: licenseSweepClaims, Logger: log}),
 		Enqueuer:    enq,
+		Events:      w.events,
 		Metrics:     m,
 		Logger:      log,
 	})
@@ -204,9 +219,18 @@ func (w *Worker) Run(ctx context.Context) error {
 		stopMetrics()
 		return fmt.Errorf("start asynq scheduler: %w", err)
 	}
+	dispatchCtx, stopDispatch := context.WithCancel(context.Background())
+	dispatched := make(chan struct{})
+	go func() {
+		defer close(dispatched)
+		(&outbox.Dispatcher{Store: w.events, Enqueue: w.enqueuer.EnqueueEvent, Interval: eventDispatchInterval,
+			Batch: 200, Logger: w.log}).Run(dispatchCtx)
+	}()
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
 	w.log.Info("worker shutting down")
+	stopDispatch()
+	<-dispatched
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	stopMetrics()

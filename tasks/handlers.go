@@ -11,7 +11,6 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/dedupe"
 	"github.com/connectrelay/connectrelay/internal/lifecycle"
 	"github.com/connectrelay/connectrelay/internal/metrics"
@@ -22,7 +21,7 @@ import (
 type Lifecycle interface {
 	Initialize(ctx context.Context, clientKey string) error
 	Enabled(ctx context.Context, clientKey string) error
-	Notify(ctx context.Context, ev connectrelay.EventType, clientKey string) error
+	Deliver(ctx context.Context, eventID int64) error
 	RecheckLicense(ctx context.Context, clientKey string) error
 	InstalledTenants(ctx context.Context) iter.Seq2[string, error]
 }
@@ -32,9 +31,15 @@ type MigrationRunner interface {
 	HandleEvent(ctx context.Context, clientKey string, ev migration.Event) error
 	Import(ctx context.Context, ref migration.UploadRef) error
 	FailUpload(ctx context.Context, ref migration.UploadRef, cause error) error
+	ReportResult(ctx context.Context, ref migration.UploadRef, imported bool, message string) error
 	SettlePending(ctx context.Context, limit int) (int, error)
 	RequeueStale(ctx context.Context, olderThan time.Duration, limit int) (int, error)
 	ReconcileStale(ctx context.Context, olderThan, giveUpAfter time.Duration, limit int) (int, error)
+}
+
+// EventFeed is what the sweep needs of the event feed.
+type EventFeed interface {
+	Prune(ctx context.Context, olderThan time.Duration, limit int) (int64, error)
 }
 
 // Deduper claims a key for processing (see package dedupe).
@@ -61,6 +66,8 @@ type Deps struct {
 	SweepClaims Deduper
 	// Enqueuer enqueues the license checks of the sweep. Required.
 	Enqueuer *Enqueuer
+	// Events is the event feed, whose delivered events the settle sweep prunes.
+	Events EventFeed
 	// Metrics counts task outcomes. Required.
 	Metrics *metrics.Metrics
 	// Logger defaults to slog.Default().
@@ -94,11 +101,11 @@ func (h *Handlers) Mux() *asynq.ServeMux {
 	mux.Use(h.observe)
 	mux.HandleFunc(TypeTenantInit, h.tenantInit)
 	mux.HandleFunc(TypeTenantEnabled, h.tenantEnabled)
-	mux.HandleFunc(TypeTenantDisabled, h.tenantEvent(connectrelay.EventDisabled))
-	mux.HandleFunc(TypeTenantUninstalled, h.tenantEvent(connectrelay.EventUninstalled))
+	mux.HandleFunc(TypeEventDeliver, h.eventDeliver)
 	mux.HandleFunc(TypeLicenseCheck, h.licenseCheck)
 	mux.HandleFunc(TypeMigrationEvent, h.migrationEvent)
 	mux.HandleFunc(TypeMigrationImport, h.migrationImport)
+	mux.HandleFunc(TypeMigrationResult, h.migrationResult)
 	mux.HandleFunc(TypeLicenseSweep, h.licenseSweep)
 	mux.HandleFunc(TypeSettleSweep, h.settleSweep)
 	return mux

@@ -48,6 +48,8 @@ func (r *runner) Import(ctx context.Context, ref migration.UploadRef) error {
 	return r.importErr
 }
 
+func (r *runner) ReportResult(context.Context, migration.UploadRef, bool, string) error { return nil }
+
 func (r *runner) FailUpload(_ context.Context, ref migration.UploadRef, _ error) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

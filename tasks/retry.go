@@ -8,6 +8,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/internal/lifecycle"
 	"github.com/connectrelay/connectrelay/internal/migration"
 	"github.com/connectrelay/connectrelay/internal/tenant"
@@ -72,7 +73,9 @@ func permanent(err error) error {
 		errors.Is(err, migration.ErrInvalidEvent),
 		errors.Is(err, migration.ErrTenantMismatch),
 		errors.Is(err, migration.ErrUploadNotFound),
-		errors.Is(err, migration.ErrTransferNotReady):
+		errors.Is(err, migration.ErrTransferNotReady),
+		errors.Is(err, migration.ErrUploadNotPending),
+		errors.Is(err, connectrelay.ErrImportFailed):
 		return fmt.Errorf("%w (not retried: %w)", err, asynq.SkipRetry)
 	default:
 		return err

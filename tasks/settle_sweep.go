@@ -14,6 +14,10 @@ import (
 // SettleSweepSchedule is how often the settle sweep runs.
 const SettleSweepSchedule = "@every 5m"
 
+// EventRetention is how long a delivered event stays in the feed (for operators)
+// before the settle sweep deletes it.
+const EventRetention = 7 * 24 * time.Hour
+
 // StaleImportAfter is how long an upload may stay queued (or importing under an
 // expired lease) before the sweep schedules it again: longer than a retry's
 // backoff (capped at an hour) plus a migration queue backlog, short enough that a
@@ -55,5 +59,12 @@ func (h *Handlers) settleSweep(ctx context.Context, _ *asynq.Task) error {
 	if n > 0 {
 		h.d.Logger.InfoContext(ctx, "settle sweep", slog.Int("attempted", n), slog.Bool("all_settled", err == nil))
 	}
-	return errors.Join(rerr, cerr, err)
+	var perr error
+	if h.d.Events != nil {
+		_, perr = step(30*time.Second, func(c context.Context) (int, error) {
+			n, err := h.d.Events.Prune(c, EventRetention, 5000)
+			return int(n), err
+		})
+	}
+	return errors.Join(rerr, cerr, err, perr)
 }

@@ -25,20 +25,20 @@ const (
 	// TypeTenantInit runs after a verified installed: license check, the
 	// vendor's Initializer, migration webhook registration when missing.
 	TypeTenantInit = "tenant:init"
-	// TypeTenantEnabled registers the migration webhook and tells the vendor's
-	// LifecycleListener.
+	// TypeTenantEnabled registers the migration webhook.
 	TypeTenantEnabled = "tenant:enabled"
-	// TypeTenantDisabled tells the vendor's LifecycleListener.
-	TypeTenantDisabled = "tenant:disabled"
-	// TypeTenantUninstalled tells the vendor's LifecycleListener; it never
-	// deletes data.
-	TypeTenantUninstalled = "tenant:uninstalled"
+	// TypeEventDeliver delivers one event of the event feed to the vendor's
+	// listeners (or, with forwarding, to the vendor's backend).
+	TypeEventDeliver = "event:deliver"
 	// TypeLicenseCheck reads one tenant's license again.
 	TypeLicenseCheck = "tenant:license"
 	// TypeMigrationEvent processes one App Migration Platform event.
 	TypeMigrationEvent = "migration:event"
 	// TypeMigrationImport imports one uploaded file of a transfer.
 	TypeMigrationImport = "migration:import"
+	// TypeMigrationResult records the result the vendor's backend reported for
+	// an upload it was handed.
+	TypeMigrationResult = "migration:result"
 	// TypeLicenseSweep enqueues a TypeLicenseCheck for every installed tenant,
 	// once a day: a subscription can end without any lifecycle event.
 	TypeLicenseSweep = "maintenance:license-sweep"
@@ -48,19 +48,21 @@ const (
 )
 
 // Queue names, in strict priority order: lifecycle work (what a customer waits
-// for after an install) before migration work before maintenance. Lifecycle
+// for after an install), then the delivery of events to the vendor, then
+// migration work, then maintenance. Lifecycle
 // tasks are few and short, so putting them first never starves migrations for
 // long, while a backlog of gigabyte imports never delays a new tenant's
 // initialization.
 const (
 	QueueLifecycle   = "lifecycle"
+	QueueEvents      = "events"
 	QueueMigration   = "migration"
 	QueueMaintenance = "maintenance"
 )
 
 // Queues are the worker's queues and their priorities (the worker runs them with
 // asynq's StrictPriority, so a higher number always goes first).
-var Queues = map[string]int{QueueLifecycle: 6, QueueMigration: 3, QueueMaintenance: 1}
+var Queues = map[string]int{QueueLifecycle: 6, QueueEvents: 5, QueueMigration: 3, QueueMaintenance: 1}
 
 // Retention windows: how long a completed task (and so its TaskID) is kept, which
 // is how long a re-delivery is recognised at enqueue time.

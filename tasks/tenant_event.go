@@ -6,17 +6,15 @@ import (
 	"strconv"
 
 	"github.com/hibiken/asynq"
-
-	"github.com/connectrelay/connectrelay"
 )
 
-// Lifecycle enqueues one of the tenant:* tasks (init, enabled, disabled,
-// uninstalled) for a history event. The TaskID names the type, the tenant and
+// Lifecycle enqueues one of the tenant:* tasks (init, enabled) for a history
+// event. The TaskID names the type, the tenant and
 // the event, so a re-delivered callback that wrote no new history finds its
 // task. It reports duplicate=true for such a re-delivery.
 func (e *Enqueuer) Lifecycle(ctx context.Context, typ, clientKey string, eventID int64) (duplicate bool, err error) {
 	switch typ {
-	case TypeTenantInit, TypeTenantUninstalled, TypeTenantEnabled, TypeTenantDisabled:
+	case TypeTenantInit, TypeTenantEnabled:
 	default:
 		return false, fmt.Errorf("enqueue: %q is not a lifecycle task type", typ)
 	}
@@ -47,21 +45,4 @@ func (h *Handlers) tenantEnabled(ctx context.Context, t *asynq.Task) error {
 		return permanent(err)
 	}
 	return nil
-}
-
-// tenantEvent tells the listener about disabled or uninstalled.
-func (h *Handlers) tenantEvent(ev connectrelay.EventType) asynq.HandlerFunc {
-	return func(ctx context.Context, t *asynq.Task) error {
-		p, err := decodeTenant(t)
-		if err != nil {
-			return err
-		}
-		if h.d.Lifecycle == nil {
-			return notConfigured(t)
-		}
-		if err := h.d.Lifecycle.Notify(ctx, ev, p.ClientKey); err != nil {
-			return permanent(err)
-		}
-		return nil
-	}
 }

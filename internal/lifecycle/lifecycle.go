@@ -1,8 +1,8 @@
 // Package lifecycle is the worker's side of the tenant lifecycle: what happens
 // after a verified installed (record the license, run the vendor's
-// Initializer, register the migration webhook), after enabled, disabled and
-// uninstalled (tell the vendor's LifecycleListener), and when a tenant's
-// license is checked again.
+// Initializer, register the migration webhook), after enabled (register the
+// webhook), when a tenant's license is checked again, and when an event of the
+// feed (internal/outbox) is delivered to the vendor's listeners.
 //
 // The methods take a clientKey and read the tenant from the store, so that a
 // task that runs late acts on the tenant as it is now. They never delete
@@ -22,9 +22,13 @@ import (
 	"iter"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/outbox"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/product"
 )
@@ -37,6 +41,11 @@ type Store interface {
 	List(ctx context.Context, limit, offset int) ([]connectrelay.Tenant, error)
 }
 
+// TransferReader reads a transfer of a tenant; *migration.Machine implements it.
+type TransferReader interface {
+	Transfer(ctx context.Context, clientKey, transferID string) (connectrelay.Transfer, error)
+}
+
 // Webhooks reads and replaces a tenant's registered migration webhook
 // endpoints; *product.AMP implements it.
 type Webhooks interface {
@@ -45,8 +54,9 @@ type Webhooks interface {
 }
 
 var (
-	_ Store    = (*tenant.Store)(nil)
-	_ Webhooks = (*product.AMP)(nil)
+	_ Store          = (*tenant.Store)(nil)
+	_ Webhooks       = (*product.AMP)(nil)
+	_ TransferReader = (*migration.Machine)(nil)
 )
 
 // Config configures a Service.
@@ -61,8 +71,14 @@ type Config struct {
 	WebhookURL string
 	// Initializer is the vendor's initialization; none when nil.
 	Initializer connectrelay.Initializer
-	// Listener hears enabled, disabled and uninstalled; none when nil.
+	// Events is the event feed Deliver reads. Required.
+	Events *outbox.Store
+	// Transfers reads the transfer of a migration event. Required.
+	Transfers TransferReader
+	// Listener hears the tenant events; none when nil.
 	Listener connectrelay.LifecycleListener
+	// MigrationListener hears the transfer events; none when nil.
+	MigrationListener connectrelay.MigrationListener
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now is the clock; time.Now when nil.
@@ -78,8 +94,8 @@ type Service struct {
 
 // New validates cfg and returns a Service.
 func New(cfg Config) (*Service, error) {
-	if cfg.Tenants == nil || cfg.Product == nil || cfg.Webhooks == nil || cfg.WebhookURL == "" {
-		return nil, errors.New("lifecycle: Tenants, Product, Webhooks and WebhookURL are required")
+	if cfg.Tenants == nil || cfg.Product == nil || cfg.Webhooks == nil || cfg.WebhookURL == "" || cfg.Events == nil || cfg.Transfers == nil {
+		return nil, errors.New("lifecycle: Tenants, Product, Webhooks, WebhookURL, Events and Transfers are required")
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, now: cfg.Now}
 	if s.log == nil {
@@ -162,30 +178,53 @@ func (s *Service) initialize(ctx context.Context, clientKey string) error {
 	return nil
 }
 
-// Enabled registers the migration webhook (when it is not exactly ours) and
-// tells the Listener.
+// Enabled registers the migration webhook when it is not exactly ours.
 func (s *Service) Enabled(ctx context.Context, clientKey string) error {
-	if err := s.registerWebhook(ctx, clientKey); err != nil {
-		return wrap(err)
-	}
-	return wrap(s.notify(ctx, connectrelay.EventEnabled, clientKey))
+	return wrap(s.registerWebhook(ctx, clientKey))
 }
 
-// Notify tells the Listener, if any, that ev happened to the tenant.
-func (s *Service) Notify(ctx context.Context, ev connectrelay.EventType, clientKey string) error {
-	return wrap(s.notify(ctx, ev, clientKey))
-}
-
-func (s *Service) notify(ctx context.Context, ev connectrelay.EventType, clientKey string) error {
-	if s.cfg.Listener == nil {
+// Deliver hands event id of the event feed to the listener of its kind, with
+// the tenant (and transfer) as stored now. An event pruned since is skipped; a
+// listener's error is a *HookError (retried).
+func (s *Service) Deliver(ctx context.Context, id int64) error {
+	ev, err := s.cfg.Events.Get(ctx, id)
+	if errors.Is(err, outbox.ErrNotFound) {
+		s.log.WarnContext(ctx, "event no longer in the feed; not delivered", slog.Int64("event_id", id))
 		return nil
 	}
-	tn, err := s.cfg.Tenants.Get(ctx, clientKey)
+	if err != nil {
+		return wrap(err)
+	}
+	return wrap(s.deliver(ctx, ev))
+}
+
+func (s *Service) deliver(ctx context.Context, ev outbox.Event) error {
+	migrationEvent := strings.HasPrefix(string(ev.Type), "migration.")
+	if (migrationEvent && s.cfg.MigrationListener == nil) || (!migrationEvent && s.cfg.Listener == nil) {
+		return nil
+	}
+	tn, err := s.cfg.Tenants.Get(ctx, ev.ClientKey)
 	if err != nil {
 		return err
 	}
-	if err := s.cfg.Listener.TenantLifecycle(ctx, &connectrelay.LifecycleEvent{Type: ev, Tenant: tn}); err != nil {
-		return &HookError{Hook: "lifecycle listener (" + string(ev) + ")", Err: err}
+	id := "evt_" + strconv.FormatInt(ev.ID, 10)
+	if !migrationEvent {
+		le := &connectrelay.LifecycleEvent{ID: id, Sequence: ev.ID, Type: ev.Type, At: ev.CreatedAt, Tenant: tn,
+			Changes: ev.Data.Changes, LinkedClientKeys: ev.Data.LinkedClientKeys}
+		if err := s.cfg.Listener.TenantLifecycle(ctx, le); err != nil {
+			return &HookError{Hook: "lifecycle listener (" + string(ev.Type) + ")", Err: err}
+		}
+		return nil
+	}
+	te := &connectrelay.TransferEvent{ID: id, Sequence: ev.ID, Type: ev.Type, At: ev.CreatedAt, Tenant: tn, Raw: ev.Data.Raw}
+	if ev.TransferID != "" {
+		te.Transfer, err = s.cfg.Transfers.Transfer(ctx, ev.ClientKey, ev.TransferID)
+		if err != nil && !errors.Is(err, migration.ErrTransferNotFound) {
+			return err
+		}
+	}
+	if err := s.cfg.MigrationListener.TransferEvent(ctx, te); err != nil {
+		return &HookError{Hook: "migration listener (" + string(ev.Type) + ")", Err: err}
 	}
 	return nil
 }
