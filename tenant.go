@@ -6,47 +6,48 @@ import (
 )
 
 // HostInfo is what a product says about itself and the installation in an
-// installed callback. JSON names are given per field; no field is a secret.
+// installed callback, with the installed body's JSON names; no field is a
+// secret.
 type HostInfo struct {
 	// ClientKey (clientKey) identifies the Connect tenant. It never changes for
 	// a tenant; a site import or restore produces a new one.
-	ClientKey string
+	ClientKey string `json:"clientKey"`
 	// AppKey (key) is the app key the product installed.
-	AppKey string
+	AppKey string `json:"key"`
 	// BaseURL (baseUrl) is where the product's REST API is called. It changes
 	// on a site rename and is not unique across tenants.
-	BaseURL string
+	BaseURL string `json:"baseUrl"`
 	// DisplayURL (displayUrl) is the custom domain for user-facing links, if any.
-	DisplayURL string
+	DisplayURL string `json:"displayUrl,omitempty"`
 	// DisplayURLServicedeskHelpCenter (displayUrlServicedeskHelpCenter).
-	DisplayURLServicedeskHelpCenter string
+	DisplayURLServicedeskHelpCenter string `json:"displayUrlServicedeskHelpCenter,omitempty"`
 	// ProductType (productType) is "jira" or "confluence".
-	ProductType string
+	ProductType string `json:"productType"`
 	// Description (description) is the product's description of the site.
-	Description string
+	Description string `json:"description,omitempty"`
 	// ServerVersion (serverVersion) is the product build.
-	ServerVersion string
+	ServerVersion string `json:"serverVersion,omitempty"`
 	// PluginsVersion (pluginsVersion) is the Connect version that installed
 	// the app; not every tenant runs the latest descriptor.
-	PluginsVersion string
+	PluginsVersion string `json:"pluginsVersion,omitempty"`
 	// ServiceEntitlementNumber (serviceEntitlementNumber) is the legacy SEN.
-	ServiceEntitlementNumber string
+	ServiceEntitlementNumber string `json:"serviceEntitlementNumber,omitempty"`
 	// EntitlementID (entitlementId) is the commerce entitlement id.
-	EntitlementID string
+	EntitlementID string `json:"entitlementId,omitempty"`
 	// EntitlementNumber (entitlementNumber) is the commerce entitlement number.
-	EntitlementNumber string
+	EntitlementNumber string `json:"entitlementNumber,omitempty"`
 	// OAuthClientID (oauthClientId) is used for OAuth 2.0 JWT-bearer
 	// impersonation.
-	OAuthClientID string
+	OAuthClientID string `json:"oauthClientId,omitempty"`
 	// InstallationID (installationId) is the Forge installation ARI of a
 	// Connect-on-Forge app; empty for a plain Connect app.
-	InstallationID string
+	InstallationID string `json:"installationId,omitempty"`
 	// CloudID (cloudId) is the site's cloud id, when the product sends it.
-	CloudID string
+	CloudID string `json:"cloudId,omitempty"`
 	// Extra holds every field of the installed body not modelled above, as a
 	// JSON object, so that fields Atlassian adds later are not lost. It never
 	// holds sharedSecret or publicKey.
-	Extra json.RawMessage
+	Extra json.RawMessage `json:"extra,omitempty"`
 }
 
 // LicenseState is the coarse license state recorded on a tenant.
@@ -64,47 +65,48 @@ const (
 	LicenseInactive LicenseState = "inactive"
 )
 
-// Tenant is one installation of the app as this service stores it. It never
-// carries the shared secret: calls to the tenant's product go through
+// Tenant is one installation of the app as this service stores it. Its JSON
+// form (what the internal API answers and forwarded events carry) holds the
+// public fields only. It never carries the shared secret: calls to the tenant's product go through
 // [product.Client], which reads the secret itself.
 type Tenant struct {
 	HostInfo
 	// Installed is false after an applied uninstalled. The tenant and its
 	// secret are kept: Atlassian may install again, and an uninstall can be
 	// missed or be a mistake.
-	Installed bool
+	Installed bool `json:"installed"`
 	// Enabled follows enabled and disabled. Connect-on-Forge apps no longer
 	// receive them, so nothing should depend on Enabled alone.
-	Enabled bool
+	Enabled bool `json:"enabled"`
 	// FirstInstalledAt is when the tenant was first installed.
-	FirstInstalledAt time.Time
+	FirstInstalledAt time.Time `json:"firstInstalledAt"`
 	// LastInstalledAt is when the last applied installed was received.
-	LastInstalledAt time.Time
+	LastInstalledAt time.Time `json:"lastInstalledAt"`
 	// LastLifecycleAt is when the latest lifecycle event, applied or not, was
 	// received.
-	LastLifecycleAt time.Time
+	LastLifecycleAt time.Time `json:"lastLifecycleAt"`
 	// DataIssuedAt is the JWT iat of the installed whose data (secret, baseUrl,
 	// versions) is stored: an installed with an older iat is recorded in the
 	// history but not applied, so a delayed retry cannot restore a secret
 	// Atlassian has rotated since.
-	DataIssuedAt time.Time
+	DataIssuedAt time.Time `json:"-"`
 	// InstalledIssuedAt is the JWT iat of the event that last set Installed.
-	InstalledIssuedAt time.Time
+	InstalledIssuedAt time.Time `json:"-"`
 	// EnabledIssuedAt is the JWT iat of the event that last set Enabled.
-	EnabledIssuedAt time.Time
+	EnabledIssuedAt time.Time `json:"-"`
 	// LicenseState is LicenseUnknown until the worker reads the License REST API.
-	LicenseState LicenseState
+	LicenseState LicenseState `json:"license"`
 	// LicenseCheckedAt is when LicenseState was last checked; nil if never.
-	LicenseCheckedAt *time.Time
+	LicenseCheckedAt *time.Time `json:"licenseCheckedAt,omitempty"`
 	// WebhookEndpoints are the migration webhook endpoints the worker last
 	// registered; empty if never.
-	WebhookEndpoints []string
+	WebhookEndpoints []string `json:"-"`
 	// WebhookRegisteredAt is when WebhookEndpoints were registered; nil if never.
-	WebhookRegisteredAt *time.Time
+	WebhookRegisteredAt *time.Time `json:"-"`
 	// SecretKeyID names the key that encrypts the stored secret at rest, so an
 	// operator can see which tenants still need re-encryption after a key
 	// rotation.
-	SecretKeyID string
+	SecretKeyID string `json:"-"`
 }
 
 // ID returns the identifier this service knows the tenant by, which is what

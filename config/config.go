@@ -81,6 +81,27 @@ type Config struct {
 	// delete, archive or run tasks. Default false.
 	MonitoringReadOnly bool
 
+	// InternalListenAddr is INTERNAL_LISTEN_ADDR, the receiver's internal
+	// listener: /metrics, /monitoring and the /v1 API for the vendor's backend.
+	// Keep it off the public internet. Default "127.0.0.1:8081"; "off" disables.
+	InternalListenAddr string
+	// InternalToken is INTERNAL_TOKEN, the bearer token of the /v1 API; at
+	// least 32 characters. Empty disables the /v1 routes.
+	InternalToken string
+	// ForwardURL is FORWARD_URL: where the worker POSTs every event, signed per
+	// Standard Webhooks. https, or http for a loopback host. Empty disables
+	// forwarding.
+	ForwardURL string
+	// ForwardSecret is FORWARD_SECRET, the Standard Webhooks signing secret
+	// (whsec_ + base64); required with ForwardURL.
+	ForwardSecret string
+	// ForwardTimeout is FORWARD_TIMEOUT, how long one delivery may take.
+	// Default 30s.
+	ForwardTimeout time.Duration
+	// DescriptorFile is CONNECT_DESCRIPTOR_FILE, a JSON file merged into the
+	// served descriptor (the app's modules, scopes, ...). Default none.
+	DescriptorFile string
+
 	// WorkerMetricsAddr is WORKER_METRICS_ADDR, where the worker serves /metrics
 	// and /healthz (it has no other HTTP side). Default ":9091"; "off" disables.
 	WorkerMetricsAddr string
@@ -120,12 +141,42 @@ func Load(getenv func(string) string) (Config, error) {
 		ShutdownTimeout:     l.duration("SHUTDOWN_TIMEOUT", 25*time.Second),
 		WorkerConcurrency:   l.integer("WORKER_CONCURRENCY", 10),
 		WorkerMetricsAddr:   l.str("WORKER_METRICS_ADDR", ":9091"),
+		InternalListenAddr:  l.str("INTERNAL_LISTEN_ADDR", "127.0.0.1:8081"),
+		InternalToken:       l.str("INTERNAL_TOKEN", ""),
+		ForwardURL:          l.str("FORWARD_URL", ""),
+		ForwardSecret:       l.str("FORWARD_SECRET", ""),
+		ForwardTimeout:      l.duration("FORWARD_TIMEOUT", 30*time.Second),
+		DescriptorFile:      l.str("CONNECT_DESCRIPTOR_FILE", ""),
 		ProductHosts:        l.list("CONNECT_PRODUCT_HOSTS", DefaultProductHosts),
 		Scopes:              l.list("CONNECT_SCOPES", []string{"READ"}),
 	}
 	c.AppName = l.str("CONNECT_APP_NAME", c.AppKey)
 	if c.WorkerMetricsAddr == "off" {
 		c.WorkerMetricsAddr = ""
+	}
+	if c.InternalListenAddr == "off" {
+		c.InternalListenAddr = ""
+	}
+	if c.InternalToken != "" && len(c.InternalToken) < 32 {
+		l.fail("INTERNAL_TOKEN must be at least 32 characters when set, got %d", len(c.InternalToken))
+	}
+	if c.ForwardURL != "" {
+		u, err := url.Parse(c.ForwardURL)
+		switch {
+		case err != nil || u.Host == "" || u.User != nil || (u.Scheme != "https" && u.Scheme != "http"):
+			l.fail("FORWARD_URL must be an absolute https URL without credentials, got %q", redactURL(c.ForwardURL))
+		case u.Scheme == "http" && !loopbackHost(u.Hostname()):
+			l.fail("FORWARD_URL must be https (http only for a loopback host), got %q", redactURL(c.ForwardURL))
+		}
+		if c.ForwardSecret == "" {
+			l.fail("FORWARD_SECRET is required with FORWARD_URL (whsec_ followed by a base64 key)")
+		}
+	}
+	if c.ForwardSecret != "" && !validWebhookSecret(c.ForwardSecret) {
+		l.fail("FORWARD_SECRET must be whsec_ followed by the base64 of a 24-64 byte key")
+	}
+	if c.ForwardTimeout <= 0 || c.ForwardTimeout > 10*time.Minute {
+		l.fail("FORWARD_TIMEOUT must be between 0s and 10m, got %s", c.ForwardTimeout)
 	}
 
 	if c.AppKey == "" {
@@ -319,6 +370,26 @@ func (l *loader) key(name, raw string, dev bool) []byte {
 		return nil
 	}
 	return b
+}
+
+// loopbackHost reports whether host names this machine.
+func loopbackHost(host string) bool {
+	switch strings.ToLower(host) {
+	case "127.0.0.1", "::1", "localhost":
+		return true
+	}
+	return false
+}
+
+// validWebhookSecret reports whether s is a Standard Webhooks secret: whsec_
+// and the standard base64 of a 24 to 64 byte key.
+func validWebhookSecret(s string) bool {
+	raw, ok := strings.CutPrefix(s, "whsec_")
+	if !ok {
+		return false
+	}
+	b, err := base64.StdEncoding.DecodeString(raw)
+	return err == nil && len(b) >= 24 && len(b) <= 64
 }
 
 func validAppKey(k string) bool {

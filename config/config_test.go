@@ -42,6 +42,8 @@ func TestLoad_AppliesContractDefaults(t *testing.T) {
 		MigrationFinalLabel: "final",
 		WorkerConcurrency:   10,
 		WorkerMetricsAddr:   ":9091",
+		InternalListenAddr:  "127.0.0.1:8081",
+		ForwardTimeout:      30 * time.Second,
 		ShutdownTimeout:     25 * time.Second,
 		LogLevel:            "info",
 	}

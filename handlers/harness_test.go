@@ -22,6 +22,7 @@ import (
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/migration"
 	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
@@ -33,16 +34,18 @@ const appKey = "com.example.relay-test"
 // harness is a receiver wired to a real Postgres database, a real Redis DB and a
 // fake Atlassian, served on loopback.
 type harness struct {
-	t         testing.TB
-	atl       *atlassiantest.Atlassian
-	baseURL   string
-	pool      *pgxpool.Pool
-	store     *tenant.Store
-	rdb       *redis.Client
-	inspector *asynq.Inspector
-	metrics   *metrics.Metrics
-	logs      *testenv.LogBuffer
-	srv       *httptest.Server
+	t       testing.TB
+	atl     *atlassiantest.Atlassian
+	baseURL string
+	// internalURL serves the internal listener (/metrics, /monitoring, /v1).
+	internalURL string
+	pool        *pgxpool.Pool
+	store       *tenant.Store
+	rdb         *redis.Client
+	inspector   *asynq.Inspector
+	metrics     *metrics.Metrics
+	logs        *testenv.LogBuffer
+	srv         *httptest.Server
 
 	pgProxy, redisProxy *testenv.Proxy
 }
@@ -53,6 +56,12 @@ type harnessOpts struct {
 	keyServer   string // default: the fake's key server
 	adminToken  string
 	monitoring  http.Handler
+	// internalToken enables the /v1 API with this bearer token, and data
+	// serves upload data to it.
+	internalToken string
+	data          handlers.DataOpener
+	// productHosts replaces the default CONNECT_PRODUCT_HOSTS.
+	productHosts []string
 	// viaProxies puts a freezable TCP proxy in front of Postgres and Redis
 	// (h.pgProxy, h.redisProxy), for tests where a dependency hangs.
 	viaProxies bool
@@ -127,7 +136,10 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		AppKey: appKey, AppName: "Relay test", BaseURL: h.baseURL,
 		AllowedBaseURLs: []string{"https://old-app.example.com"},
 		ProductHosts:    config.DefaultProductHosts, Scopes: []string{"READ", "WRITE"},
-		AdminToken: o.adminToken, JWTLeeway: 30 * time.Second,
+		AdminToken: o.adminToken, JWTLeeway: 30 * time.Second, InternalToken: o.internalToken,
+	}
+	if o.productHosts != nil {
+		cfg.ProductHosts = o.productHosts
 	}
 	hosts, err := connect.NewHostPolicy(cfg.ProductHosts)
 	if err != nil {
@@ -148,6 +160,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	srv, err := handlers.New(handlers.Deps{
 		Config: cfg, Install: install, Requests: requests, Tenants: h.store, Secrets: cache,
 		Queue: tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
+		API: handlers.APIDeps{Tenants: h.store, Targets: h.store, Hosts: hosts, Uploads: migration.NewReader(pool),
+			Data: o.data, Results: tasks.NewEnqueuer(aq)},
 		Ready: []handlers.Check{
 			{Name: "postgres", Check: func(ctx context.Context) error { return pool.Ping(ctx) }},
 			{Name: "redis", Check: func(ctx context.Context) error { return h.rdb.Ping(ctx).Err() }},
@@ -159,6 +173,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	h.srv.Config.Handler = srv
 	h.srv.Start()
 	t.Cleanup(h.srv.Close)
+	internal := httptest.NewServer(srv.Internal())
+	t.Cleanup(internal.Close)
+	h.internalURL = internal.URL
 	return h
 }
 

@@ -209,7 +209,7 @@ func TestMetrics_MethodLabelIsBounded(t *testing.T) {
 		req, _ := http.NewRequest(m, h.baseURL+handlers.PathHealth, nil)
 		h.do(req)
 	}
-	resp, err := http.Get(h.baseURL + handlers.PathMetrics)
+	resp, err := http.Get(h.internalURL + handlers.PathMetrics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +265,7 @@ func TestMetrics_ExposeTheInstallSLI(t *testing.T) {
 		h.install(fmt.Sprintf("ck-%d", i), site, secretA)
 	}
 	h.do(h.atl.Request(t, h.baseURL, handlers.PathInstalled, atlassiantest.InstallBody("ck-x", site, secretA, appKey), atlassiantest.Token{Alg: "none-at-all"}))
-	resp, err := http.Get(h.baseURL + handlers.PathMetrics)
+	resp, err := http.Get(h.internalURL + handlers.PathMetrics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +304,7 @@ func TestMonitoring_RequiresTheAdminToken(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for _, path := range []string{handlers.PathMonitoring, handlers.PathMonitoring + "/queues/default"} {
-			req, _ := http.NewRequest(http.MethodGet, tt.h.baseURL+path, nil)
+			req, _ := http.NewRequest(http.MethodGet, tt.h.internalURL+path, nil)
 			tt.set(req)
 			if code, body := tt.h.do(req); code != tt.want {
 				t.Errorf("%s %s = %d %s, want %d", tt.name, path, code, body, tt.want)

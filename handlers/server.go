@@ -103,8 +103,11 @@ type Deps struct {
 	Metrics  *metrics.Metrics
 	Logger   *slog.Logger
 	// Monitoring is the asynq UI (asynqmon) rooted at /monitoring; it is mounted
-	// only when Config.AdminToken is set.
+	// on the internal listener only when Config.AdminToken is set.
 	Monitoring http.Handler
+	// API are the collaborators of the /v1 routes of the internal listener,
+	// mounted only when Config.InternalToken is set.
+	API APIDeps
 	// Descriptor, when set, may add to the descriptor (modules, vendor, links)
 	// before it is served. The lifecycle paths, signed-install flag and migration
 	// webhook path are set afterwards, so they cannot be broken by it.
@@ -119,6 +122,7 @@ type Deps struct {
 type Server struct {
 	d          Deps
 	echo       *echo.Echo
+	internal   *echo.Echo
 	descriptor []byte
 }
 
@@ -144,12 +148,7 @@ func New(d Deps) (*Server, error) {
 	}
 	s.descriptor = desc
 
-	e := echo.New()
-	e.HideBanner = true
-	e.HidePort = true
-	e.HTTPErrorHandler = s.errorHandler
-	e.Use(s.observe)
-
+	e := newEcho(s)
 	e.POST(PathInstalled, s.lifecycle("installed", s.installed))
 	e.POST(PathUninstalled, s.lifecycle("uninstalled", s.uninstalled))
 	e.POST(PathEnabled, s.lifecycle("enabled", s.enabledOrDisabled(true)))
@@ -158,15 +157,47 @@ func New(d Deps) (*Server, error) {
 	e.GET(PathDescriptor, s.serveDescriptor)
 	e.GET(PathHealth, s.health)
 	e.GET(PathReady, s.ready)
-	e.GET(PathMetrics, echo.WrapHandler(d.Metrics.Handler()))
+	s.echo = e
+
+	in := newEcho(s)
+	in.GET(PathMetrics, echo.WrapHandler(d.Metrics.Handler()))
+	in.GET(PathHealth, s.health)
 	if d.Config.AdminToken != "" && d.Monitoring != nil {
 		guard := s.requireAdmin
-		e.Any(PathMonitoring, echo.WrapHandler(d.Monitoring), guard)
-		e.Any(PathMonitoring+"/*", echo.WrapHandler(d.Monitoring), guard)
+		in.Any(PathMonitoring, echo.WrapHandler(d.Monitoring), guard)
+		in.Any(PathMonitoring+"/*", echo.WrapHandler(d.Monitoring), guard)
 	}
-	s.echo = e
+	if d.Config.InternalToken != "" {
+		api := d.API
+		if api.Tenants == nil || api.Targets == nil || api.Hosts == nil || api.Uploads == nil || api.Data == nil || api.Results == nil {
+			return nil, errors.New("handlers: the /v1 API needs every field of Deps.API")
+		}
+		v1 := in.Group("", s.apiAuth)
+		v1.POST(PathV1Verify, s.apiVerify)
+		v1.POST(PathV1Sign, s.apiSign)
+		v1.GET(PathV1Tenants, s.apiTenants)
+		v1.GET(PathV1Tenant, s.apiTenant)
+		v1.GET(PathV1Data, s.apiData)
+		v1.POST(PathV1Result, s.apiResult)
+	}
+	s.internal = in
 	return s, nil
 }
+
+// newEcho returns an Echo application with the server's error handling and
+// request observation.
+func newEcho(s *Server) *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = s.errorHandler
+	e.Use(s.observe)
+	return e
+}
+
+// Internal is the internal listener's handler: /metrics, /monitoring and the
+// /v1 API for the vendor's backend. Serve it on a private address only.
+func (s *Server) Internal() http.Handler { return s.internal }
 
 // ServeHTTP makes the Server an http.Handler, so it can run under any
 // http.Server (the receiver's, or httptest in tests).
@@ -178,7 +209,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.Serv
 type httpError struct {
 	status int
 	reason string
-	err    error
+	// field names the request field at fault, when one is.
+	field string
+	err   error
 }
 
 func (e *httpError) Error() string {
@@ -202,12 +235,12 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	status, reason := http.StatusServiceUnavailable, "temporarily unavailable"
+	status, reason, field := http.StatusServiceUnavailable, "temporarily unavailable", ""
 	var he *httpError
 	var ee *echo.HTTPError
 	switch {
 	case errors.As(err, &he):
-		status, reason = he.status, he.reason
+		status, reason, field = he.status, he.reason, he.field
 	case errors.As(err, &ee):
 		status, reason = ee.Code, http.StatusText(ee.Code)
 	default:
@@ -223,7 +256,11 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		_ = c.NoContent(status)
 		return
 	}
-	_ = c.JSON(status, map[string]string{"error": reason})
+	body := map[string]string{"error": reason}
+	if field != "" {
+		body["field"] = field
+	}
+	_ = c.JSON(status, body)
 }
 
 // observe logs every request (never its Authorization header or body) and records

@@ -45,6 +45,8 @@ type e2e struct {
 	store     *tenant.Store
 	inspector *asynq.Inspector
 	metrics   *metrics.Metrics
+	// internalURL is the receiver's internal listener.
+	internalURL string
 }
 
 func newE2E(t *testing.T, adminToken string) *e2e {
@@ -62,6 +64,11 @@ func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e
 	if err != nil {
 		t.Fatal(err)
 	}
+	internal, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.internalURL = "http://" + internal.Addr().String()
 	e.cfg = config.Config{
 		ListenAddr:          ln.Addr().String(),
 		RedisURL:            testenv.RedisURL(t),
@@ -84,7 +91,7 @@ func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})
 	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger("receiver"),
-		Test: service.ReceiverTest{Listener: ln, Metrics: e.metrics, Ready: ready}})
+		Test: service.ReceiverTest{Listener: ln, InternalListener: internal, Metrics: e.metrics, Ready: ready}})
 	if err != nil {
 		cancel()
 		t.Fatalf("NewReceiver: %v", err)
@@ -451,7 +458,7 @@ func TestMonitoring_ServesTheUIWithTheTokenAndRedactsPayloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	get := func(path string, auth bool) (int, string) {
-		req, _ := http.NewRequest(http.MethodGet, e.cfg.BaseURL+path, nil)
+		req, _ := http.NewRequest(http.MethodGet, e.internalURL+path, nil)
 		if auth {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
@@ -489,7 +496,7 @@ func TestReceiver_MetricsExposeTheSLIAfterInstalls(t *testing.T) {
 		prod := newProduct(t, "s", newSite())
 		e.install(fmt.Sprintf("ck-%d", i), prod, fmt.Sprintf("shared-secret-%d-0123456789abcdef0123", i))
 	}
-	resp, err := http.Get(e.cfg.BaseURL + "/metrics")
+	resp, err := http.Get(e.internalURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -576,7 +583,7 @@ func TestMonitoring_ReadOnlyRefusesChanges(t *testing.T) {
 	const token = "admin-token-e2e-ro-0123456789abcdef"
 	e := newE2EWith(t, token, func(c *config.Config) { c.MonitoringReadOnly = true })
 	call := func(method, path string) int {
-		req, _ := http.NewRequest(method, e.cfg.BaseURL+path, nil)
+		req, _ := http.NewRequest(method, e.internalURL+path, nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

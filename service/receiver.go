@@ -12,11 +12,14 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
 
+	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/migration"
 	"github.com/connectrelay/connectrelay/internal/tenant"
+	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
 )
 
@@ -47,6 +50,9 @@ type ReceiverOptions struct {
 type ReceiverTest struct {
 	// Listener, when set, is served instead of listening on LISTEN_ADDR.
 	Listener net.Listener
+	// InternalListener, when set, is served instead of listening on
+	// INTERNAL_LISTEN_ADDR.
+	InternalListener net.Listener
 	// Ready, when set, is closed once the receiver serves requests.
 	Ready chan<- struct{}
 	// Metrics, when set, receives the receiver's counters instead of a fresh set.
@@ -56,13 +62,14 @@ type ReceiverTest struct {
 // Receiver is an assembled receiver: call Run to serve; it returns after a
 // graceful shutdown when its context ends.
 type Receiver struct {
-	cfg     config.Config
-	log     *slog.Logger
-	test    ReceiverTest
-	stores  *stores
-	queue   *asynq.Client
-	monitor *asynqmon.HTTPHandler
-	handler http.Handler
+	cfg      config.Config
+	log      *slog.Logger
+	test     ReceiverTest
+	stores   *stores
+	queue    *asynq.Client
+	monitor  *asynqmon.HTTPHandler
+	handler  http.Handler
+	internal http.Handler
 }
 
 // NewReceiver connects to Postgres (applying migrations) and Redis and builds the
@@ -114,13 +121,21 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 	} else {
 		r.log.Info("ADMIN_TOKEN is not set: /monitoring is disabled")
 	}
+	pc, err := product.New(product.Config{
+		AppKey: cfg.AppKey, UserAgent: "connectrelay/" + connectrelay.Version + " " + cfg.AppKey,
+		Hosts: st.hosts, Logger: r.log,
+	}, st.tenants)
+	if err != nil {
+		return fmt.Errorf("product client: %w", err)
+	}
+	queue := tasks.NewEnqueuer(r.queue)
 	srv, err := handlers.New(handlers.Deps{
 		Config:   cfg,
 		Install:  install,
 		Requests: requests,
 		Tenants:  st.tenants,
 		Secrets:  secrets,
-		Queue:    tasks.NewEnqueuer(r.queue),
+		Queue:    queue,
 		Ready: []handlers.Check{
 			{Name: "postgres", Check: func(ctx context.Context) error { return st.pool.Ping(ctx) }},
 			{Name: "redis", Check: func(ctx context.Context) error { return st.redis.Ping(ctx).Err() }},
@@ -128,62 +143,105 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		Metrics:    r.test.Metrics,
 		Logger:     r.log,
 		Monitoring: monitoring,
+		API: handlers.APIDeps{
+			Tenants: st.tenants, Targets: st.tenants, Hosts: st.hosts,
+			Uploads: migration.NewReader(st.pool), Data: product.NewAMP(pc, nil, product.WithLogger(r.log)), Results: queue,
+		},
 		Descriptor: descriptor,
 	})
 	if err != nil {
 		return err
 	}
-	r.handler = srv
+	r.handler, r.internal = srv, srv.Internal()
 	return nil
 }
 
 // Handler is the receiver's HTTP handler, for embedding it in another server.
 func (r *Receiver) Handler() http.Handler { return r.handler }
 
-// Run serves until ctx ends, then stops accepting, lets in-flight requests finish
-// within SHUTDOWN_TIMEOUT, and closes the pools.
+// Run serves the public listener (LISTEN_ADDR) and the internal one
+// (INTERNAL_LISTEN_ADDR, unless off) until ctx ends, then stops accepting, lets
+// in-flight requests finish within SHUTDOWN_TIMEOUT, and closes the pools.
 func (r *Receiver) Run(ctx context.Context) error {
 	defer r.close()
-	srv := &http.Server{
-		Addr:              r.cfg.ListenAddr,
-		Handler:           r.handler,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		// The monitoring UI serves a 1 MB script; callbacks answer in milliseconds.
-		WriteTimeout:   60 * time.Second,
-		IdleTimeout:    120 * time.Second,
-		MaxHeaderBytes: 64 << 10,
-		ErrorLog:       slog.NewLogLogger(r.log.Handler(), slog.LevelWarn),
+	// Callbacks answer in milliseconds; the internal listener streams uploads
+	// of any size and serves the monitoring UI's 1 MB script.
+	servers := []*served{{name: "public", addr: r.cfg.ListenAddr, ln: r.test.Listener, handler: r.handler, write: time.Minute}}
+	if r.cfg.InternalListenAddr != "" || r.test.InternalListener != nil {
+		servers = append(servers, &served{name: "internal", addr: r.cfg.InternalListenAddr, ln: r.test.InternalListener, handler: r.internal})
 	}
-	ln := r.test.Listener
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", r.cfg.ListenAddr); err != nil {
-			return fmt.Errorf("listen on LISTEN_ADDR %s: %w", r.cfg.ListenAddr, err)
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		if err := s.listen(); err != nil {
+			for _, o := range servers {
+				o.closeListener()
+			}
+			return err
 		}
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	r.log.Info("receiver listening", slog.String("addr", ln.Addr().String()), slog.String("base_url", r.cfg.BaseURL))
+	for _, s := range servers {
+		s.srv = newHTTPServer(s.handler, s.write, r.log)
+		go func() { errc <- s.srv.Serve(s.ln) }()
+		r.log.Info("receiver listening", slog.String("listener", s.name), slog.String("addr", s.ln.Addr().String()))
+	}
 	if r.test.Ready != nil {
 		close(r.test.Ready)
 	}
+	var serveErr error
 	select {
 	case err := <-errc:
-		return fmt.Errorf("serve: %w", err)
+		serveErr = fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
 	r.log.Info("receiver shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("graceful shutdown: %w", err)
+	var errs []error
+	for _, s := range servers {
+		if err := s.srv.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("graceful shutdown of the %s listener: %w", s.name, err))
+		}
 	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serve: %w", err)
+	if serveErr != nil {
+		return errors.Join(append(errs, serveErr)...)
+	}
+	for range servers {
+		if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, fmt.Errorf("serve: %w", err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	r.log.Info("receiver stopped")
 	return nil
+}
+
+// served is one listener of the receiver.
+type served struct {
+	name, addr string
+	ln         net.Listener
+	handler    http.Handler
+	write      time.Duration
+	srv        *http.Server
+}
+
+func (s *served) listen() error {
+	if s.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("listen on the %s address %s: %w", s.name, s.addr, err)
+	}
+	s.ln = ln
+	return nil
+}
+
+func (s *served) closeListener() {
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
 }
 
 func (r *Receiver) close() {

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -148,4 +149,19 @@ func openStores(ctx context.Context, cfg config.Config, logger **slog.Logger, m 
 func (s *stores) close() {
 	_ = s.redis.Close()
 	s.pool.Close()
+}
+
+// newHTTPServer is every HTTP server of the service: bounded header reads,
+// request reads and idle connections, and header size. write bounds writing a
+// response; 0 leaves it unbounded, for a listener that streams uploads.
+func newHTTPServer(h http.Handler, write time.Duration, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      write,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }

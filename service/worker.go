@@ -252,7 +252,7 @@ func (w *Worker) serveMetrics() (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", w.test.Metrics.Handler())
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := newHTTPServer(mux, 10*time.Second, w.log)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			w.log.Error("worker metrics server stopped", slog.String("error", err.Error()))

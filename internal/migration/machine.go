@@ -123,6 +123,7 @@ type Options struct {
 // Several Machines (processes) may share one database. A Machine is safe for
 // concurrent use.
 type Machine struct {
+	*Reader
 	pool       *pgxpool.Pool
 	amp        AMP
 	importer   connectrelay.Importer
@@ -150,7 +151,7 @@ func NewMachine(pool *pgxpool.Pool, amp AMP, importer connectrelay.Importer, sch
 		return nil, errors.New("migration: NewMachine: nil Scheduler")
 	}
 	m := &Machine{
-		pool: pool, amp: amp, importer: importer, sched: sched,
+		Reader: NewReader(pool), pool: pool, amp: amp, importer: importer, sched: sched,
 		finalLabel: opts.FinalLabel, log: opts.Logger,
 		heartbeat: opts.HeartbeatInterval, leaseTTL: opts.LeaseTTL,
 		running: make(map[string]map[*runningImport]struct{}),

@@ -10,6 +10,7 @@ import (
 	"github.com/connectrelay/connectrelay"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // UploadState is the state of one uploaded file (s3Key) of a transfer.
@@ -109,8 +110,33 @@ func deref(t *time.Time) time.Time {
 // connectrelay.Transfer returns one transfer of a tenant, for operators and status pages. A
 // transfer of another tenant is reported as not found (ErrTransferNotFound), so a
 // tenant-scoped caller never learns about other tenants' transfers.
-func (m *Machine) Transfer(ctx context.Context, clientKey, transferID string) (connectrelay.Transfer, error) {
-	t, err := scanTransfer(m.pool.QueryRow(ctx, sqlGetTransfer, transferID, clientKey))
+// Reader reads transfers and uploads, for operators, status pages and the
+// internal API; the Machine embeds one. It is safe for concurrent use.
+type Reader struct {
+	pool *pgxpool.Pool
+}
+
+// NewReader returns a Reader over pool.
+func NewReader(pool *pgxpool.Pool) *Reader { return &Reader{pool: pool} }
+
+// Upload returns one upload and its transfer. Errors wrap ErrUploadNotFound.
+func (r *Reader) Upload(ctx context.Context, transferID, s3Key string) (connectrelay.Transfer, Upload, error) {
+	t, err := scanTransfer(r.pool.QueryRow(ctx, sqlGetTransferByID, transferID))
+	if err == nil {
+		var u Upload
+		u, err = scanUpload(r.pool.QueryRow(ctx, sqlGetUploadRow, transferID, s3Key))
+		if err == nil {
+			return t, u, nil
+		}
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return connectrelay.Transfer{}, Upload{}, fmt.Errorf("migration: upload %q of transfer %s: %w", s3Key, transferID, ErrUploadNotFound)
+	}
+	return connectrelay.Transfer{}, Upload{}, fmt.Errorf("migration: upload %q of transfer %s: %w", s3Key, transferID, err)
+}
+
+func (r *Reader) Transfer(ctx context.Context, clientKey, transferID string) (connectrelay.Transfer, error) {
+	t, err := scanTransfer(r.pool.QueryRow(ctx, sqlGetTransfer, transferID, clientKey))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return connectrelay.Transfer{}, fmt.Errorf("migration: transfer %s of %s: %w", transferID, clientKey, ErrTransferNotFound)
 	}
@@ -122,8 +148,8 @@ func (m *Machine) Transfer(ctx context.Context, clientKey, transferID string) (c
 
 // Uploads returns the uploads of a transfer in the order they were announced, for
 // operators following a transfer. An unknown transfer has no uploads.
-func (m *Machine) Uploads(ctx context.Context, transferID string) ([]Upload, error) {
-	rows, err := m.pool.Query(ctx, sqlListUploads, transferID)
+func (r *Reader) Uploads(ctx context.Context, transferID string) ([]Upload, error) {
+	rows, err := r.pool.Query(ctx, sqlListUploads, transferID)
 	if err != nil {
 		return nil, fmt.Errorf("migration: list uploads of %s: %w", transferID, err)
 	}
@@ -142,12 +168,12 @@ const (
 
 // Transfers returns a tenant's most recent transfers, newest first. limit <= 0
 // means DefaultListLimit; it is capped at MaxListLimit.
-func (m *Machine) Transfers(ctx context.Context, clientKey string, limit int) ([]connectrelay.Transfer, error) {
+func (r *Reader) Transfers(ctx context.Context, clientKey string, limit int) ([]connectrelay.Transfer, error) {
 	if limit <= 0 {
 		limit = DefaultListLimit
 	}
 	limit = min(limit, MaxListLimit)
-	rows, err := m.pool.Query(ctx, sqlListTransfers, clientKey, limit)
+	rows, err := r.pool.Query(ctx, sqlListTransfers, clientKey, limit)
 	if err != nil {
 		return nil, fmt.Errorf("migration: list transfers of %s: %w", clientKey, err)
 	}

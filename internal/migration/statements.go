@@ -60,6 +60,9 @@ const (
 	// sqlGetTransfer reads one transfer of one tenant. $1 transfer id, $2 client key.
 	sqlGetTransfer = `SELECT ` + transferColumns + ` FROM migration_transfers WHERE transfer_id = $1 AND client_key = $2`
 
+	// sqlGetTransferByID reads one transfer. $1 transfer id.
+	sqlGetTransferByID = `SELECT ` + transferColumns + ` FROM migration_transfers WHERE transfer_id = $1`
+
 	// sqlListTransfers reads a tenant's newest transfers. $1 client key, $2 limit.
 	sqlListTransfers = `SELECT ` + transferColumns + ` FROM migration_transfers WHERE client_key = $1
 		 ORDER BY created_at DESC, transfer_id LIMIT $2`
@@ -299,6 +302,9 @@ const (
 		ORDER BY k
 		ON CONFLICT (transfer_id, s3_key) DO NOTHING
 		RETURNING s3_key`
+
+	// sqlGetUploadRow reads one upload. $1 transfer id, $2 s3Key.
+	sqlGetUploadRow = `SELECT ` + uploadColumns + ` FROM migration_uploads WHERE transfer_id = $1 AND s3_key = $2`
 
 	// sqlListUploads reads a transfer's uploads in announcement order.
 	// $1 transfer id.

@@ -822,3 +822,40 @@ func (s *Store) reencryptBatch(ctx context.Context, batch int, skip []string) (i
 	})
 	return done, failed, err
 }
+
+// Query selects a page of tenants for List-like reads (the internal API, the
+// operator commands).
+type Query struct {
+	// Installed, when not nil, keeps only tenants whose Installed equals it.
+	Installed *bool
+	// License, when not empty, keeps only tenants in that license state.
+	License connectrelay.LicenseState
+	// After starts the page after this clientKey (the cursor of the previous
+	// page); "" starts at the first.
+	After string
+	// Limit bounds the page: default 100, at most 1000.
+	Limit int
+}
+
+// Page returns the tenants selected by q in clientKey order, and the cursor of
+// the next page ("" when this is the last). Errors wrap ErrUnavailable.
+func (s *Store) Page(ctx context.Context, q Query) ([]connectrelay.Tenant, string, error) {
+	if q.Limit <= 0 {
+		q.Limit = 100
+	}
+	q.Limit = min(q.Limit, 1000)
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	ts, err := s.queryTenants(ctx, `SELECT `+tenantColumns+` FROM tenants
+		WHERE client_key > $1 AND ($2::boolean IS NULL OR installed = $2) AND ($3 = '' OR license_state = $3)
+		ORDER BY client_key LIMIT $4`, q.After, q.Installed, string(q.License), q.Limit+1)
+	if err != nil {
+		return nil, "", storeErr(err, "page of tenants")
+	}
+	next := ""
+	if len(ts) > q.Limit {
+		ts = ts[:q.Limit]
+		next = ts[len(ts)-1].ClientKey
+	}
+	return ts, next, nil
+}

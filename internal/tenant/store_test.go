@@ -650,3 +650,41 @@ func TestHistoryLimitNewestFirst(t *testing.T) {
 		t.Errorf("History(limit 2) times (-want +got):\n%s", diff)
 	}
 }
+
+func TestPage_FiltersAndPagesByClientKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testCtx(t)
+	for _, ck := range []string{"ck-a", "ck-b", "ck-c", "ck-d"} {
+		b.install(t, payload(t, ck, nil), ts(0), ts(0))
+	}
+	if _, err := b.store.Uninstall(ctx, "ck-b", ts(1), ts(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.SetLicense(ctx, "ck-c", connectrelay.LicenseActive, ts(2)); err != nil {
+		t.Fatal(err)
+	}
+	installed := true
+	var got []string
+	after := ""
+	for range 5 {
+		page, next, err := b.store.Page(ctx, Query{Installed: &installed, After: after, Limit: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tn := range page {
+			got = append(got, tn.ClientKey)
+		}
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if diff := cmp.Diff([]string{"ck-a", "ck-c", "ck-d"}, got); diff != "" {
+		t.Errorf("installed tenants, 2 per page (-want +got):\n%s", diff)
+	}
+	page, next, err := b.store.Page(ctx, Query{License: connectrelay.LicenseActive})
+	if err != nil || next != "" || len(page) != 1 || page[0].ClientKey != "ck-c" {
+		t.Errorf("active tenants = %v, next %q (%v), want ck-c only", page, next, err)
+	}
+}
