@@ -87,7 +87,9 @@ func TestAPI_NeedsTheTokenAndIsNotOnThePublicListener(t *testing.T) {
 }
 
 // pageURL is an iframe load of the app's page, as the product makes it.
-func pageURL(h *harness) string { return h.baseURL + "/page?xdm_e=https%3A%2F%2Fx.atlassian.net&lic=active&cp=" }
+func pageURL(h *harness) string {
+	return h.baseURL + "/page?xdm_e=https%3A%2F%2Fx.atlassian.net&lic=active&cp="
+}
 
 func TestAPIVerify_AgreesWithTheReceiverOnAttacks(t *testing.T) {
 	t.Parallel()
