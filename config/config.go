@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/connectrelay/connectrelay/internal/webhook"
 )
 
 // DevSecretKey is the base64 key used for CONNECT_SECRET_KEY when DEV_MODE is on and
@@ -172,8 +174,10 @@ func Load(getenv func(string) string) (Config, error) {
 			l.fail("FORWARD_SECRET is required with FORWARD_URL (whsec_ followed by a base64 key)")
 		}
 	}
-	if c.ForwardSecret != "" && !validWebhookSecret(c.ForwardSecret) {
-		l.fail("FORWARD_SECRET must be whsec_ followed by the base64 of a 24-64 byte key")
+	if c.ForwardSecret != "" {
+		if _, err := webhook.ParseSecret(c.ForwardSecret); err != nil {
+			l.fail("FORWARD_SECRET must be whsec_ followed by the standard base64 of a 24-64 byte key (%v)", err)
+		}
 	}
 	if c.ForwardTimeout <= 0 || c.ForwardTimeout > 10*time.Minute {
 		l.fail("FORWARD_TIMEOUT must be between 0s and 10m, got %s", c.ForwardTimeout)
@@ -379,17 +383,6 @@ func loopbackHost(host string) bool {
 		return true
 	}
 	return false
-}
-
-// validWebhookSecret reports whether s is a Standard Webhooks secret: whsec_
-// and the standard base64 of a 24 to 64 byte key.
-func validWebhookSecret(s string) bool {
-	raw, ok := strings.CutPrefix(s, "whsec_")
-	if !ok {
-		return false
-	}
-	b, err := base64.StdEncoding.DecodeString(raw)
-	return err == nil && len(b) >= 24 && len(b) <= 64
 }
 
 func validAppKey(k string) bool {
