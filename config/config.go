@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -90,6 +91,11 @@ type Config struct {
 	// InternalToken is INTERNAL_TOKEN, the bearer token of the /v1 API; at
 	// least 32 characters. Empty disables the /v1 routes.
 	InternalToken string
+	// InternalURL is INTERNAL_URL, the base URL at which the vendor's backend
+	// reaches the internal listener (the dataUrl and resultUrl of forwarded
+	// uploads). Default: http:// and InternalListenAddr, a wildcard host
+	// replaced by 127.0.0.1.
+	InternalURL string
 	// ForwardURL is FORWARD_URL: where the worker POSTs every event, signed per
 	// Standard Webhooks. https, or http for a loopback host. Empty disables
 	// forwarding.
@@ -145,6 +151,7 @@ func Load(getenv func(string) string) (Config, error) {
 		WorkerMetricsAddr:   l.str("WORKER_METRICS_ADDR", ":9091"),
 		InternalListenAddr:  l.str("INTERNAL_LISTEN_ADDR", "127.0.0.1:8081"),
 		InternalToken:       l.str("INTERNAL_TOKEN", ""),
+		InternalURL:         l.str("INTERNAL_URL", ""),
 		ForwardURL:          l.str("FORWARD_URL", ""),
 		ForwardSecret:       l.str("FORWARD_SECRET", ""),
 		ForwardTimeout:      l.duration("FORWARD_TIMEOUT", 30*time.Second),
@@ -162,7 +169,21 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.InternalToken != "" && len(c.InternalToken) < 32 {
 		l.fail("INTERNAL_TOKEN must be at least 32 characters when set, got %d", len(c.InternalToken))
 	}
+	if c.InternalURL == "" {
+		c.InternalURL = internalURL(c.InternalListenAddr)
+	} else if u, err := url.Parse(c.InternalURL); err != nil || u.Host == "" || u.User != nil ||
+		(u.Scheme != "https" && u.Scheme != "http") || u.RawQuery != "" || u.Fragment != "" {
+		l.fail("INTERNAL_URL must be an absolute http(s) URL without credentials, query or fragment, got %q", redactURL(c.InternalURL))
+	} else {
+		c.InternalURL = strings.TrimRight(c.InternalURL, "/")
+	}
 	if c.ForwardURL != "" {
+		if c.InternalToken == "" {
+			l.fail("FORWARD_URL needs INTERNAL_TOKEN: your backend fetches migration data and reports upload results through the internal API")
+		}
+		if c.InternalURL == "" {
+			l.fail("FORWARD_URL needs INTERNAL_URL when INTERNAL_LISTEN_ADDR is off: the URL at which your backend reaches the internal API")
+		}
 		u, err := url.Parse(c.ForwardURL)
 		switch {
 		case err != nil || u.Host == "" || u.User != nil || (u.Scheme != "https" && u.Scheme != "http"):
@@ -383,6 +404,22 @@ func loopbackHost(host string) bool {
 		return true
 	}
 	return false
+}
+
+// internalURL is the default INTERNAL_URL for the internal listener's address:
+// "" when it is off, a wildcard host replaced by 127.0.0.1.
+func internalURL(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 func validAppKey(k string) bool {

@@ -43,6 +43,7 @@ func TestLoad_AppliesContractDefaults(t *testing.T) {
 		WorkerConcurrency:   10,
 		WorkerMetricsAddr:   ":9091",
 		InternalListenAddr:  "127.0.0.1:8081",
+		InternalURL:         "http://127.0.0.1:8081",
 		ForwardTimeout:      30 * time.Second,
 		ShutdownTimeout:     25 * time.Second,
 		LogLevel:            "info",
@@ -122,6 +123,57 @@ func TestLoad_ErrorsNameTheVariable(t *testing.T) {
 				t.Errorf("error = %q, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestLoad_ForwardingSettings(t *testing.T) {
+	const token = "k3y-0f-the-internal-api-Zq81xW7Lm2"
+	const secret = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+	tests := []struct {
+		name string
+		set  map[string]string
+		want string // "" = valid
+	}{
+		{"complete", map[string]string{"FORWARD_URL": "https://backend.example/hooks", "FORWARD_SECRET": secret, "INTERNAL_TOKEN": token}, ""},
+		{"loopback http", map[string]string{"FORWARD_URL": "http://127.0.0.1:3000/hooks", "FORWARD_SECRET": secret, "INTERNAL_TOKEN": token}, ""},
+		{"no secret", map[string]string{"FORWARD_URL": "https://backend.example/hooks", "INTERNAL_TOKEN": token}, "FORWARD_SECRET is required with FORWARD_URL"},
+		{"no internal token", map[string]string{"FORWARD_URL": "https://backend.example/hooks", "FORWARD_SECRET": secret}, "FORWARD_URL needs INTERNAL_TOKEN"},
+		{"internal listener off", map[string]string{"FORWARD_URL": "https://backend.example/hooks", "FORWARD_SECRET": secret, "INTERNAL_TOKEN": token, "INTERNAL_LISTEN_ADDR": "off"}, "FORWARD_URL needs INTERNAL_URL"},
+		{"internal listener off, URL given", map[string]string{"FORWARD_URL": "https://backend.example/hooks", "FORWARD_SECRET": secret, "INTERNAL_TOKEN": token, "INTERNAL_LISTEN_ADDR": "off", "INTERNAL_URL": "https://relay-internal.example"}, ""},
+		{"http to another host", map[string]string{"FORWARD_URL": "http://backend.example/hooks", "FORWARD_SECRET": secret, "INTERNAL_TOKEN": token}, "FORWARD_URL must be https"},
+		{"credentials in the URL", map[string]string{"FORWARD_URL": "https://u:p@backend.example/hooks", "FORWARD_SECRET": secret, "INTERNAL_TOKEN": token}, "FORWARD_URL must be an absolute https URL without credentials"},
+		{"secret without prefix", map[string]string{"FORWARD_SECRET": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}, "FORWARD_SECRET must be whsec_"},
+		{"short secret", map[string]string{"FORWARD_SECRET": "whsec_c2hvcnQ="}, "FORWARD_SECRET must be whsec_"},
+		{"internal URL with query", map[string]string{"INTERNAL_URL": "http://127.0.0.1:8081/?a=b"}, "INTERNAL_URL must be an absolute http(s) URL"},
+		{"timeout too long", map[string]string{"FORWARD_TIMEOUT": "1h"}, "FORWARD_TIMEOUT must be between"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := minimal()
+			for k, v := range tt.set {
+				m[k] = v
+			}
+			c, err := Load(env(m))
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.InternalURL == "" {
+					t.Fatal("no InternalURL")
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error = %v, want it to contain %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "MDEyMzQ1Njc4") {
+				t.Fatalf("error repeats the secret: %v", err)
+			}
+		})
+	}
+	c, err := Load(env(map[string]string{"CONNECT_APP_KEY": "a", "CONNECT_BASE_URL": "https://a.example", "CONNECT_SECRET_KEY": testKey, "INTERNAL_LISTEN_ADDR": "0.0.0.0:9000"}))
+	if err != nil || c.InternalURL != "http://127.0.0.1:9000" {
+		t.Fatalf("wildcard listen address: InternalURL %q, %v", c.InternalURL, err)
 	}
 }
 

@@ -86,6 +86,7 @@ func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e
 		WorkerConcurrency:   4,
 		ShutdownTimeout:     time.Second,
 		LogLevel:            "debug",
+		InternalURL:         e.internalURL,
 	}
 	edit(&e.cfg)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -15,10 +16,12 @@ import (
 	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/dedupe"
+	"github.com/connectrelay/connectrelay/internal/forward"
 	"github.com/connectrelay/connectrelay/internal/lifecycle"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
 	"github.com/connectrelay/connectrelay/internal/outbox"
+	"github.com/connectrelay/connectrelay/internal/webhook"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -73,6 +76,8 @@ type WorkerTest struct {
 	ProductAttempts int
 	// Metrics, when set, receives the worker's counters instead of a fresh set.
 	Metrics *metrics.Metrics
+	// ForwardClient, when set, sends the deliveries to FORWARD_URL.
+	ForwardClient *http.Client
 }
 
 // Worker is an assembled worker: call Run to process tasks until its context
@@ -125,6 +130,9 @@ func (w *Worker) build(opts WorkerOptions) error {
 	w.queue = asynq.NewClientFromRedisClient(st.redis)
 	enq := tasks.NewEnqueuer(w.queue)
 	w.enqueuer = enq
+	if err := w.forwarding(&opts); err != nil {
+		return err
+	}
 	importer := opts.Importer
 	if importer == nil {
 		importer = migration.NewRecordingImporter(st.pool)
@@ -191,6 +199,37 @@ func (w *Worker) build(opts WorkerOptions) error {
 	if _, err := w.scheduler.Register(tasks.SettleSweepSchedule, settle, settleOpts...); err != nil {
 		return fmt.Errorf("schedule settle sweep: %w", err)
 	}
+	return nil
+}
+
+// forwarding makes the bundled Forwarder the hooks opts leave nil, when
+// FORWARD_URL is set: a Go vendor's own hooks are kept.
+func (w *Worker) forwarding(opts *WorkerOptions) error {
+	if w.cfg.ForwardURL == "" {
+		return nil
+	}
+	secret, err := webhook.ParseSecret(w.cfg.ForwardSecret)
+	if err != nil {
+		return fmt.Errorf("FORWARD_SECRET: %w", err)
+	}
+	fwd, err := forward.New(forward.Config{
+		URL: w.cfg.ForwardURL, Secret: secret, Timeout: w.cfg.ForwardTimeout, InternalURL: w.cfg.InternalURL,
+		Tenants: w.stores.tenants, Client: w.test.ForwardClient, Logger: w.log,
+	})
+	if err != nil {
+		return err
+	}
+	var hooks []string
+	if opts.Listener == nil {
+		opts.Listener, hooks = fwd, append(hooks, "lifecycle events")
+	}
+	if opts.MigrationListener == nil {
+		opts.MigrationListener, hooks = fwd, append(hooks, "transfer events")
+	}
+	if opts.Importer == nil {
+		opts.Importer, hooks = fwd, append(hooks, "uploads")
+	}
+	w.log.Info("forwarding to the backend", slog.String("url", withoutQuery(w.cfg.ForwardURL)), slog.Any("hooks", hooks))
 	return nil
 }
 
@@ -278,4 +317,15 @@ func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...)) }
 func (a asynqLogger) Fatal(args ...any) {
 	a.l.Error(fmt.Sprint(args...))
 	os.Exit(1)
+}
+
+// withoutQuery is a URL without its query and fragment, which may hold a
+// credential of the backend's, for logs.
+func withoutQuery(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	u.RawQuery, u.Fragment, u.User = "", "", nil
+	return u.String()
 }

@@ -171,7 +171,10 @@ func TestImport_TheBackendsAnswerDecidesTheUpload(t *testing.T) {
 		{answer: func(w http.ResponseWriter) { w.Header().Set("Retry-After", "120"); w.WriteHeader(429) }, retryAfter: 2 * time.Minute},
 		{answer: func(w http.ResponseWriter) { w.Header().Set("Retry-After", "30"); w.WriteHeader(503) }, retryAfter: 30 * time.Second},
 		{answer: status(500, "boom"), wantMessage: `"boom"`},
-		{answer: func(w http.ResponseWriter) { w.Header().Set("Location", "https://elsewhere.example/"); w.WriteHeader(307) }},
+		{answer: func(w http.ResponseWriter) {
+			w.Header().Set("Location", "https://elsewhere.example/")
+			w.WriteHeader(307)
+		}},
 	}
 	for _, tc := range tests {
 		f, b := newForwarder(t, tc.answer)
