@@ -163,9 +163,8 @@ func New(d Deps) (*Server, error) {
 	in.GET(PathMetrics, echo.WrapHandler(d.Metrics.Handler()))
 	in.GET(PathHealth, s.health)
 	if d.Config.AdminToken != "" && d.Monitoring != nil {
-		guard := s.requireAdmin
-		in.Any(PathMonitoring, echo.WrapHandler(d.Monitoring), guard)
-		in.Any(PathMonitoring+"/*", echo.WrapHandler(d.Monitoring), guard)
+		in.Any(PathMonitoring, echo.WrapHandler(d.Monitoring), s.browserGuard, s.requireAdmin)
+		in.Any(PathMonitoring+"/*", echo.WrapHandler(d.Monitoring), s.browserGuard, s.requireAdmin)
 	}
 	if d.Config.InternalToken != "" {
 		api := d.API
