@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -114,6 +115,12 @@ type Config struct {
 	// served descriptor (the app's modules, scopes, ...). Default none.
 	DescriptorFile string
 
+	// TrustedProxies is TRUSTED_PROXIES (comma separated CIDRs or IP
+	// addresses): the reverse proxies whose X-Forwarded-For the receiver
+	// believes for the client address it logs. Default empty: no forwarding
+	// header is trusted and the TCP peer is the client.
+	TrustedProxies []netip.Prefix
+
 	// WorkerMetricsAddr is WORKER_METRICS_ADDR, where the worker serves /metrics
 	// and /healthz (it has no other HTTP side). Default ":9091"; "off" disables.
 	WorkerMetricsAddr string
@@ -164,6 +171,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Scopes:              l.list("CONNECT_SCOPES", []string{"READ"}),
 	}
 	c.AppName = l.str("CONNECT_APP_NAME", c.AppKey)
+	c.TrustedProxies = l.prefixes("TRUSTED_PROXIES")
 	if c.WorkerMetricsAddr == "off" {
 		c.WorkerMetricsAddr = ""
 	}
@@ -300,6 +308,25 @@ func (l *loader) list(name string, def []string) []string {
 		if p = strings.TrimSpace(p); p != "" {
 			out = append(out, p)
 		}
+	}
+	return out
+}
+
+// prefixes reads a comma separated list of CIDRs or IP addresses (a single
+// address is its /32 or /128), normalised to their network.
+func (l *loader) prefixes(name string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, raw := range l.list(name, nil) {
+		p, err := netip.ParsePrefix(raw)
+		if err != nil {
+			a, aerr := netip.ParseAddr(raw)
+			if aerr != nil || a.Zone() != "" {
+				l.fail("%s entries must be IP addresses or CIDRs like 10.0.0.0/8, got %q", name, raw)
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
 	}
 	return out
 }

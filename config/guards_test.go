@@ -152,3 +152,41 @@ func TestLoad_ProductHostGlobsNeedALiteralDomain(t *testing.T) {
 		})
 	}
 }
+
+func TestLoad_TrustedProxiesAreCIDRsOrIPs(t *testing.T) {
+	tests := []struct {
+		raw  string
+		want []string // the prefixes, or nil with wantErr
+		err  string
+	}{
+		{"", nil, ""},
+		{"10.0.0.0/8", []string{"10.0.0.0/8"}, ""},
+		{" 10.1.2.3/8 , 192.0.2.7, 2001:db8::/32, ::1", []string{"10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "::1/128"}, ""},
+		{"10.0.0.0/33", nil, `TRUSTED_PROXIES entries must be IP addresses or CIDRs like 10.0.0.0/8, got "10.0.0.0/33"`},
+		{"proxy.internal", nil, `TRUSTED_PROXIES entries must be IP addresses or CIDRs like 10.0.0.0/8, got "proxy.internal"`},
+		{"fe80::1%eth0", nil, `TRUSTED_PROXIES entries must be IP addresses or CIDRs like 10.0.0.0/8, got "fe80::1%eth0"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.raw, func(t *testing.T) {
+			m := minimal()
+			m["TRUSTED_PROXIES"] = tt.raw
+			c, err := Load(env(m))
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error = %v, want it to contain %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			var got []string
+			for _, p := range c.TrustedProxies {
+				got = append(got, p.String())
+			}
+			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("TrustedProxies = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
