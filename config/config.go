@@ -122,7 +122,8 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 
 	// WorkerMetricsAddr is WORKER_METRICS_ADDR, where the worker serves /metrics
-	// and /healthz (it has no other HTTP side). Default ":9091"; "off" disables.
+	// and /healthz (it has no other HTTP side). Default "127.0.0.1:9091" (set
+	// ":9091" to be scraped from another host or container); "off" disables.
 	WorkerMetricsAddr string
 	// WorkerConcurrency is WORKER_CONCURRENCY, tasks processed at once per worker
 	// process. Default 10.
@@ -160,7 +161,7 @@ func Load(getenv func(string) string) (Config, error) {
 		JWTLeeway:           l.duration("CONNECT_JWT_LEEWAY", 30*time.Second),
 		ShutdownTimeout:     l.duration("SHUTDOWN_TIMEOUT", 25*time.Second),
 		WorkerConcurrency:   l.integer("WORKER_CONCURRENCY", 10),
-		WorkerMetricsAddr:   l.str("WORKER_METRICS_ADDR", ":9091"),
+		WorkerMetricsAddr:   l.str("WORKER_METRICS_ADDR", "127.0.0.1:9091"),
 		InternalListenAddr:  l.str("INTERNAL_LISTEN_ADDR", "127.0.0.1:8081"),
 		InternalToken:       l.str("INTERNAL_TOKEN", ""),
 		ForwardURL:          l.str("FORWARD_URL", ""),

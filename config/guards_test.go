@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -188,5 +190,19 @@ func TestLoad_TrustedProxiesAreCIDRsOrIPs(t *testing.T) {
 				t.Errorf("TrustedProxies = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestLoad_WorkerMetricsDefaultBindsLoopback(t *testing.T) {
+	c, err := Load(env(minimal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _, err := net.SplitHostPort(c.WorkerMetricsAddr)
+	if err != nil {
+		t.Fatalf("WORKER_METRICS_ADDR default %q: %v", c.WorkerMetricsAddr, err)
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+		t.Errorf("WORKER_METRICS_ADDR defaults to %q, want a loopback address", c.WorkerMetricsAddr)
 	}
 }
