@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// load returns Load's error for minimal() with set applied ("" deletes).
+// loadWith returns the error of Load for minimal() with set applied ("" deletes).
 func loadWith(set map[string]string) error {
 	m := minimal()
 	for k, v := range set {
