@@ -8,10 +8,12 @@
 package config
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -24,6 +26,17 @@ import (
 // no key is given. It is public (it is in this source file), so anything encrypted
 // with it is readable by anyone: Load refuses it outside dev mode.
 const DevSecretKey = "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE="
+
+// DevAdminToken is the ADMIN_TOKEN scripts/dev sets. It is public too, so Load
+// refuses it (and any token containing a placeholder such as "change-me")
+// outside dev mode.
+const DevAdminToken = "dev-admin-token-change-me"
+
+// minTokenDistinct is the fewest distinct characters ADMIN_TOKEN and
+// INTERNAL_TOKEN may have outside dev mode: "aaaaaaaaaaaaaaaa" is 16 characters
+// long but guessable, while a random 16-character hex token has fewer than 6
+// distinct characters about once in 25,000 draws.
+const minTokenDistinct = 6
 
 // DefaultProductHosts are the hostname globs a product baseUrl may have when
 // CONNECT_PRODUCT_HOSTS is unset: Jira and Confluence Cloud, and Atlassian's
@@ -110,8 +123,15 @@ type Config struct {
 	// served descriptor (the app's modules, scopes, ...). Default none.
 	DescriptorFile string
 
+	// TrustedProxies is TRUSTED_PROXIES (comma separated CIDRs or IP
+	// addresses): the reverse proxies whose X-Forwarded-For the receiver
+	// believes for the client address it logs. Default empty: no forwarding
+	// header is trusted and the TCP peer is the client.
+	TrustedProxies []netip.Prefix
+
 	// WorkerMetricsAddr is WORKER_METRICS_ADDR, where the worker serves /metrics
-	// and /healthz (it has no other HTTP side). Default ":9091"; "off" disables.
+	// and /healthz (it has no other HTTP side). Default "127.0.0.1:9091" (set
+	// ":9091" to be scraped from another host or container); "off" disables.
 	WorkerMetricsAddr string
 	// WorkerConcurrency is WORKER_CONCURRENCY, tasks processed at once per worker
 	// process. Default 10.
@@ -122,7 +142,8 @@ type Config struct {
 	// LogLevel is LOG_LEVEL: debug, info, warn or error. Default info.
 	LogLevel string
 	// DevMode is DEV_MODE: allows the public DevSecretKey when CONNECT_SECRET_KEY
-	// is unset. Never set it in production. Default false.
+	// is unset, and DevAdminToken and other weak tokens. Never set it in
+	// production. Default false.
 	DevMode bool
 }
 
@@ -148,7 +169,7 @@ func Load(getenv func(string) string) (Config, error) {
 		JWTLeeway:           l.duration("CONNECT_JWT_LEEWAY", 30*time.Second),
 		ShutdownTimeout:     l.duration("SHUTDOWN_TIMEOUT", 25*time.Second),
 		WorkerConcurrency:   l.integer("WORKER_CONCURRENCY", 10),
-		WorkerMetricsAddr:   l.str("WORKER_METRICS_ADDR", ":9091"),
+		WorkerMetricsAddr:   l.str("WORKER_METRICS_ADDR", "127.0.0.1:9091"),
 		InternalListenAddr:  l.str("INTERNAL_LISTEN_ADDR", "127.0.0.1:8081"),
 		InternalToken:       l.str("INTERNAL_TOKEN", ""),
 		InternalURL:         l.str("INTERNAL_URL", ""),
@@ -160,6 +181,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Scopes:              l.list("CONNECT_SCOPES", []string{"READ"}),
 	}
 	c.AppName = l.str("CONNECT_APP_NAME", c.AppKey)
+	c.TrustedProxies = l.prefixes("TRUSTED_PROXIES")
 	if c.WorkerMetricsAddr == "off" {
 		c.WorkerMetricsAddr = ""
 	}
@@ -169,6 +191,7 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.InternalToken != "" && len(c.InternalToken) < 32 {
 		l.fail("INTERNAL_TOKEN must be at least 32 characters when set, got %d", len(c.InternalToken))
 	}
+	l.token("INTERNAL_TOKEN", c.InternalToken, c.DevMode)
 	if c.InternalURL == "" {
 		c.InternalURL = internalURL(c.InternalListenAddr)
 	} else if u, err := url.Parse(c.InternalURL); err != nil || u.Host == "" || u.User != nil ||
@@ -216,7 +239,13 @@ func Load(getenv func(string) string) (Config, error) {
 		}
 	}
 	if c.KeysCDNURL != "" {
-		l.baseURL("CONNECT_KEYS_CDN_URL", c.KeysCDNURL, false)
+		if v := l.baseURL("CONNECT_KEYS_CDN_URL", c.KeysCDNURL, false); v != "" {
+			// Install keys decide which installs are genuine: fetched over plain
+			// http, anyone on the path could substitute their own.
+			if u, err := url.Parse(v); err == nil && u.Scheme != "https" && !loopbackHost(u.Hostname()) {
+				l.fail("CONNECT_KEYS_CDN_URL must be https (http only for a loopback host), got %q", v)
+			}
+		}
 	}
 	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss")
 	l.scheme("DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
@@ -226,6 +255,8 @@ func Load(getenv func(string) string) (Config, error) {
 	for _, g := range c.ProductHosts {
 		if strings.ContainsAny(g, "/:@ ") {
 			l.fail("CONNECT_PRODUCT_HOSTS entries must be hostname globs like *.atlassian.net, got %q", g)
+		} else if !literalDomain(g) {
+			l.fail("CONNECT_PRODUCT_HOSTS entry %q is too broad: a '*' must be followed by at least two literal DNS labels, like *.atlassian.net", g)
 		}
 	}
 
@@ -242,6 +273,7 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		l.fail("ADMIN_TOKEN must be at least 16 characters when set, got %d", len(c.AdminToken))
 	}
+	l.token("ADMIN_TOKEN", c.AdminToken, c.DevMode)
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -302,6 +334,25 @@ func (l *loader) list(name string, def []string) []string {
 		if p = strings.TrimSpace(p); p != "" {
 			out = append(out, p)
 		}
+	}
+	return out
+}
+
+// prefixes reads a comma separated list of CIDRs or IP addresses (a single
+// address is its /32 or /128), normalised to their network.
+func (l *loader) prefixes(name string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, raw := range l.list(name, nil) {
+		p, err := netip.ParsePrefix(raw)
+		if err != nil {
+			a, aerr := netip.ParseAddr(raw)
+			if aerr != nil || a.Zone() != "" {
+				l.fail("%s entries must be IP addresses or CIDRs like 10.0.0.0/8, got %q", name, raw)
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
 	}
 	return out
 }
@@ -374,17 +425,16 @@ func (l *loader) scheme(name, raw string, schemes ...string) {
 	l.fail("%s must be a %s:// URL, got %q", name, schemes[0], redactURL(raw))
 }
 
+// key decodes a base64 32-byte key. The public DevSecretKey is refused outside
+// dev mode by its decoded bytes, so no other spelling of it (unpadded, other
+// padding bits, line breaks) gets through.
 func (l *loader) key(name, raw string, dev bool) []byte {
 	if raw == "" {
-		if dev {
-			raw = DevSecretKey
-		} else {
+		if !dev {
 			l.fail("%s is required: a base64-encoded 32-byte key (generate one with: openssl rand -base64 32)", name)
 			return nil
 		}
-	} else if raw == DevSecretKey && !dev {
-		l.fail("%s is the public development key; generate a real one with: openssl rand -base64 32", name)
-		return nil
+		raw = DevSecretKey
 	}
 	b, err := base64.StdEncoding.DecodeString(raw)
 	if err != nil {
@@ -394,7 +444,72 @@ func (l *loader) key(name, raw string, dev bool) []byte {
 		l.fail("%s must be a base64-encoded 32-byte key, got %d bytes", name, len(b))
 		return nil
 	}
+	if !dev && bytes.Equal(b, devKeyBytes()) {
+		l.fail("%s is the public development key; generate a real one with: openssl rand -base64 32", name)
+		return nil
+	}
 	return b
+}
+
+// devKeyBytes is DevSecretKey decoded.
+func devKeyBytes() []byte {
+	b, err := base64.StdEncoding.DecodeString(DevSecretKey)
+	if err != nil {
+		panic("config: DevSecretKey does not decode: " + err.Error())
+	}
+	return b
+}
+
+// token refuses, outside dev mode, a bearer token that is public (the dev
+// script's, or a placeholder) or has too few distinct characters to be random.
+// The error never contains the token.
+func (l *loader) token(name, tok string, dev bool) {
+	if tok == "" || dev {
+		return
+	}
+	lower := strings.ToLower(tok)
+	for _, known := range []string{DevAdminToken, "change-me", "changeme", "change_me"} {
+		if strings.Contains(lower, known) {
+			l.fail("%s is a known development token or placeholder; generate one with: openssl rand -hex 32", name)
+			return
+		}
+	}
+	distinct := map[rune]struct{}{}
+	for _, r := range tok {
+		distinct[r] = struct{}{}
+	}
+	if len(distinct) < minTokenDistinct {
+		l.fail("%s has only %d distinct characters (at least %d needed), so it is guessable; generate one with: openssl rand -hex 32",
+			name, len(distinct), minTokenDistinct)
+	}
+}
+
+// literalDomain reports whether a CONNECT_PRODUCT_HOSTS glob pins a domain:
+// after its last label containing '*' come at least two literal labels, so
+// "*.atlassian.net" and "jira-*.example.com" pass while "*", "*.*", "*.com",
+// "*atlassian.net" (which matches evilatlassian.net) and "jira.*.com" do not.
+// A glob without '*' names hosts exactly and always passes.
+func literalDomain(glob string) bool {
+	labels := strings.Split(glob, ".")
+	last := -1
+	for i, label := range labels {
+		if strings.Contains(label, "*") {
+			last = i
+		}
+	}
+	if last < 0 {
+		return true
+	}
+	literal := labels[last+1:]
+	if len(literal) < 2 {
+		return false
+	}
+	for _, label := range literal {
+		if label == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // loopbackHost reports whether host names this machine.

@@ -41,7 +41,7 @@ func TestLoad_AppliesContractDefaults(t *testing.T) {
 		JWTLeeway:           30 * time.Second,
 		MigrationFinalLabel: "final",
 		WorkerConcurrency:   10,
-		WorkerMetricsAddr:   ":9091",
+		WorkerMetricsAddr:   "127.0.0.1:9091",
 		InternalListenAddr:  "127.0.0.1:8081",
 		InternalURL:         "http://127.0.0.1:8081",
 		ForwardTimeout:      30 * time.Second,

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"testing"
 	"time"
@@ -66,6 +67,8 @@ type harnessOpts struct {
 	// (h.pgProxy, h.redisProxy), for tests where a dependency hangs.
 	viaProxies bool
 	descriptor func(map[string]any)
+	// trustedProxies is TRUSTED_PROXIES.
+	trustedProxies []netip.Prefix
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -137,6 +140,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		AllowedBaseURLs: []string{"https://old-app.example.com"},
 		ProductHosts:    config.DefaultProductHosts, Scopes: []string{"READ", "WRITE"},
 		AdminToken: o.adminToken, JWTLeeway: 30 * time.Second, InternalToken: o.internalToken,
+		TrustedProxies: o.trustedProxies,
 	}
 	if o.productHosts != nil {
 		cfg.ProductHosts = o.productHosts

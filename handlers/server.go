@@ -15,7 +15,9 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -163,9 +165,8 @@ func New(d Deps) (*Server, error) {
 	in.GET(PathMetrics, echo.WrapHandler(d.Metrics.Handler()))
 	in.GET(PathHealth, s.health)
 	if d.Config.AdminToken != "" && d.Monitoring != nil {
-		guard := s.requireAdmin
-		in.Any(PathMonitoring, echo.WrapHandler(d.Monitoring), guard)
-		in.Any(PathMonitoring+"/*", echo.WrapHandler(d.Monitoring), guard)
+		in.Any(PathMonitoring, echo.WrapHandler(d.Monitoring), s.browserGuard, s.requireAdmin)
+		in.Any(PathMonitoring+"/*", echo.WrapHandler(d.Monitoring), s.browserGuard, s.requireAdmin)
 	}
 	if d.Config.InternalToken != "" {
 		api := d.API
@@ -184,15 +185,35 @@ func New(d Deps) (*Server, error) {
 	return s, nil
 }
 
-// newEcho returns an Echo application with the server's error handling and
-// request observation.
+// newEcho returns an Echo application with the server's error handling,
+// request observation and client address extraction.
 func newEcho(s *Server) *echo.Echo {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
+	e.IPExtractor = ipExtractor(s.d.Config.TrustedProxies)
 	e.HTTPErrorHandler = s.errorHandler
 	e.Use(s.observe)
 	return e
+}
+
+// ipExtractor decides the client address of a request (the logged remote_ip).
+// With no trusted proxies it is the TCP peer: any client can write
+// X-Forwarded-For and X-Real-IP. Otherwise X-Forwarded-For is read from the
+// right, skipping the hops in the trusted ranges only (not Echo's default of
+// every private, loopback and link-local address).
+func ipExtractor(trusted []netip.Prefix) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, p := range trusted {
+		opts = append(opts, echo.TrustIPRange(&net.IPNet{
+			IP:   net.IP(p.Addr().AsSlice()),
+			Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen()),
+		}))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
 }
 
 // Internal is the internal listener's handler: /metrics, /monitoring and the

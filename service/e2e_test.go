@@ -605,3 +605,55 @@ func TestMonitoring_ReadOnlyRefusesChanges(t *testing.T) {
 		}
 	}
 }
+
+func TestMonitoring_CrossSitePauseIsRefusedAndSameOriginWorks(t *testing.T) {
+	t.Parallel()
+	const token = "admin-token-e2e-csrf-0123456789abcdef"
+	e := newE2E(t, token)
+	opt, _ := redis.ParseURL(e.cfg.RedisURL)
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	if _, err := asynq.NewClientFromRedisClient(rdb).Enqueue(asynq.NewTask("vendor:thing", nil), asynq.Queue("lifecycle")); err != nil {
+		t.Fatal(err)
+	}
+	paused := func() bool {
+		info, err := e.inspector.GetQueueInfo("lifecycle")
+		if err != nil {
+			t.Fatalf("queue info: %v", err)
+		}
+		return info.Paused
+	}
+	// What the browser of an operator sends when another site's page posts a
+	// form to the UI: the cached basic credentials, and the other site as origin.
+	pause := func(secFetchSite, origin string) *http.Response {
+		req, _ := http.NewRequest(http.MethodPost, e.internalURL+"/monitoring/api/queues/lifecycle:pause", strings.NewReader("x=1"))
+		req.SetBasicAuth("ops", token)
+		req.Header.Set("Content-Type", "text/plain")
+		req.Header.Set("Sec-Fetch-Site", secFetchSite)
+		req.Header.Set("Origin", origin)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	resp := pause("cross-site", "https://evil.example")
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("cross-site pause = %d, want 403", resp.StatusCode)
+	}
+	if got := resp.Header.Get("X-Frame-Options"); got != "DENY" {
+		t.Errorf("X-Frame-Options = %q, want DENY", got)
+	}
+	if paused() {
+		t.Fatal("a cross-site form paused the lifecycle queue")
+	}
+	// The UI's own fetch (same origin) still pauses it.
+	if resp := pause("same-origin", e.internalURL); resp.StatusCode != http.StatusNoContent {
+		t.Errorf("same-origin pause = %d, want 204", resp.StatusCode)
+	}
+	if !paused() {
+		t.Error("the UI's own pause did not pause the queue")
+	}
+}

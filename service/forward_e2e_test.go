@@ -172,7 +172,7 @@ func TestForward_EveryEventReachesTheBackendOnceWithAStableWebhookID(t *testing.
 	serveOn(t, ln, backend)
 	e := newE2EWith(t, "", forwardingTo("http://"+ln.Addr().String()+"/atlassian/events"))
 
-	const secret, rotated = "shared-secret-forward-e2e-0123456789", "shared-secret-forward-rotated-987654"
+	const secret = "shared-secret-forward-e2e-0123456789"
 	amp := newAMPSite(t)
 	amp.data["exports/users.json"] = []byte(`[{"id":1}]`)
 	backend.uploads["exports/users.json"] = amp.data["exports/users.json"]
@@ -200,8 +200,14 @@ func TestForward_EveryEventReachesTheBackendOnceWithAStableWebhookID(t *testing.
 	if code := e.do(e.atl.Request(t, e.cfg.BaseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-f2"})); code != http.StatusNoContent {
 		t.Fatalf("installed ck-f2 = %d", code)
 	}
-	e.install("ck-f1", prod, rotated) // secret rotation: tenant.updated
-	if code := e.hs256(handlers.PathDisabled, "ck-f1", rotated, map[string]any{"clientKey": "ck-f1", "eventType": "disabled"}); code != http.StatusNoContent {
+	// A descriptor upgrade: tenant.updated. (A secret rotation would be one too,
+	// but the fake product verifies with the one secret it was given.)
+	upgrade := atlassiantest.InstallBody("ck-f1", prod.BaseURL(), secret, appKey)
+	upgrade["pluginsVersion"] = "1002.0.0-SNAPSHOT"
+	if code := e.do(e.atl.Request(t, e.cfg.BaseURL, handlers.PathInstalled, upgrade, atlassiantest.Token{Issuer: "ck-f1"})); code != http.StatusNoContent {
+		t.Fatalf("upgrade installed = %d", code)
+	}
+	if code := e.hs256(handlers.PathDisabled, "ck-f1", secret, map[string]any{"clientKey": "ck-f1", "eventType": "disabled"}); code != http.StatusNoContent {
 		t.Fatalf("disabled = %d", code)
 	}
 	unBody := atlassiantest.InstallBody("ck-f1", prod.BaseURL(), "", appKey)
@@ -262,7 +268,7 @@ func TestForward_EveryEventReachesTheBackendOnceWithAStableWebhookID(t *testing.
 		t.Errorf("progress calls %v: want SUCCESS exactly once", amp.statuses())
 	}
 	logs := e.logs.String()
-	for _, secretText := range []string{secret, rotated, internalToken, strings.TrimPrefix(forwardSecret, "whsec_")} {
+	for _, secretText := range []string{secret, internalToken, strings.TrimPrefix(forwardSecret, "whsec_")} {
 		for _, b := range backend.bodies {
 			if bytes.Contains(b, []byte(secretText)) {
 				t.Errorf("a forwarded body holds a secret: %s", b)

@@ -78,6 +78,9 @@ type WorkerTest struct {
 	Metrics *metrics.Metrics
 	// ForwardClient, when set, sends the deliveries to FORWARD_URL.
 	ForwardClient *http.Client
+	// IdleTimeout, when positive, replaces the metrics server's keep-alive
+	// idle timeout (2 minutes), so a test need not wait that long.
+	IdleTimeout time.Duration
 }
 
 // Worker is an assembled worker: call Run to process tasks until its context
@@ -292,6 +295,9 @@ func (w *Worker) serveMetrics() (*http.Server, error) {
 	mux.Handle("/metrics", w.test.Metrics.Handler())
 	mux.HandleFunc("/healthz", func(rw http.ResponseWriter, _ *http.Request) { rw.WriteHeader(http.StatusOK) })
 	srv := newHTTPServer(mux, 10*time.Second, w.log)
+	if d := w.test.IdleTimeout; d > 0 {
+		srv.IdleTimeout = d
+	}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			w.log.Error("worker metrics server stopped", slog.String("error", err.Error()))
