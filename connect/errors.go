@@ -82,15 +82,18 @@ var (
 
 // StatusCode maps an error returned by a verifier to the HTTP status Atlassian
 // should see: 503 for transient failures (key server or secret store down,
-// request context ended), so that Atlassian retries, and 401 for everything
-// else, so that a bad token never looks like our outage. A nil error maps to
-// 200. Handlers may use it instead of repeating the mapping.
+// request context ended), so that Atlassian retries, 400 for a product
+// baseUrl the host policy refuses (the body is at fault, not the token), and
+// 401 for everything else, so that a bad token never looks like our outage. A
+// nil error maps to 200. Handlers may use it instead of repeating the mapping.
 func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
 	case errors.Is(err, ErrKeyUnavailable), errors.Is(err, ErrSecretUnavailable):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrProductHostNotAllowed):
+		return http.StatusBadRequest
 	default:
 		return http.StatusUnauthorized
 	}

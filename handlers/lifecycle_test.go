@@ -296,8 +296,8 @@ func TestInstalled_RejectsHijackAttemptsAndLeavesTheVictimUntouched(t *testing.T
 		{"wrong audience", hijack, atlassiantest.Token{Issuer: "victim", Audience: "https://other-app.example.com"}, http.StatusUnauthorized},
 		{"context qsh", hijack, atlassiantest.Token{Issuer: "victim", QSH: "context-qsh"}, http.StatusUnauthorized},
 		{"qsh of another path", hijack, atlassiantest.Token{Issuer: "victim", QSH: "8a8d06f040b246544d605b08aeb419e30b5cf0e200f512888486585ecce6a52e"}, http.StatusUnauthorized},
-		{"foreign product host", atlassiantest.InstallBody("victim", "https://evil.example.com", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusUnauthorized},
-		{"http product host", atlassiantest.InstallBody("victim", "http://acme.atlassian.net", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusUnauthorized},
+		{"foreign product host", atlassiantest.InstallBody("victim", "https://evil.example.com", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusBadRequest},
+		{"http product host", atlassiantest.InstallBody("victim", "http://acme.atlassian.net", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
