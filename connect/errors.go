@@ -68,6 +68,13 @@ var (
 	// cached, and the caller answers 503 so that Atlassian retries.
 	ErrKeyUnavailable = errors.New("connect: install key server unavailable")
 
+	// ErrKeyFetchLimited means the install key is in no cache and the key
+	// server fetch budget (KeyServerConfig.FetchRate and FetchBurst) is spent,
+	// so no fetch was made: a flood of installs with fresh kids must not
+	// become a flood of key server requests. It is transient, never cached,
+	// and the caller answers 503 so that Atlassian retries.
+	ErrKeyFetchLimited = errors.New("connect: install key fetch budget exceeded")
+
 	// ErrSecretUnavailable means the SecretStore failed for another reason
 	// than an unknown tenant (database down, timeout). It is transient and the
 	// caller answers 503 so that Atlassian retries. (Added to the API brief:
@@ -90,7 +97,7 @@ func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
-	case errors.Is(err, ErrKeyUnavailable), errors.Is(err, ErrSecretUnavailable):
+	case errors.Is(err, ErrKeyUnavailable), errors.Is(err, ErrKeyFetchLimited), errors.Is(err, ErrSecretUnavailable):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrProductHostNotAllowed):
 		return http.StatusBadRequest

@@ -90,7 +90,7 @@ func NewInstallVerifier(cfg InstallConfig) (*InstallVerifier, error) {
 //  2. a token (ErrMissingToken) whose header alg is RS256 (ErrBadAlgorithm
 //     for anything else, HS256 and none included);
 //  3. a kid that passes ValidKeyID (ErrBadKeyID), before any URL is built;
-//  4. the public key (ErrUnknownKey, ErrKeyUnavailable);
+//  4. the public key (ErrUnknownKey, ErrKeyUnavailable, ErrKeyFetchLimited);
 //  5. the RS256 signature (ErrBadSignature);
 //  6. iss present (ErrMissingClaim);
 //  7. aud equal to the app base URL or an allowed one, one trailing '/'
@@ -124,7 +124,8 @@ func (v *InstallVerifier) Verify(ctx context.Context, r *http.Request, clientKey
 
 	key, err := v.keys.PublicKey(ctx, hdr.Kid, productBaseURL)
 	switch {
-	case err != nil && (errors.Is(err, ErrUnknownKey) || errors.Is(err, ErrKeyUnavailable) || errors.Is(err, ErrBadKeyID)):
+	case err != nil && (errors.Is(err, ErrUnknownKey) || errors.Is(err, ErrKeyUnavailable) ||
+		errors.Is(err, ErrKeyFetchLimited) || errors.Is(err, ErrBadKeyID)):
 		return nil, err
 	case err != nil:
 		return nil, fmt.Errorf("%w: %w", ErrKeyUnavailable, err)

@@ -529,3 +529,30 @@ func TestLifecycle_HungDependenciesAnswer503WithinASecond(t *testing.T) {
 		t.Errorf("enabled after recovery = %d %s", code, body)
 	}
 }
+
+// TestInstalled_FreshKidsOverTheKeyFetchBudgetAnswer503 checks the handler's
+// side of the key-fetch budget: an install whose kid is in no cache once the
+// budget is spent is answered 503 (Atlassian retries) without a key server
+// request, while the genuine, cached key still installs.
+func TestInstalled_FreshKidsOverTheKeyFetchBudgetAnswer503(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{keyFetchBurst: 2})
+	if code, body := h.install("ck-genuine", site, secretA); code != http.StatusNoContent {
+		t.Fatalf("genuine install = %d %s", code, body)
+	}
+	send := func(kid string) (int, string) {
+		body := atlassiantest.InstallBody("ck-flood", site, "flood-secret-0123456789abcdef0123456789", appKey)
+		return h.do(h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-flood", KID: kid}))
+	}
+	if code, body := send("fresh-kid-1"); code != http.StatusUnauthorized {
+		t.Errorf("first fresh kid (within the budget) = %d %s, want 401", code, body)
+	}
+	for _, kid := range []string{"fresh-kid-2", "fresh-kid-3"} {
+		if code, body := send(kid); code != http.StatusServiceUnavailable {
+			t.Errorf("fresh kid %s over the budget = %d %s, want 503", kid, code, body)
+		}
+	}
+	if code, body := h.install("ck-genuine", site, "rotated-secret-0123456789abcdef01234567"); code != http.StatusNoContent {
+		t.Errorf("genuine install after the flood = %d %s, want 204", code, body)
+	}
+}
