@@ -97,9 +97,13 @@ func NewInstallVerifier(cfg InstallConfig) (*InstallVerifier, error) {
 //     ignored on each side (ErrMissingClaim, ErrBadAudience);
 //  8. the computed qsh of this request; a context token is refused
 //     (ErrMissingClaim, ErrQSHMismatch);
-//  9. exp with leeway (ErrMissingClaim, ErrExpired);
+//  9. exp with leeway, and iat present (ErrMissingClaim, ErrExpired);
 //  10. iss equal to clientKey (ErrIssuerMismatch), so a tenant's valid token
 //     can never write another tenant's record.
+//
+// Claims are decoded strictly (see jwtClaims.UnmarshalJSON): exact member
+// names, each once, NumericDates as JSON numbers within years 1970-9999; any
+// other shape is ErrMalformedToken.
 //
 // The key is only ever used as an *rsa.PublicKey for RS256; it can never
 // become an HMAC secret.
