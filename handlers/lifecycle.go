@@ -3,6 +3,7 @@ package handlers
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -70,6 +71,12 @@ func (s *Server) installed(c echo.Context) error {
 	}
 	if p.EventType != "" && p.EventType != "installed" {
 		return fail(http.StatusBadRequest, "eventType is not installed", nil)
+	}
+	if p.AppKey != s.d.Config.AppKey {
+		// An install of another app (or a body meant for one) must never
+		// become a tenant of this one.
+		return &httpError{status: http.StatusBadRequest, reason: "key is not this app's key (CONNECT_APP_KEY)", field: "key",
+			err: fmt.Errorf("install body key %q, want %q", truncate(p.AppKey, 64), s.d.Config.AppKey)}
 	}
 	ctx, cancel := budget(c)
 	defer cancel()
@@ -191,4 +198,12 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		s.d.Logger.InfoContext(ctx, "tenant "+event, slog.String("client_key", claims.Issuer), slog.Int64("event_id", eventID))
 		return c.NoContent(http.StatusNoContent)
 	}
+}
+
+// truncate bounds a caller-supplied string quoted in a log line.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -554,5 +556,23 @@ func TestInstalled_FreshKidsOverTheKeyFetchBudgetAnswer503(t *testing.T) {
 	}
 	if code, body := h.install("ck-genuine", site, "rotated-secret-0123456789abcdef01234567"); code != http.StatusNoContent {
 		t.Errorf("genuine install after the flood = %d %s, want 204", code, body)
+	}
+}
+
+// TestInstalled_RefusesAnotherAppsKey: the install body's key must be
+// CONNECT_APP_KEY; an install for another app is refused with 400 naming the
+// field, and nothing is stored.
+func TestInstalled_RefusesAnotherAppsKey(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for _, key := range []string{"com.example.other-app", strings.ToUpper(appKey), appKey + " "} {
+		body := atlassiantest.InstallBody("ck-other-app", site, secretA, key)
+		code, resp := h.do(h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-other-app"}))
+		if code != http.StatusBadRequest || !strings.Contains(resp, `"field":"key"`) {
+			t.Errorf("install with key %q = %d %s, want 400 naming the field key", key, code, resp)
+		}
+	}
+	if _, err := h.store.Get(context.Background(), "ck-other-app"); !errors.Is(err, tenant.ErrNotFound) {
+		t.Errorf("tenant of another app's install was stored (err %v)", err)
 	}
 }
