@@ -576,3 +576,22 @@ func TestInstalled_RefusesAnotherAppsKey(t *testing.T) {
 		t.Errorf("tenant of another app's install was stored (err %v)", err)
 	}
 }
+
+// TestEnabled_NewTenantVerifiesAtOnceAfterAnUnknownIssuerWasRemembered: the
+// receiver remembers unknown issuers briefly (no query per request), and an
+// install on this receiver must make the new tenant verify at once.
+func TestEnabled_NewTenantVerifiesAtOnceAfterAnUnknownIssuerWasRemembered(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for range 3 {
+		if code, body := h.hs256(handlers.PathEnabled, "ck-new", secretA, lifecycleBody("ck-new", site, "enabled")); code != http.StatusUnauthorized {
+			t.Fatalf("enabled before install = %d %s, want 401", code, body)
+		}
+	}
+	if code, body := h.install("ck-new", site, secretA); code != http.StatusNoContent {
+		t.Fatalf("installed = %d %s", code, body)
+	}
+	if code, body := h.hs256(handlers.PathEnabled, "ck-new", secretA, lifecycleBody("ck-new", site, "enabled")); code != http.StatusNoContent {
+		t.Errorf("enabled right after install = %d %s, want 204", code, body)
+	}
+}
