@@ -203,28 +203,59 @@ const (
 	keysFedStgFallback  = "https://cs-migrations--fedrampcdn.us-east-1.staging.cdn.atlassian-us-gov-mod.com"
 )
 
-// KeyServerBases returns the install key servers to try for a product base
-// URL, primary first, chosen by the host of the install body's baseUrl
-// (docs/protocol.md#signed-installs): production for *.atlassian.net and *.jira.com, staging for
-// *.jira-dev.com, the FedRAMP servers for their domains, and the documented
-// connect-install-keys server for anything else.
-func KeyServerBases(productBaseURL string) []string {
+// Install key environments: which of Atlassian's key server families signs a
+// product's installs. A tenant's environment never changes, so an install of
+// an existing tenant from another environment is refused (a key the staging
+// CDN serves must never rotate a production tenant's secret).
+const (
+	KeyEnvProduction     = "production"
+	KeyEnvStaging        = "staging"
+	KeyEnvFedRAMP        = "fedramp"
+	KeyEnvFedRAMPStaging = "fedramp-staging"
+)
+
+// KeyEnvironment returns the install key environment of a product base URL,
+// chosen by its host (docs/protocol.md#signed-installs): staging for
+// *.jira-dev.com, FedRAMP (production or staging) for their domains, and
+// production for *.atlassian.net, *.jira.com and anything else.
+func KeyEnvironment(productBaseURL string) string {
 	host := ""
 	if u, err := url.Parse(productBaseURL); err == nil {
 		host = strings.ToLower(u.Hostname())
 	}
 	switch {
-	case hasDomain(host, "atlassian.net"), hasDomain(host, "jira.com"):
-		return []string{keysProdPrimary, keysProdFallback}
 	case hasDomain(host, "jira-dev.com"):
-		return []string{keysStagingPrimary, keysStagingFallback}
+		return KeyEnvStaging
 	case hasDomain(host, "atlassian-us-gov-mod.net"):
-		return []string{keysFedProdPrimary, keysFedProdFallback}
+		return KeyEnvFedRAMP
 	case hasDomain(host, "atlassian-stg-fedm.net"):
-		return []string{keysFedStgPrimary, keysFedStgFallback}
+		return KeyEnvFedRAMPStaging
 	default:
-		return []string{keysProdFallback}
+		return KeyEnvProduction
 	}
+}
+
+// KeyServerBases returns the install key servers to try for a product base
+// URL, primary first, by its KeyEnvironment: production's for *.atlassian.net
+// and *.jira.com, staging's, or FedRAMP's, and the documented
+// connect-install-keys server alone for any other host.
+func KeyServerBases(productBaseURL string) []string {
+	host := ""
+	if u, err := url.Parse(productBaseURL); err == nil {
+		host = strings.ToLower(u.Hostname())
+	}
+	switch KeyEnvironment(productBaseURL) {
+	case KeyEnvStaging:
+		return []string{keysStagingPrimary, keysStagingFallback}
+	case KeyEnvFedRAMP:
+		return []string{keysFedProdPrimary, keysFedProdFallback}
+	case KeyEnvFedRAMPStaging:
+		return []string{keysFedStgPrimary, keysFedStgFallback}
+	}
+	if hasDomain(host, "atlassian.net") || hasDomain(host, "jira.com") {
+		return []string{keysProdPrimary, keysProdFallback}
+	}
+	return []string{keysProdFallback}
 }
 
 // hasDomain reports whether host is a strict subdomain of domain.

@@ -547,3 +547,26 @@ func TestKeyServer_UnknownKidsNeverEvictCachedKeys(t *testing.T) {
 		t.Errorf("negative cache holds %d entries, want its bound 4", n)
 	}
 }
+
+func TestKeyEnvironment_FollowsTheKeyServerTable(t *testing.T) {
+	tests := []struct {
+		product string
+		want    string
+	}{
+		{"https://example.atlassian.net", KeyEnvProduction},
+		{"https://EXAMPLE.jira.com/wiki", KeyEnvProduction},
+		{"https://example.jira-dev.com", KeyEnvStaging},
+		{"https://EXAMPLE.JIRA-DEV.COM/wiki", KeyEnvStaging},
+		{"https://example.atlassian-us-gov-mod.net", KeyEnvFedRAMP},
+		{"https://example.atlassian-stg-fedm.net", KeyEnvFedRAMPStaging},
+		{"https://jira-dev.com.evil.example", KeyEnvProduction},
+		{"https://evil-jira-dev.com", KeyEnvProduction},
+		{"http://127.0.0.1:8080", KeyEnvProduction},
+		{"", KeyEnvProduction},
+	}
+	for _, tc := range tests {
+		if got := KeyEnvironment(tc.product); got != tc.want {
+			t.Errorf("KeyEnvironment(%q) = %q, want %q", tc.product, got, tc.want)
+		}
+	}
+}
