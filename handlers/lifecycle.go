@@ -86,6 +86,15 @@ func (s *Server) installed(c echo.Context) error {
 	}
 	now := s.d.Now()
 	res, err := s.d.Tenants.Install(ctx, p, now, claims.IssuedAt)
+	if errors.Is(err, tenant.ErrKeyEnvironmentMismatch) {
+		// Verified with a key of another environment's key server than the
+		// tenant's own (staging for a production tenant): not Atlassian's word
+		// about this tenant.
+		s.d.Logger.WarnContext(ctx, "install refused: the key environment of its baseUrl is not the tenant's",
+			slog.String("client_key", p.ClientKey), slog.String("base_url", p.BaseURL),
+			slog.String("key_env", connect.KeyEnvironment(p.BaseURL)), slog.String("kid", claims.KeyID))
+		return fail(http.StatusUnauthorized, "unauthorized", err)
+	}
 	if err != nil {
 		return dependencyError("tenant store", err)
 	}

@@ -595,3 +595,29 @@ func TestEnabled_NewTenantVerifiesAtOnceAfterAnUnknownIssuerWasRemembered(t *tes
 		t.Errorf("enabled right after install = %d %s, want 204", code, body)
 	}
 }
+
+// TestInstalled_RefusesAKeyEnvironmentChangeOfAnExistingTenant: with staging
+// hosts opted in, a genuinely signed install whose baseUrl moves a production
+// tenant to a staging host (so its key came from the staging CDN) is refused
+// with 401 and a log line, and the tenant is untouched.
+func TestInstalled_RefusesAKeyEnvironmentChangeOfAnExistingTenant(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{productHosts: []string{"*.atlassian.net", "*.jira.com", "*.jira-dev.com"}})
+	if code, body := h.install("ck-prod", site, secretA); code != http.StatusNoContent {
+		t.Fatalf("production install = %d %s", code, body)
+	}
+	before := h.tenantRow("ck-prod")
+	if code, body := h.install("ck-prod", "https://acme.jira-dev.com", "staging-secret-0123456789abcdef0123456"); code != http.StatusUnauthorized {
+		t.Errorf("staging install of a production tenant = %d %s, want 401", code, body)
+	}
+	if after := h.tenantRow("ck-prod"); after != before {
+		t.Errorf("tenant changed:\nbefore %s\nafter  %s", before, after)
+	}
+	if !strings.Contains(h.logs.String(), "key environment") {
+		t.Errorf("no log line names the key environment:\n%s", h.logs.String())
+	}
+	// A new staging tenant installs (staging is opted in here).
+	if code, body := h.install("ck-staging", "https://acme.jira-dev.com", secretA); code != http.StatusNoContent {
+		t.Errorf("new staging tenant = %d %s, want 204", code, body)
+	}
+}
