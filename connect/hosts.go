@@ -103,10 +103,13 @@ func (p *HostPolicy) MatchHost(host string) bool {
 }
 
 // CheckBaseURL parses a product baseUrl and checks that the app may trust it:
-// absolute, host matching a glob, scheme https (http only for the loopback
-// hosts 127.0.0.1, ::1 and localhost, so that tests and local development can
-// play the product), no userinfo, no query or fragment. The error wraps
-// ErrProductHostNotAllowed.
+// absolute, host matching an entry (MatchHost: an IP literal, a zoned host or
+// one with a trailing dot only ever matches an exact entry, never a glob),
+// scheme https (http only for the loopback hosts 127.0.0.1, ::1 and
+// localhost, so that tests and local development can play the product), no
+// userinfo, no query or fragment. Every caller that trusts or dials a product
+// base URL (signed installs, key fetches, outbound calls) goes through it. The
+// error wraps ErrProductHostNotAllowed.
 func (p *HostPolicy) CheckBaseURL(raw string) (*url.URL, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("%w: empty baseUrl", ErrProductHostNotAllowed)
