@@ -39,9 +39,10 @@ const DevAdminToken = "dev-admin-token-change-me"
 const minTokenDistinct = 6
 
 // DefaultProductHosts are the hostname globs a product baseUrl may have when
-// CONNECT_PRODUCT_HOSTS is unset: Jira and Confluence Cloud, and Atlassian's
-// staging hosts used by app developers.
-var DefaultProductHosts = []string{"*.atlassian.net", "*.jira.com", "*.jira-dev.com"}
+// CONNECT_PRODUCT_HOSTS is unset: Jira and Confluence Cloud. Atlassian's staging
+// hosts (*.jira-dev.com), whose installs are signed by the staging key CDN, are
+// opt-in: add them to CONNECT_PRODUCT_HOSTS on a development receiver only.
+var DefaultProductHosts = []string{"*.atlassian.net", "*.jira.com"}
 
 // Config is the whole configuration of the receiver and the worker. Each field says
 // which variable sets it and its default.

@@ -68,6 +68,13 @@ var (
 	// cached, and the caller answers 503 so that Atlassian retries.
 	ErrKeyUnavailable = errors.New("connect: install key server unavailable")
 
+	// ErrKeyFetchLimited means the install key is in no cache and the key
+	// server fetch budget (KeyServerConfig.FetchRate and FetchBurst) is spent,
+	// so no fetch was made: a flood of installs with fresh kids must not
+	// become a flood of key server requests. It is transient, never cached,
+	// and the caller answers 503 so that Atlassian retries.
+	ErrKeyFetchLimited = errors.New("connect: install key fetch budget exceeded")
+
 	// ErrSecretUnavailable means the SecretStore failed for another reason
 	// than an unknown tenant (database down, timeout). It is transient and the
 	// caller answers 503 so that Atlassian retries. (Added to the API brief:
@@ -82,15 +89,18 @@ var (
 
 // StatusCode maps an error returned by a verifier to the HTTP status Atlassian
 // should see: 503 for transient failures (key server or secret store down,
-// request context ended), so that Atlassian retries, and 401 for everything
-// else, so that a bad token never looks like our outage. A nil error maps to
-// 200. Handlers may use it instead of repeating the mapping.
+// request context ended), so that Atlassian retries, 400 for a product
+// baseUrl the host policy refuses (the body is at fault, not the token), and
+// 401 for everything else, so that a bad token never looks like our outage. A
+// nil error maps to 200. Handlers may use it instead of repeating the mapping.
 func StatusCode(err error) int {
 	switch {
 	case err == nil:
 		return http.StatusOK
-	case errors.Is(err, ErrKeyUnavailable), errors.Is(err, ErrSecretUnavailable):
+	case errors.Is(err, ErrKeyUnavailable), errors.Is(err, ErrKeyFetchLimited), errors.Is(err, ErrSecretUnavailable):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, ErrProductHostNotAllowed):
+		return http.StatusBadRequest
 	default:
 		return http.StatusUnauthorized
 	}

@@ -90,5 +90,5 @@ func ExampleNewInstallVerifier() {
 	r := httptest.NewRequest(http.MethodPost, "https://app.example.com/installed", nil)
 	_, err = v.Verify(r.Context(), r, "jira:client", "https://evil.example.com")
 	fmt.Println(errors.Is(err, connect.ErrProductHostNotAllowed), connect.StatusCode(err))
-	// Output: true 401
+	// Output: true 400
 }

@@ -130,7 +130,7 @@ func FuzzVerifyToken(f *testing.F) {
 	inst := newInstallVerifier(f, staticKeys{testKid: &k.PublicKey})
 	sentinels := []error{ErrMissingToken, ErrMalformedToken, ErrBadAlgorithm, ErrMissingClaim, ErrBadSignature,
 		ErrExpired, ErrQSHMismatch, ErrUnknownIssuer, ErrBadAudience, ErrIssuerMismatch, ErrBadKeyID,
-		ErrUnknownKey, ErrKeyUnavailable, ErrSecretUnavailable, ErrProductHostNotAllowed}
+		ErrUnknownKey, ErrKeyUnavailable, ErrKeyFetchLimited, ErrSecretUnavailable, ErrProductHostNotAllowed}
 	typed := func(err error) bool {
 		for _, s := range sentinels {
 			if errors.Is(err, s) {

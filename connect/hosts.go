@@ -3,6 +3,7 @@ package connect
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -15,6 +16,9 @@ import (
 type HostPolicy struct {
 	globs    []string
 	patterns []*regexp.Regexp
+	// exact are the entries without '*': the only ones an IP literal, a
+	// zoned host or a host with a trailing dot can match.
+	exact map[string]bool
 }
 
 // NewHostPolicy compiles CONNECT_PRODUCT_HOSTS globs such as "*.atlassian.net".
@@ -22,8 +26,13 @@ type HostPolicy struct {
 // whitelist, and matching is case-insensitive. Globs name hosts only (no
 // scheme, port or path); at least one is required, so that an empty setting
 // fails closed instead of trusting every host.
+//
+// Globs match host names only. An IP literal (zoned or not), a host with a
+// zone ('%') or a host with a trailing dot matches only an entry without '*'
+// that spells it exactly: "*.atlassian.net" never matches
+// "::ffff:7f00:1%.atlassian.net", whose zone the glob would otherwise see.
 func NewHostPolicy(globs []string) (*HostPolicy, error) {
-	p := &HostPolicy{}
+	p := &HostPolicy{exact: make(map[string]bool)}
 	for _, g := range globs {
 		g = strings.ToLower(strings.TrimSpace(g))
 		if g == "" {
@@ -42,6 +51,9 @@ func NewHostPolicy(globs []string) (*HostPolicy, error) {
 		}
 		p.globs = append(p.globs, g)
 		p.patterns = append(p.patterns, re)
+		if !strings.Contains(g, "*") {
+			p.exact[g] = true
+		}
 	}
 	if len(p.patterns) == 0 {
 		return nil, errors.New("connect: at least one product host glob is required")
@@ -59,7 +71,10 @@ func checkGlob(g string) error {
 			return fmt.Errorf("connect: product host glob %q: only host names, '*' and IP literals are allowed", g)
 		}
 	}
-	if strings.HasPrefix(g, ".") || strings.HasSuffix(g, ".") || strings.Contains(g, "..") {
+	// A trailing dot (a fully qualified name) is allowed in an exact entry
+	// only: it is then the one way to trust such a host.
+	exactFQDN := !strings.Contains(g, "*") && len(g) > 1 && strings.HasSuffix(g, ".")
+	if strings.HasPrefix(g, ".") || (strings.HasSuffix(g, ".") && !exactFQDN) || strings.Contains(g, "..") {
 		return fmt.Errorf("connect: product host glob %q: empty DNS label", g)
 	}
 	return nil
@@ -70,9 +85,15 @@ func (p *HostPolicy) Globs() []string {
 	return append([]string(nil), p.globs...)
 }
 
-// MatchHost reports whether a bare host name (no port) matches a glob.
+// MatchHost reports whether a bare host (no port, no brackets) matches an
+// entry. An IP literal, a host with a zone ('%') or with a trailing dot
+// matches only an entry without '*' equal to it; any other host matches a
+// glob as described at NewHostPolicy.
 func (p *HostPolicy) MatchHost(host string) bool {
 	host = strings.ToLower(host)
+	if exactOnly(host) {
+		return p.exact[host]
+	}
 	for _, re := range p.patterns {
 		if re.MatchString(host) {
 			return true
@@ -82,10 +103,13 @@ func (p *HostPolicy) MatchHost(host string) bool {
 }
 
 // CheckBaseURL parses a product baseUrl and checks that the app may trust it:
-// absolute, host matching a glob, scheme https (http only for the loopback
-// hosts 127.0.0.1, ::1 and localhost, so that tests and local development can
-// play the product), no userinfo, no query or fragment. The error wraps
-// ErrProductHostNotAllowed.
+// absolute, host matching an entry (MatchHost: an IP literal, a zoned host or
+// one with a trailing dot only ever matches an exact entry, never a glob),
+// scheme https (http only for the loopback hosts 127.0.0.1, ::1 and
+// localhost, so that tests and local development can play the product), no
+// userinfo, no query or fragment. Every caller that trusts or dials a product
+// base URL (signed installs, key fetches, outbound calls) goes through it. The
+// error wraps ErrProductHostNotAllowed.
 func (p *HostPolicy) CheckBaseURL(raw string) (*url.URL, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("%w: empty baseUrl", ErrProductHostNotAllowed)
@@ -118,9 +142,25 @@ func (p *HostPolicy) CheckBaseURL(raw string) (*url.URL, error) {
 		return nil, fmt.Errorf("%w: baseUrl scheme %q is not https", ErrProductHostNotAllowed, truncate(u.Scheme, 16))
 	}
 	if !p.MatchHost(host) {
+		if exactOnly(host) {
+			return nil, fmt.Errorf("%w: host %q is an IP literal, zoned or fully qualified, and no exact entry of %q names it",
+				ErrProductHostNotAllowed, truncate(host, 256), p.globs)
+		}
 		return nil, fmt.Errorf("%w: host %q matches none of %q", ErrProductHostNotAllowed, truncate(host, 256), p.globs)
 	}
 	return u, nil
+}
+
+// exactOnly reports whether host may only match an exact entry: an IP
+// literal (a glob names DNS labels, and "*.0.0.1" must not admit 10.0.0.1),
+// anything with a zone or other '%', and a fully qualified name with a
+// trailing dot.
+func exactOnly(host string) bool {
+	if strings.ContainsRune(host, '%') || strings.HasSuffix(host, ".") {
+		return true
+	}
+	_, err := netip.ParseAddr(host)
+	return err == nil
 }
 
 // isLoopbackHost reports whether host names this machine, the only hosts a

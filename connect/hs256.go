@@ -105,7 +105,10 @@ func NewHS256Verifier(cfg HS256Config) (*HS256Verifier, error) {
 // HMAC in constant time. If it does not, the secret is asked for again with
 // refresh=true and the token re-verified once if the secret differs: another
 // replica may have just stored a rotated secret from a new installed
-// callback. exp is required (with leeway) and the qsh must match per policy.
+// callback. exp (with leeway) and iat are required and the qsh must match per
+// policy. Claims are decoded strictly, before any secret is looked up: exact
+// member names, each once, NumericDates as JSON numbers within years
+// 1970-9999 (ErrMalformedToken otherwise).
 //
 // Each failed signature costs one uncached SecretStore lookup; a store that
 // is expensive to refresh should rate-limit refreshes per clientKey.

@@ -387,7 +387,7 @@ func TestStatusCode(t *testing.T) {
 		{ErrSecretUnavailable, 503},
 		{ErrUnknownKey, 401},
 		{ErrBadSignature, 401},
-		{ErrProductHostNotAllowed, 401},
+		{ErrProductHostNotAllowed, 400},
 		{errors.New("anything else"), 401},
 	}
 	for _, tc := range tests {

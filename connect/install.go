@@ -90,16 +90,20 @@ func NewInstallVerifier(cfg InstallConfig) (*InstallVerifier, error) {
 //  2. a token (ErrMissingToken) whose header alg is RS256 (ErrBadAlgorithm
 //     for anything else, HS256 and none included);
 //  3. a kid that passes ValidKeyID (ErrBadKeyID), before any URL is built;
-//  4. the public key (ErrUnknownKey, ErrKeyUnavailable);
+//  4. the public key (ErrUnknownKey, ErrKeyUnavailable, ErrKeyFetchLimited);
 //  5. the RS256 signature (ErrBadSignature);
 //  6. iss present (ErrMissingClaim);
 //  7. aud equal to the app base URL or an allowed one, one trailing '/'
 //     ignored on each side (ErrMissingClaim, ErrBadAudience);
 //  8. the computed qsh of this request; a context token is refused
 //     (ErrMissingClaim, ErrQSHMismatch);
-//  9. exp with leeway (ErrMissingClaim, ErrExpired);
+//  9. exp with leeway, and iat present (ErrMissingClaim, ErrExpired);
 //  10. iss equal to clientKey (ErrIssuerMismatch), so a tenant's valid token
 //     can never write another tenant's record.
+//
+// Claims are decoded strictly (see jwtClaims.UnmarshalJSON): exact member
+// names, each once, NumericDates as JSON numbers within years 1970-9999; any
+// other shape is ErrMalformedToken.
 //
 // The key is only ever used as an *rsa.PublicKey for RS256; it can never
 // become an HMAC secret.
@@ -124,7 +128,8 @@ func (v *InstallVerifier) Verify(ctx context.Context, r *http.Request, clientKey
 
 	key, err := v.keys.PublicKey(ctx, hdr.Kid, productBaseURL)
 	switch {
-	case err != nil && (errors.Is(err, ErrUnknownKey) || errors.Is(err, ErrKeyUnavailable) || errors.Is(err, ErrBadKeyID)):
+	case err != nil && (errors.Is(err, ErrUnknownKey) || errors.Is(err, ErrKeyUnavailable) ||
+		errors.Is(err, ErrKeyFetchLimited) || errors.Is(err, ErrBadKeyID)):
 		return nil, err
 	case err != nil:
 		return nil, fmt.Errorf("%w: %w", ErrKeyUnavailable, err)

@@ -23,8 +23,9 @@ import (
 // KeyProvider returns the public key Atlassian signed an install with. The
 // InstallVerifier calls it only with a kid that passed ValidKeyID and a
 // productBaseURL that passed the HostPolicy. Errors must wrap ErrUnknownKey
-// (the key does not exist: 401) or ErrKeyUnavailable (could not find out:
-// 503); any other error is treated as ErrKeyUnavailable.
+// (the key does not exist: 401), ErrKeyUnavailable (could not find out: 503)
+// or ErrKeyFetchLimited (did not ask, over the fetch budget: 503); any other
+// error is treated as ErrKeyUnavailable.
 type KeyProvider interface {
 	PublicKey(ctx context.Context, kid, productBaseURL string) (*rsa.PublicKey, error)
 }
@@ -49,9 +50,21 @@ type KeyServerConfig struct {
 	// flood of installs with an unknown kid does not become a flood of CDN
 	// requests; 30 s when zero. Unavailability is never cached.
 	NegativeTTL time.Duration
-	// MaxEntries bounds the cache (least recently used entries are evicted);
-	// 512 when zero.
+	// MaxEntries bounds the cache of keys (least recently used entries are
+	// evicted); 512 when zero.
 	MaxEntries int
+	// NegativeMaxEntries bounds the separate cache of "no such key" answers,
+	// so that a flood of unknown kids can never evict a genuine key; 1024
+	// when zero.
+	NegativeMaxEntries int
+	// FetchRate is how many fetches of kids not in either cache may start per
+	// second, on average (a token bucket shared by all kids); FetchBurst is the
+	// bucket's size. Beyond it PublicKey answers ErrKeyFetchLimited (503)
+	// without a fetch, so installs with fresh kids cannot turn into a flood
+	// of key server requests. Defaults DefaultKeyFetchRate and
+	// DefaultKeyFetchBurst when zero; negative values are treated as zero.
+	FetchRate  float64
+	FetchBurst int
 	// Now is the clock of the cache; time.Now when nil.
 	Now func() time.Time
 }
@@ -62,6 +75,13 @@ const (
 	DefaultKeyTTL          = 24 * time.Hour
 	DefaultKeyNegativeTTL  = 30 * time.Second
 	DefaultKeyCacheEntries = 512
+	// DefaultKeyNegativeEntries bounds the cache of unknown kids.
+	DefaultKeyNegativeEntries = 1024
+	// DefaultKeyFetchRate and DefaultKeyFetchBurst are the token bucket of
+	// fetches of uncached kids: Atlassian rotates install keys rarely, so a
+	// real receiver needs a handful of fetches a day.
+	DefaultKeyFetchRate  = 10.0
+	DefaultKeyFetchBurst = 20
 )
 
 // maxKeyBody bounds a key server response: an RSA 4096 PEM is under 1 KiB.
@@ -83,8 +103,10 @@ type KeyServer struct {
 	// replace it to point the CDN table at local servers.
 	bases func(productBaseURL string) []string
 
-	cache  *keyCache
-	flight singleflight.Group
+	cache    *keyCache // keys only
+	negative *keyCache // ErrUnknownKey answers only
+	fetches  *tokenBucket
+	flight   singleflight.Group
 }
 
 var _ KeyProvider = (*KeyServer)(nil)
@@ -118,6 +140,19 @@ func NewKeyServer(cfg KeyServerConfig) *KeyServer {
 		maxEntries = DefaultKeyCacheEntries
 	}
 	ks.cache = newKeyCache(maxEntries)
+	negEntries := cfg.NegativeMaxEntries
+	if negEntries <= 0 {
+		negEntries = DefaultKeyNegativeEntries
+	}
+	ks.negative = newKeyCache(negEntries)
+	rate, burst := cfg.FetchRate, cfg.FetchBurst
+	if rate <= 0 {
+		rate = DefaultKeyFetchRate
+	}
+	if burst <= 0 {
+		burst = DefaultKeyFetchBurst
+	}
+	ks.fetches = newTokenBucket(rate, burst, ks.now())
 	if base := strings.TrimRight(cfg.BaseURL, "/"); base != "" {
 		ks.bases = func(string) []string { return []string{base} }
 	} else {
@@ -168,28 +203,59 @@ const (
 	keysFedStgFallback  = "https://cs-migrations--fedrampcdn.us-east-1.staging.cdn.atlassian-us-gov-mod.com"
 )
 
-// KeyServerBases returns the install key servers to try for a product base
-// URL, primary first, chosen by the host of the install body's baseUrl
-// (docs/protocol.md#signed-installs): production for *.atlassian.net and *.jira.com, staging for
-// *.jira-dev.com, the FedRAMP servers for their domains, and the documented
-// connect-install-keys server for anything else.
-func KeyServerBases(productBaseURL string) []string {
+// Install key environments: which of Atlassian's key server families signs a
+// product's installs. A tenant's environment never changes, so an install of
+// an existing tenant from another environment is refused (a key the staging
+// CDN serves must never rotate a production tenant's secret).
+const (
+	KeyEnvProduction     = "production"
+	KeyEnvStaging        = "staging"
+	KeyEnvFedRAMP        = "fedramp"
+	KeyEnvFedRAMPStaging = "fedramp-staging"
+)
+
+// KeyEnvironment returns the install key environment of a product base URL,
+// chosen by its host (docs/protocol.md#signed-installs): staging for
+// *.jira-dev.com, FedRAMP (production or staging) for their domains, and
+// production for *.atlassian.net, *.jira.com and anything else.
+func KeyEnvironment(productBaseURL string) string {
 	host := ""
 	if u, err := url.Parse(productBaseURL); err == nil {
 		host = strings.ToLower(u.Hostname())
 	}
 	switch {
-	case hasDomain(host, "atlassian.net"), hasDomain(host, "jira.com"):
-		return []string{keysProdPrimary, keysProdFallback}
 	case hasDomain(host, "jira-dev.com"):
-		return []string{keysStagingPrimary, keysStagingFallback}
+		return KeyEnvStaging
 	case hasDomain(host, "atlassian-us-gov-mod.net"):
-		return []string{keysFedProdPrimary, keysFedProdFallback}
+		return KeyEnvFedRAMP
 	case hasDomain(host, "atlassian-stg-fedm.net"):
-		return []string{keysFedStgPrimary, keysFedStgFallback}
+		return KeyEnvFedRAMPStaging
 	default:
-		return []string{keysProdFallback}
+		return KeyEnvProduction
 	}
+}
+
+// KeyServerBases returns the install key servers to try for a product base
+// URL, primary first, by its KeyEnvironment: production's for *.atlassian.net
+// and *.jira.com, staging's, or FedRAMP's, and the documented
+// connect-install-keys server alone for any other host.
+func KeyServerBases(productBaseURL string) []string {
+	host := ""
+	if u, err := url.Parse(productBaseURL); err == nil {
+		host = strings.ToLower(u.Hostname())
+	}
+	switch KeyEnvironment(productBaseURL) {
+	case KeyEnvStaging:
+		return []string{keysStagingPrimary, keysStagingFallback}
+	case KeyEnvFedRAMP:
+		return []string{keysFedProdPrimary, keysFedProdFallback}
+	case KeyEnvFedRAMPStaging:
+		return []string{keysFedStgPrimary, keysFedStgFallback}
+	}
+	if hasDomain(host, "atlassian.net") || hasDomain(host, "jira.com") {
+		return []string{keysProdPrimary, keysProdFallback}
+	}
+	return []string{keysProdFallback}
 }
 
 // hasDomain reports whether host is a strict subdomain of domain.
@@ -228,10 +294,17 @@ func (ks *KeyServer) PublicKey(ctx context.Context, kid, productBaseURL string) 
 	// Keyed by the primary server too: a kid means one key per environment.
 	cacheKey := bases[0] + "\x00" + kid
 	if e, ok := ks.cache.get(cacheKey, ks.now()); ok {
-		return e.key, e.err
+		return e.key, nil
+	}
+	if e, ok := ks.negative.get(cacheKey, ks.now()); ok {
+		return nil, e.err
 	}
 
 	ch := ks.flight.DoChan(cacheKey, func() (any, error) {
+		// One token per fetch, not per caller: callers of one kid share it.
+		if !ks.fetches.allow(ks.now()) {
+			return nil, fmt.Errorf("%w: kid %q not cached and the fetch budget is spent", ErrKeyFetchLimited, truncate(kid, 64))
+		}
 		// The fetch serves every waiting caller, so it must not die with the
 		// first caller's context; it is bounded by the per-attempt timeout.
 		key, err := ks.fetch(context.WithoutCancel(ctx), kid, bases)
@@ -239,7 +312,7 @@ func (ks *KeyServer) PublicKey(ctx context.Context, kid, productBaseURL string) 
 		case err == nil:
 			ks.cache.put(cacheKey, keyEntry{key: key, expires: ks.now().Add(ks.ttl)})
 		case errors.Is(err, ErrUnknownKey):
-			ks.cache.put(cacheKey, keyEntry{err: err, expires: ks.now().Add(ks.negativeTTL)})
+			ks.negative.put(cacheKey, keyEntry{err: err, expires: ks.now().Add(ks.negativeTTL)})
 		}
 		return key, err
 	})
@@ -394,6 +467,35 @@ func pemBody(s string) (string, []byte, error) {
 		return "", nil, fmt.Errorf("connect: PEM block %q is not base64: %w", typ, err)
 	}
 	return typ, der, nil
+}
+
+// tokenBucket is a token bucket on an injected clock: tokens accrue at rate
+// per second up to burst, and each allowed event takes one.
+type tokenBucket struct {
+	mu     sync.Mutex
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func newTokenBucket(rate float64, burst int, now time.Time) *tokenBucket {
+	return &tokenBucket{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
+}
+
+// allow takes a token if one is available at now.
+func (b *tokenBucket) allow(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if elapsed := now.Sub(b.last); elapsed > 0 {
+		b.tokens = min(b.burst, b.tokens+elapsed.Seconds()*b.rate)
+		b.last = now
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // keyEntry is a cached answer: a key, or ErrUnknownKey.

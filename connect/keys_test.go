@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/http"
 	"strings"
@@ -446,5 +447,126 @@ func TestKeyRedirectPolicyNeverDowngradesFromHTTPS(t *testing.T) {
 				t.Errorf("keyRedirectPolicy = %v, want ok=%v", err, tc.ok)
 			}
 		})
+	}
+}
+
+// TestKeyServer_FloodOfFreshKidsIsBoundedByTheFetchBudget is the red-team
+// finding: 600 installs with fresh kids in half a second caused 600 CDN
+// fetches (1200 with the primary/fallback table) and evicted the genuine key.
+// Fetches of distinct unknown kids are bounded by the token bucket; over the
+// budget the answer is ErrKeyFetchLimited (503) without a fetch, and the
+// genuine key stays cached and verifies.
+func TestKeyServer_FloodOfFreshKidsIsBoundedByTheFetchBudget(t *testing.T) {
+	k, _ := testKeys(t)
+	clock := &mutableClock{t: time.Unix(1_750_000_000, 0)}
+	primary := newKeyServerStub(t, map[string][]byte{testKid: publicPEM(t, &k.PublicKey)})
+	fallback := newKeyServerStub(t, nil)
+	ks := newTestKeyServer(KeyServerConfig{Now: clock.Now, FetchRate: 10, FetchBurst: 20, MaxEntries: 8}, primary, fallback)
+	if _, err := ks.PublicKey(t.Context(), testKid, productURL); err != nil {
+		t.Fatal(err)
+	}
+	fetches := func() int32 { return primary.requests.Load() + fallback.requests.Load() }
+
+	var unknown, limited int
+	for i := range 600 {
+		_, err := ks.PublicKey(t.Context(), fmt.Sprintf("fresh-kid-%d", i), productURL)
+		switch {
+		case errors.Is(err, ErrUnknownKey):
+			unknown++
+		case errors.Is(err, ErrKeyFetchLimited):
+			limited++
+			if StatusCode(err) != http.StatusServiceUnavailable {
+				t.Fatalf("StatusCode(%v) = %d, want 503", err, StatusCode(err))
+			}
+		default:
+			t.Fatalf("fresh kid %d: %v", i, err)
+		}
+	}
+	if unknown != 19 || limited != 581 {
+		t.Errorf("unknown = %d, limited = %d; want 19 fetched (the burst less the genuine key's) and 581 limited", unknown, limited)
+	}
+	// One fetch for the genuine key, then two (primary, fallback) per fetched kid.
+	if got := fetches(); got != 1+2*19 {
+		t.Errorf("key servers saw %d requests, want %d", got, 1+2*19)
+	}
+
+	before := fetches()
+	v := newInstallVerifier(t, ks)
+	tok := signRS256(t, installClaims(t, installTarget, ""), k, testKid)
+	if _, err := v.Verify(t.Context(), newRequest(t, "POST", installTarget, tok), installClientKey, installProduct); err != nil {
+		t.Fatalf("genuine install after the flood: %v", err)
+	}
+	if got := fetches(); got != before {
+		t.Errorf("the genuine key was fetched again (%d requests): the flood evicted it", got-before)
+	}
+
+	// Over the budget the verifier answers the sentinel (503), not a 401.
+	flood := signRS256(t, installClaims(t, installTarget, ""), k, "yet-another-kid")
+	_, err := v.Verify(t.Context(), newRequest(t, "POST", installTarget, flood), installClientKey, installProduct)
+	assertIs(t, err, ErrKeyFetchLimited)
+
+	// The bucket refills at the configured rate.
+	clock.Advance(time.Second)
+	for i := range 10 {
+		if _, err := ks.PublicKey(t.Context(), fmt.Sprintf("later-kid-%d", i), productURL); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("later kid %d after a second: %v, want a fetch answering ErrUnknownKey", i, err)
+		}
+	}
+	if _, err := ks.PublicKey(t.Context(), "one-too-many", productURL); !errors.Is(err, ErrKeyFetchLimited) {
+		t.Errorf("11th kid within the second: %v, want ErrKeyFetchLimited", err)
+	}
+}
+
+// TestKeyServer_UnknownKidsNeverEvictCachedKeys: negative answers live in a
+// cache of their own, so a flood of unknown kids cannot push out a genuine
+// key, however small the positive cache.
+func TestKeyServer_UnknownKidsNeverEvictCachedKeys(t *testing.T) {
+	k, _ := testKeys(t)
+	p := publicPEM(t, &k.PublicKey)
+	stub := newKeyServerStub(t, map[string][]byte{"k1": p, "k2": p})
+	ks := newTestKeyServer(KeyServerConfig{MaxEntries: 2, NegativeMaxEntries: 4, FetchRate: 1e6, FetchBurst: 1000}, stub)
+	for _, kid := range []string{"k1", "k2"} {
+		if _, err := ks.PublicKey(t.Context(), kid, productURL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 50 {
+		_, err := ks.PublicKey(t.Context(), fmt.Sprintf("unknown-%d", i), productURL)
+		assertIs(t, err, ErrUnknownKey)
+	}
+	before := stub.requests.Load()
+	for _, kid := range []string{"k1", "k2"} {
+		if _, err := ks.PublicKey(t.Context(), kid, productURL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := stub.requests.Load() - before; got != 0 {
+		t.Errorf("%d genuine keys were refetched: unknown kids evicted them", got)
+	}
+	if n := ks.negative.len(); n != 4 {
+		t.Errorf("negative cache holds %d entries, want its bound 4", n)
+	}
+}
+
+func TestKeyEnvironment_FollowsTheKeyServerTable(t *testing.T) {
+	tests := []struct {
+		product string
+		want    string
+	}{
+		{"https://example.atlassian.net", KeyEnvProduction},
+		{"https://EXAMPLE.jira.com/wiki", KeyEnvProduction},
+		{"https://example.jira-dev.com", KeyEnvStaging},
+		{"https://EXAMPLE.JIRA-DEV.COM/wiki", KeyEnvStaging},
+		{"https://example.atlassian-us-gov-mod.net", KeyEnvFedRAMP},
+		{"https://example.atlassian-stg-fedm.net", KeyEnvFedRAMPStaging},
+		{"https://jira-dev.com.evil.example", KeyEnvProduction},
+		{"https://evil-jira-dev.com", KeyEnvProduction},
+		{"http://127.0.0.1:8080", KeyEnvProduction},
+		{"", KeyEnvProduction},
+	}
+	for _, tc := range tests {
+		if got := KeyEnvironment(tc.product); got != tc.want {
+			t.Errorf("KeyEnvironment(%q) = %q, want %q", tc.product, got, tc.want)
+		}
 	}
 }

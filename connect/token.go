@@ -1,11 +1,15 @@
 package connect
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,7 +34,7 @@ type Claims struct {
 	Subject string
 	// Audience is aud, normalised to a list (signed installs: the app base URL).
 	Audience []string
-	// IssuedAt is iat; zero when the token has none.
+	// IssuedAt is iat; always set, since iat is required.
 	IssuedAt time.Time
 	// ExpiresAt is exp; always set, since exp is required.
 	ExpiresAt time.Time
@@ -175,11 +179,143 @@ func isBase64URL(c byte) bool {
 	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_'
 }
 
-// jwtClaims is what golang-jwt decodes the payload into.
+// jwtClaims is what golang-jwt decodes the payload into, through
+// UnmarshalJSON (strict), never through encoding/json's struct matching.
 type jwtClaims struct {
 	jwt.RegisteredClaims
 	QSH     string          `json:"qsh"`
 	Context json.RawMessage `json:"context"`
+}
+
+// maxNumericDate is 9999-12-31T23:59:59Z: a NumericDate beyond it (9e18, say)
+// is no date any product would send, and is refused rather than read as
+// "never expires".
+const maxNumericDate = 253402300799
+
+// UnmarshalJSON decodes a claims set strictly, so that the claims verified
+// are the claims any other JWT library would read: the payload is one JSON
+// object whose member names are matched exactly (encoding/json would read
+// {"iss":A,"ISS":B} as B) and appear once each; iss, sub, jti and qsh are
+// strings; aud is a string or an array of strings; exp, nbf and iat are JSON
+// numbers (not strings) between 0 and year 9999. Other members are ignored.
+// Presence is checked later (checkTimes, the verifiers), so that a missing
+// claim is ErrMissingClaim rather than a malformed token.
+func (c *jwtClaims) UnmarshalJSON(b []byte) error {
+	members, err := decodeMembers(b)
+	if err != nil {
+		return err
+	}
+	*c = jwtClaims{}
+	for name, raw := range members {
+		switch name {
+		case "iss":
+			err = claimString(name, raw, &c.Issuer)
+		case "sub":
+			err = claimString(name, raw, &c.Subject)
+		case "jti":
+			err = claimString(name, raw, &c.ID)
+		case "qsh":
+			err = claimString(name, raw, &c.QSH)
+		case "aud":
+			c.Audience, err = claimAudience(raw)
+		case "exp":
+			c.ExpiresAt, err = claimDate(name, raw)
+		case "nbf":
+			c.NotBefore, err = claimDate(name, raw)
+		case "iat":
+			c.IssuedAt, err = claimDate(name, raw)
+		case "context":
+			c.Context = append(json.RawMessage(nil), raw...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodeMembers decodes a JSON object into its members, refusing anything
+// else, a member name given twice, and trailing data.
+func decodeMembers(b []byte) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, errors.New("claims are not a JSON object")
+	}
+	members := make(map[string]json.RawMessage)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("claims: %w", err)
+		}
+		name, ok := tok.(string)
+		if !ok {
+			return nil, errors.New("claims: member name is not a string")
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, fmt.Errorf("claim %s: %w", truncate(name, 32), err)
+		}
+		if _, dup := members[name]; dup {
+			return nil, fmt.Errorf("claim %s appears more than once", truncate(name, 32))
+		}
+		members[name] = raw
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("claims: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("claims: data after the JSON object")
+	}
+	return members, nil
+}
+
+func claimString(name string, raw json.RawMessage, dst *string) error {
+	if len(raw) == 0 || raw[0] != '"' {
+		return fmt.Errorf("claim %s is not a string", name)
+	}
+	if err := json.Unmarshal(raw, dst); err != nil {
+		return fmt.Errorf("claim %s: %w", name, err)
+	}
+	return nil
+}
+
+// claimAudience reads aud: one string, or an array of strings.
+func claimAudience(raw json.RawMessage) (jwt.ClaimStrings, error) {
+	if len(raw) > 0 && raw[0] == '"' {
+		var one string
+		if err := json.Unmarshal(raw, &one); err != nil {
+			return nil, fmt.Errorf("claim aud: %w", err)
+		}
+		return jwt.ClaimStrings{one}, nil
+	}
+	if len(raw) == 0 || raw[0] != '[' {
+		return nil, errors.New("claim aud is neither a string nor an array of strings")
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, fmt.Errorf("claim aud: %w", err)
+	}
+	out := make(jwt.ClaimStrings, len(items))
+	for i, it := range items {
+		if err := claimString("aud", it, &out[i]); err != nil {
+			return nil, fmt.Errorf("claim aud[%d] is not a string", i)
+		}
+	}
+	return out, nil
+}
+
+// claimDate reads a NumericDate (RFC 7519 §2): a JSON number of seconds since
+// the epoch, possibly fractional, here between 0 and maxNumericDate.
+func claimDate(name string, raw json.RawMessage) (*jwt.NumericDate, error) {
+	if len(raw) == 0 || !(raw[0] == '-' || '0' <= raw[0] && raw[0] <= '9') {
+		return nil, fmt.Errorf("claim %s is not a JSON number", name)
+	}
+	v, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil || math.IsNaN(v) || v < 0 || v > maxNumericDate {
+		return nil, fmt.Errorf("claim %s %s is not a date between 1970 and 9999", name, truncate(string(raw), 32))
+	}
+	sec, frac := math.Modf(v)
+	return &jwt.NumericDate{Time: time.Unix(int64(sec), int64(frac*1e9))}, nil
 }
 
 // newParser returns a golang-jwt parser pinned to one algorithm. Claims are
@@ -205,12 +341,16 @@ func mapJWTError(err error) error {
 	}
 }
 
-// checkTimes requires exp and applies the leeway to exp and nbf. iat is not
-// checked (atlassian-connect-express does not either), so a product clock
-// slightly ahead of ours does not break installs.
+// checkTimes requires exp and iat and applies the leeway to exp and nbf. The
+// value of iat is not compared with now (atlassian-connect-express does not
+// either), so a product clock slightly ahead of ours does not break installs;
+// it orders lifecycle events, so a token without one is refused.
 func checkTimes(c *jwtClaims, now time.Time, leeway time.Duration) error {
 	if c.ExpiresAt == nil {
 		return fmt.Errorf("%w: exp", ErrMissingClaim)
+	}
+	if c.IssuedAt == nil {
+		return fmt.Errorf("%w: iat", ErrMissingClaim)
 	}
 	if exp := c.ExpiresAt.Time; !now.Before(exp.Add(leeway)) {
 		return fmt.Errorf("%w: exp %s is before now %s minus leeway %s",

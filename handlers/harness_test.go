@@ -61,6 +61,9 @@ type harnessOpts struct {
 	// serves upload data to it.
 	internalToken string
 	data          handlers.DataOpener
+	// keyFetchBurst, when positive, is the key server's fetch budget (the
+	// bucket barely refills during a test).
+	keyFetchBurst int
 	// productHosts replaces the default CONNECT_PRODUCT_HOSTS.
 	productHosts []string
 	// viaProxies puts a freezable TCP proxy in front of Postgres and Redis
@@ -151,7 +154,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	install, err := connect.NewInstallVerifier(connect.InstallConfig{
 		AppBaseURL: cfg.BaseURL, AllowedBaseURLs: cfg.AllowedBaseURLs, Hosts: hosts,
-		Keys: connect.NewKeyServer(connect.KeyServerConfig{BaseURL: keyBase, Timeout: 500 * time.Millisecond}),
+		Keys: connect.NewKeyServer(keyServerConfig(keyBase, o.keyFetchBurst)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -181,6 +184,14 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Cleanup(internal.Close)
 	h.internalURL = internal.URL
 	return h
+}
+
+func keyServerConfig(base string, burst int) connect.KeyServerConfig {
+	cfg := connect.KeyServerConfig{BaseURL: base, Timeout: 500 * time.Millisecond}
+	if burst > 0 {
+		cfg.FetchRate, cfg.FetchBurst = 0.001, burst
+	}
+	return cfg
 }
 
 // do sends req and returns status and body.

@@ -3,6 +3,7 @@ package handlers
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -71,6 +72,12 @@ func (s *Server) installed(c echo.Context) error {
 	if p.EventType != "" && p.EventType != "installed" {
 		return fail(http.StatusBadRequest, "eventType is not installed", nil)
 	}
+	if p.AppKey != s.d.Config.AppKey {
+		// An install of another app (or a body meant for one) must never
+		// become a tenant of this one.
+		return &httpError{status: http.StatusBadRequest, reason: "key is not this app's key (CONNECT_APP_KEY)", field: "key",
+			err: fmt.Errorf("install body key %q, want %q", truncate(p.AppKey, 64), s.d.Config.AppKey)}
+	}
 	ctx, cancel := budget(c)
 	defer cancel()
 	claims, err := s.d.Install.Verify(ctx, c.Request(), p.ClientKey, p.BaseURL)
@@ -79,6 +86,15 @@ func (s *Server) installed(c echo.Context) error {
 	}
 	now := s.d.Now()
 	res, err := s.d.Tenants.Install(ctx, p, now, claims.IssuedAt)
+	if errors.Is(err, tenant.ErrKeyEnvironmentMismatch) {
+		// Verified with a key of another environment's key server than the
+		// tenant's own (staging for a production tenant): not Atlassian's word
+		// about this tenant.
+		s.d.Logger.WarnContext(ctx, "install refused: the key environment of its baseUrl is not the tenant's",
+			slog.String("client_key", p.ClientKey), slog.String("base_url", p.BaseURL),
+			slog.String("key_env", connect.KeyEnvironment(p.BaseURL)), slog.String("kid", claims.KeyID))
+		return fail(http.StatusUnauthorized, "unauthorized", err)
+	}
 	if err != nil {
 		return dependencyError("tenant store", err)
 	}
@@ -191,4 +207,12 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		s.d.Logger.InfoContext(ctx, "tenant "+event, slog.String("client_key", claims.Issuer), slog.Int64("event_id", eventID))
 		return c.NoContent(http.StatusNoContent)
 	}
+}
+
+// truncate bounds a caller-supplied string quoted in a log line.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

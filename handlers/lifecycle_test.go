@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -296,8 +298,8 @@ func TestInstalled_RejectsHijackAttemptsAndLeavesTheVictimUntouched(t *testing.T
 		{"wrong audience", hijack, atlassiantest.Token{Issuer: "victim", Audience: "https://other-app.example.com"}, http.StatusUnauthorized},
 		{"context qsh", hijack, atlassiantest.Token{Issuer: "victim", QSH: "context-qsh"}, http.StatusUnauthorized},
 		{"qsh of another path", hijack, atlassiantest.Token{Issuer: "victim", QSH: "8a8d06f040b246544d605b08aeb419e30b5cf0e200f512888486585ecce6a52e"}, http.StatusUnauthorized},
-		{"foreign product host", atlassiantest.InstallBody("victim", "https://evil.example.com", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusUnauthorized},
-		{"http product host", atlassiantest.InstallBody("victim", "http://acme.atlassian.net", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusUnauthorized},
+		{"foreign product host", atlassiantest.InstallBody("victim", "https://evil.example.com", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusBadRequest},
+		{"http product host", atlassiantest.InstallBody("victim", "http://acme.atlassian.net", attackerSecret, appKey), atlassiantest.Token{Issuer: "victim"}, http.StatusBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -527,5 +529,95 @@ func TestLifecycle_HungDependenciesAnswer503WithinASecond(t *testing.T) {
 	// Nothing was lost: once the dependencies answer again, so does the receiver.
 	if code, body := h.hs256(handlers.PathEnabled, "ck-cold", secretA, lifecycleBody("ck-cold", site, "enabled")); code != http.StatusNoContent {
 		t.Errorf("enabled after recovery = %d %s", code, body)
+	}
+}
+
+// TestInstalled_FreshKidsOverTheKeyFetchBudgetAnswer503 checks the handler's
+// side of the key-fetch budget: an install whose kid is in no cache once the
+// budget is spent is answered 503 (Atlassian retries) without a key server
+// request, while the genuine, cached key still installs.
+func TestInstalled_FreshKidsOverTheKeyFetchBudgetAnswer503(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{keyFetchBurst: 2})
+	if code, body := h.install("ck-genuine", site, secretA); code != http.StatusNoContent {
+		t.Fatalf("genuine install = %d %s", code, body)
+	}
+	send := func(kid string) (int, string) {
+		body := atlassiantest.InstallBody("ck-flood", site, "flood-secret-0123456789abcdef0123456789", appKey)
+		return h.do(h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-flood", KID: kid}))
+	}
+	if code, body := send("fresh-kid-1"); code != http.StatusUnauthorized {
+		t.Errorf("first fresh kid (within the budget) = %d %s, want 401", code, body)
+	}
+	for _, kid := range []string{"fresh-kid-2", "fresh-kid-3"} {
+		if code, body := send(kid); code != http.StatusServiceUnavailable {
+			t.Errorf("fresh kid %s over the budget = %d %s, want 503", kid, code, body)
+		}
+	}
+	if code, body := h.install("ck-genuine", site, "rotated-secret-0123456789abcdef01234567"); code != http.StatusNoContent {
+		t.Errorf("genuine install after the flood = %d %s, want 204", code, body)
+	}
+}
+
+// TestInstalled_RefusesAnotherAppsKey: the install body's key must be
+// CONNECT_APP_KEY; an install for another app is refused with 400 naming the
+// field, and nothing is stored.
+func TestInstalled_RefusesAnotherAppsKey(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for _, key := range []string{"com.example.other-app", strings.ToUpper(appKey), appKey + " "} {
+		body := atlassiantest.InstallBody("ck-other-app", site, secretA, key)
+		code, resp := h.do(h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-other-app"}))
+		if code != http.StatusBadRequest || !strings.Contains(resp, `"field":"key"`) {
+			t.Errorf("install with key %q = %d %s, want 400 naming the field key", key, code, resp)
+		}
+	}
+	if _, err := h.store.Get(context.Background(), "ck-other-app"); !errors.Is(err, tenant.ErrNotFound) {
+		t.Errorf("tenant of another app's install was stored (err %v)", err)
+	}
+}
+
+// TestEnabled_NewTenantVerifiesAtOnceAfterAnUnknownIssuerWasRemembered: the
+// receiver remembers unknown issuers briefly (no query per request), and an
+// install on this receiver must make the new tenant verify at once.
+func TestEnabled_NewTenantVerifiesAtOnceAfterAnUnknownIssuerWasRemembered(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for range 3 {
+		if code, body := h.hs256(handlers.PathEnabled, "ck-new", secretA, lifecycleBody("ck-new", site, "enabled")); code != http.StatusUnauthorized {
+			t.Fatalf("enabled before install = %d %s, want 401", code, body)
+		}
+	}
+	if code, body := h.install("ck-new", site, secretA); code != http.StatusNoContent {
+		t.Fatalf("installed = %d %s", code, body)
+	}
+	if code, body := h.hs256(handlers.PathEnabled, "ck-new", secretA, lifecycleBody("ck-new", site, "enabled")); code != http.StatusNoContent {
+		t.Errorf("enabled right after install = %d %s, want 204", code, body)
+	}
+}
+
+// TestInstalled_RefusesAKeyEnvironmentChangeOfAnExistingTenant: with staging
+// hosts opted in, a genuinely signed install whose baseUrl moves a production
+// tenant to a staging host (so its key came from the staging CDN) is refused
+// with 401 and a log line, and the tenant is untouched.
+func TestInstalled_RefusesAKeyEnvironmentChangeOfAnExistingTenant(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{productHosts: []string{"*.atlassian.net", "*.jira.com", "*.jira-dev.com"}})
+	if code, body := h.install("ck-prod", site, secretA); code != http.StatusNoContent {
+		t.Fatalf("production install = %d %s", code, body)
+	}
+	before := h.tenantRow("ck-prod")
+	if code, body := h.install("ck-prod", "https://acme.jira-dev.com", "staging-secret-0123456789abcdef0123456"); code != http.StatusUnauthorized {
+		t.Errorf("staging install of a production tenant = %d %s, want 401", code, body)
+	}
+	if after := h.tenantRow("ck-prod"); after != before {
+		t.Errorf("tenant changed:\nbefore %s\nafter  %s", before, after)
+	}
+	if !strings.Contains(h.logs.String(), "key environment") {
+		t.Errorf("no log line names the key environment:\n%s", h.logs.String())
+	}
+	// A new staging tenant installs (staging is opted in here).
+	if code, body := h.install("ck-staging", "https://acme.jira-dev.com", secretA); code != http.StatusNoContent {
+		t.Errorf("new staging tenant = %d %s, want 204", code, body)
 	}
 }

@@ -355,11 +355,15 @@ func (s *Server) signedRequest(c echo.Context) (body []byte, claims *connect.Cla
 	return body, claims, ctx, cancel, nil
 }
 
-// authError turns a verification error into 401 (bad or missing credentials) or
-// 503 (the key server or the secret store could not be asked).
+// authError turns a verification error into 401 (bad or missing credentials),
+// 400 naming baseUrl (a product host the policy refuses) or 503 (the key
+// server or the secret store could not be asked).
 func authError(err error) error {
-	if connect.StatusCode(err) == http.StatusServiceUnavailable {
+	switch connect.StatusCode(err) {
+	case http.StatusServiceUnavailable:
 		return fail(http.StatusServiceUnavailable, "authentication temporarily unavailable", err)
+	case http.StatusBadRequest:
+		return &httpError{status: http.StatusBadRequest, reason: "baseUrl is not an allowed product host", field: "baseUrl", err: err}
 	}
 	return fail(http.StatusUnauthorized, "unauthorized", err)
 }

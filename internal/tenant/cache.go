@@ -26,6 +26,13 @@ const (
 	// SecretCacheSize bounds the number of cached secrets; the least recently used
 	// entry is dropped beyond it.
 	SecretCacheSize = 10_000
+	// UnknownClientKeyTTL is how long a clientKey the store does not know is
+	// remembered as unknown, so that a flood of tokens with an unknown iss
+	// costs one query per clientKey and period, not one per request.
+	UnknownClientKeyTTL = 30 * time.Second
+	// UnknownClientKeyCacheSize bounds the remembered unknown clientKeys (anyone
+	// can send them); the oldest is dropped beyond it, never a cached secret.
+	UnknownClientKeyCacheSize = 10_000
 	// LoadTimeout bounds one shared store read of a secret. It is shorter than
 	// the receiver's request budget, so a hung database still answers 503 in time.
 	LoadTimeout = 800 * time.Millisecond
@@ -38,8 +45,14 @@ const (
 //
 // Another receiver may store a rotated secret at any time, so a caller whose
 // verification fails with a cached secret asks again with refresh=true, which reads
-// the store and replaces the entry. Absence is not cached: a tenant installed through
-// another receiver is found at once. A SecretCache is safe for concurrent use.
+// the store and replaces the entry.
+//
+// Absence is remembered too, briefly (UnknownClientKeyTTL, at most
+// UnknownClientKeyCacheSize clientKeys, apart from the secrets): a request with an
+// unknown iss must not cost a query each. An Invalidate forgets it, so a tenant
+// installed through this receiver verifies at once; one installed through another
+// receiver is found once the entry expires (a refresh reads the store anyway). A
+// SecretCache is safe for concurrent use.
 type SecretCache struct {
 	store *Store
 	ttl   time.Duration
@@ -53,6 +66,11 @@ type SecretCache struct {
 	mu      sync.Mutex
 	lru     *list.List // of *cacheEntry, most recently used first
 	entries map[string]*list.Element
+	// absent remembers clientKeys the store did not know, oldest at the back.
+	absent    *list.List // of *cacheEntry without a secret
+	absentBy  map[string]*list.Element
+	absentTTL time.Duration
+	absentMax int
 	// gen counts invalidations, so a read that started before an Invalidate does not
 	// put back the secret the invalidation was meant to drop.
 	gen uint64
@@ -77,6 +95,11 @@ func NewSecretCache(store *Store, ttl time.Duration) *SecretCache {
 		now:     time.Now,
 		lru:     list.New(),
 		entries: make(map[string]*list.Element),
+
+		absent:    list.New(),
+		absentBy:  make(map[string]*list.Element),
+		absentTTL: UnknownClientKeyTTL,
+		absentMax: UnknownClientKeyCacheSize,
 	}
 }
 
@@ -112,6 +135,9 @@ func (c *SecretCache) secret(ctx context.Context, clientKey string, refresh bool
 		if secret, ok := c.lookup(clientKey); ok {
 			return secret, nil
 		}
+		if c.knownAbsent(clientKey) {
+			return nil, fmt.Errorf("secret of %s (unknown, remembered): %w", clientKey, ErrNotFound)
+		}
 	}
 	// Refreshes and plain misses are collapsed separately: a refresh must not
 	// join a plain miss, which may have started before the rotation it looks for.
@@ -127,8 +153,11 @@ func (c *SecretCache) secret(ctx context.Context, clientKey string, refresh bool
 		defer cancel()
 		gen := c.generation()
 		secret, err := c.store.SharedSecret(lctx, clientKey)
-		if err == nil {
+		switch {
+		case err == nil:
 			c.put(clientKey, secret, gen) // put keeps a copy of its own
+		case errors.Is(err, ErrNotFound):
+			c.putAbsent(clientKey, gen)
 		}
 		return secret, err
 	})
@@ -152,9 +181,15 @@ func (c *SecretCache) secret(ctx context.Context, clientKey string, refresh bool
 	return bytes.Clone(v.([]byte)), nil
 }
 
-// Invalidate drops clientKey's entry. Call it after a local install stored a new
-// secret, so the next request of that tenant does not verify against the old one.
-func (c *SecretCache) Invalidate(clientKey string) { c.drop(clientKey, true) }
+// Invalidate drops clientKey's entry, and forgets that it was unknown. Call it
+// after a local install stored a new secret, so the next request of that tenant
+// does not verify against the old one, nor is refused as unknown.
+func (c *SecretCache) Invalidate(clientKey string) {
+	c.drop(clientKey, true)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.removeAbsentLocked(clientKey)
+}
 
 // drop removes clientKey's entry. Only an Invalidate bumps the generation: a lookup
 // of an unknown clientKey (anyone can send one) must not stop other entries from
@@ -205,6 +240,7 @@ func (c *SecretCache) put(clientKey string, secret []byte, gen uint64) {
 	if c.gen != gen {
 		return
 	}
+	c.removeAbsentLocked(clientKey)
 	e := &cacheEntry{clientKey: clientKey, secret: bytes.Clone(secret), expires: c.now().Add(c.ttl)}
 	if el, ok := c.entries[clientKey]; ok {
 		el.Value = e
@@ -215,6 +251,51 @@ func (c *SecretCache) put(clientKey string, secret []byte, gen uint64) {
 	for c.lru.Len() > c.max {
 		c.removeLocked(c.lru.Back().Value.(*cacheEntry).clientKey)
 	}
+}
+
+// knownAbsent reports whether clientKey was found unknown within absentTTL.
+func (c *SecretCache) knownAbsent(clientKey string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.absentBy[clientKey]
+	if !ok {
+		return false
+	}
+	if !c.now().Before(el.Value.(*cacheEntry).expires) {
+		c.removeAbsentLocked(clientKey)
+		return false
+	}
+	return true
+}
+
+// putAbsent remembers that the store did not know clientKey, read when the
+// generation was gen, unless an Invalidate came in between (the install it
+// announced may have created the tenant after the read).
+func (c *SecretCache) putAbsent(clientKey string, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
+	c.removeAbsentLocked(clientKey)
+	c.absentBy[clientKey] = c.absent.PushFront(&cacheEntry{clientKey: clientKey, expires: c.now().Add(c.absentTTL)})
+	for c.absent.Len() > c.absentMax {
+		c.removeAbsentLocked(c.absent.Back().Value.(*cacheEntry).clientKey)
+	}
+}
+
+func (c *SecretCache) removeAbsentLocked(clientKey string) {
+	if el, ok := c.absentBy[clientKey]; ok {
+		c.absent.Remove(el)
+		delete(c.absentBy, clientKey)
+	}
+}
+
+// absentLen reports how many unknown clientKeys are remembered.
+func (c *SecretCache) absentLen() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.absent.Len()
 }
 
 // maxClientKeyLength bounds an issuer worth looking up; real clientKeys are UUIDs

@@ -3,9 +3,12 @@ package tenant
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/connectrelay/connectrelay/connect"
 )
 
 // fakeClock is a settable clock for the cache's TTL.
@@ -123,19 +126,91 @@ func TestSecretCacheDoesNotKeepAReadOvertakenByInvalidate(t *testing.T) {
 	}
 }
 
-func TestSecretCacheDoesNotCacheAbsence(t *testing.T) {
+// TestSecretCache_RemembersUnknownClientKeysBriefly: an unknown iss used to
+// cost a Postgres query per request. Absence is now remembered for
+// UnknownClientKeyTTL (the second lookup is answered from memory, even though
+// another replica has since installed the tenant), a refresh reads the store,
+// and the entry expires.
+func TestSecretCache_RemembersUnknownClientKeysBriefly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, clock := newTestCache(b, time.Hour)
+	unknown := func(what string) {
+		t.Helper()
+		_, err := c.SharedSecret(testCtx(t), "later", false)
+		if !errors.Is(err, ErrNotFound) || !errors.Is(err, connect.ErrUnknownIssuer) {
+			t.Fatalf("%s: err = %v, want an unknown issuer", what, err)
+		}
+	}
+	unknown("first lookup")
+	b.install(t, payload(t, "later", nil), ts(1), ts(1)) // through another replica: no Invalidate here
+	unknown("lookup within the TTL, answered from memory")
+	clock.now = clock.now.Add(UnknownClientKeyTTL - time.Second)
+	unknown("lookup just before the TTL")
+	clock.now = clock.now.Add(time.Second)
+	if got := cached(t, c, "later", false); got != "secret-of-later" {
+		t.Errorf("after the TTL = %q, want it read from the store", got)
+	}
+
+	unknown2 := "other-later"
+	if _, err := c.SharedSecret(testCtx(t), unknown2, false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown2: %v", err)
+	}
+	b.install(t, payload(t, unknown2, nil), ts(2), ts(2))
+	if got := cached(t, c, unknown2, true); got != "secret-of-"+unknown2 {
+		t.Errorf("refresh = %q, want the store read past the remembered absence", got)
+	}
+	if c.Len() != 2 {
+		t.Errorf("Len = %d, want 2", c.Len())
+	}
+}
+
+// TestSecretCache_InstallOnThisReplicaForgetsTheAbsence: an install of a new
+// tenant must verify at once on the replica that took it, whatever was
+// remembered before; and a not-found read overtaken by that install must not
+// put the absence back.
+func TestSecretCache_InstallOnThisReplicaForgetsTheAbsence(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	c, _ := newTestCache(b, time.Hour)
-	if _, err := c.SharedSecret(testCtx(t), "later", false); err == nil {
-		t.Fatal("unknown clientKey found")
+	if _, err := c.SharedSecret(testCtx(t), "new", false); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown: %v", err)
 	}
-	b.install(t, payload(t, "later", nil), ts(1), ts(1))
-	if got := cached(t, c, "later", false); got != "secret-of-later" {
-		t.Errorf("after install elsewhere = %q, want it found without refresh", got)
+	b.install(t, payload(t, "new", nil), ts(1), ts(1))
+	c.Invalidate("new")
+	if got := cached(t, c, "new", false); got != "secret-of-new" {
+		t.Errorf("after install + Invalidate = %q, want the new secret at once", got)
+	}
+
+	gen := c.generation()
+	b.install(t, payload(t, "raced", nil), ts(2), ts(2))
+	c.Invalidate("raced")
+	c.putAbsent("raced", gen) // a not-found read that started before the install
+	if got := cached(t, c, "raced", false); got != "secret-of-raced" {
+		t.Errorf("raced = %q, want the secret (the stale absence must not be kept)", got)
+	}
+}
+
+// TestSecretCache_RememberedAbsencesAreBounded: anyone can send unknown
+// issuers, so the memory of them is bounded, oldest dropped first, and never
+// evicts a cached secret.
+func TestSecretCache_RememberedAbsencesAreBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := newTestCache(b, time.Hour)
+	c.absentMax = 3
+	b.install(t, payload(t, "real", map[string]any{"sharedSecret": "real-secret"}), ts(1), ts(1))
+	if got := cached(t, c, "real", false); got != "real-secret" {
+		t.Fatal(got)
+	}
+	for i := range 10 {
+		_, _ = c.SharedSecret(testCtx(t), fmt.Sprintf("nobody-%d", i), false)
+	}
+	if n := c.absentLen(); n != 3 {
+		t.Errorf("remembered absences = %d, want the bound 3", n)
 	}
 	if c.Len() != 1 {
-		t.Errorf("Len = %d, want 1", c.Len())
+		t.Errorf("Len = %d, want the real tenant still cached", c.Len())
 	}
 }
 

@@ -15,7 +15,8 @@ import (
 // when retrying later can succeed, so the HTTP layer answers 503 rather than 500.
 func storeErr(err error, format string, args ...any) error {
 	what := fmt.Sprintf(format, args...)
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidPayload) || !transient(err) {
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidPayload) ||
+		errors.Is(err, ErrKeyEnvironmentMismatch) || !transient(err) {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/internal/outbox"
 
 	"github.com/jackc/pgx/v5"
@@ -62,9 +63,9 @@ var (
 
 	insertTenantSQL = `INSERT INTO tenants (` + hostColumns + `, extra, installed, enabled,
 		first_installed_at, last_installed_at, last_lifecycle_at, data_iat, installed_iat, enabled_iat,
-		secret_key_id, secret_nonce, secret_ciphertext)
+		secret_key_id, secret_nonce, secret_ciphertext, key_env)
 		VALUES (` + joinFields(true, func(f hostField) string { return "@" + f.column }) + `, @extra, true, false,
-		@at, @at, @at, @iat, @iat, @iat, @secret_key_id, @secret_nonce, @secret_ciphertext)
+		@at, @at, @at, @iat, @iat, @iat, @secret_key_id, @secret_nonce, @secret_ciphertext, @key_env)
 		ON CONFLICT (client_key) DO NOTHING
 		RETURNING ` + tenantColumns
 
@@ -95,7 +96,7 @@ func joinFields(withKey bool, part func(hostField) string) string {
 // installArgs are the named arguments of insertTenantSQL and updateInstallSQL.
 func installArgs(p *InstallPayload, sealed Sealed, at, iat time.Time) pgx.NamedArgs {
 	args := pgx.NamedArgs{
-		"extra": p.Extra, "at": at, "iat": iat,
+		"extra": p.Extra, "at": at, "iat": iat, "key_env": connect.KeyEnvironment(p.BaseURL),
 		"secret_key_id": sealed.KeyID, "secret_nonce": sealed.Nonce, "secret_ciphertext": sealed.Ciphertext,
 	}
 	for _, f := range hostFields {
@@ -200,8 +201,13 @@ func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // recorded as links and in the history of every tenant involved; the other tenants are
 // otherwise untouched.
 //
+// A tenant keeps the install key environment (connect.KeyEnvironment) of its first
+// install: an install of an existing tenant whose baseUrl is of another environment is
+// refused with ErrKeyEnvironmentMismatch and changes nothing, not even the history.
+//
 // Errors wrap ErrInvalidPayload for a payload missing clientKey, key, baseUrl or
-// sharedSecret, and ErrUnavailable when Postgres cannot answer.
+// sharedSecret, ErrKeyEnvironmentMismatch, and ErrUnavailable when Postgres cannot
+// answer.
 func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time) (InstallResult, error) {
 	p.EventType = EventInstalled
 	if err := p.validate(); err != nil {
@@ -286,6 +292,17 @@ func (s *Store) updateExisting(ctx context.Context, tx pgx.Tx, res *InstallResul
 	prev, prevSealed, err := lockTenant(ctx, tx, p.ClientKey)
 	if err != nil {
 		return err
+	}
+	var storedEnv string
+	if err := tx.QueryRow(ctx, `SELECT key_env FROM tenants WHERE client_key = $1`, p.ClientKey).Scan(&storedEnv); err != nil {
+		return fmt.Errorf("read key environment: %w", err)
+	}
+	if env := connect.KeyEnvironment(p.BaseURL); env != storedEnv {
+		s.log.WarnContext(ctx, "install refused: key environment differs from the tenant's",
+			slog.String("client_key", p.ClientKey), slog.String("stored_key_env", storedEnv),
+			slog.String("install_key_env", env), slog.String("install_base_url", p.BaseURL))
+		return fmt.Errorf("%w: tenant %s is of %s, the install's baseUrl %q of %s",
+			ErrKeyEnvironmentMismatch, p.ClientKey, storedEnv, p.BaseURL, env)
 	}
 	if iat.Before(prev.DataIssuedAt) {
 		res.Changes = []string{fmt.Sprintf("not applied: iat %s is older than the last applied installed (iat %s)",

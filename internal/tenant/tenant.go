@@ -33,6 +33,12 @@ var ErrNotFound = errors.New("tenant not found")
 // the HTTP layer answers 503 and Atlassian re-sends.
 var ErrUnavailable = errors.New("tenant store unavailable")
 
+// ErrKeyEnvironmentMismatch means an installed names an existing tenant but a baseUrl
+// of another install key environment (connect.KeyEnvironment) than the tenant's: its
+// key came from another key server family (staging for a production tenant, say), so
+// it must not change the tenant. The HTTP layer answers 401; the tenant is untouched.
+var ErrKeyEnvironmentMismatch = errors.New("install key environment differs from the tenant's")
+
 // ErrInvalidPayload means a lifecycle body (or a payload built by hand) is malformed or
 // misses a required field: a 400, never retried.
 var ErrInvalidPayload = errors.New("invalid lifecycle payload")
