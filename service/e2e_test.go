@@ -37,7 +37,7 @@ const appKey = "com.example.relay-e2e"
 // database and a claimed Redis DB; Atlassian and the product site are fakes on
 // loopback that verify everything we send them.
 type e2e struct {
-	t         *testing.T
+	t         testing.TB
 	cfg       config.Config
 	atl       *atlassiantest.Atlassian
 	logs      *testenv.LogBuffer
@@ -49,13 +49,13 @@ type e2e struct {
 	internalURL string
 }
 
-func newE2E(t *testing.T, adminToken string) *e2e {
+func newE2E(t testing.TB, adminToken string) *e2e {
 	t.Helper()
 	return newE2EWith(t, adminToken, func(*config.Config) {})
 }
 
 // newE2EWith is newE2E with a chance to change the configuration first.
-func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e {
+func newE2EWith(t testing.TB, adminToken string, edit func(*config.Config)) *e2e {
 	t.Helper()
 	e := &e2e{t: t, atl: atlassiantest.New(t), logs: &testenv.LogBuffer{}, metrics: metrics.New()}
 	key := make([]byte, 32)
@@ -199,7 +199,7 @@ func (e *e2e) waitLicense(clientKey string, state connectrelay.LicenseState, wit
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
@@ -274,7 +274,7 @@ func (s *site) hits() int {
 	return s.addonHits
 }
 
-func newProduct(t *testing.T, secret string, h http.Handler) *producttest.Server {
+func newProduct(t testing.TB, secret string, h http.Handler) *producttest.Server {
 	return producttest.New(t, producttest.Config{AppKey: appKey, Secret: []byte(secret), Handler: h})
 }
 
