@@ -268,11 +268,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		(&outbox.Dispatcher{Store: w.events, Enqueue: w.enqueuer.EnqueueEvent, Interval: eventDispatchInterval,
 			Batch: 200, Logger: w.log}).Run(dispatchCtx)
 	}()
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		tasks.NewOrphans(w.stores.redis, 0, nil, w.log).Run(dispatchCtx, tasks.OrphanSweepInterval)
+	}()
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
 	w.log.Info("worker shutting down")
 	stopDispatch()
 	<-dispatched
+	<-swept
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	stopMetrics()
