@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -273,12 +274,18 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(swept)
 		tasks.NewOrphans(w.stores.redis, 0, nil, w.log).Run(dispatchCtx, tasks.OrphanSweepInterval)
 	}()
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		tasks.NewQueueStats(w.stores.redis, w.test.Metrics, processID(), nil, w.log).Run(dispatchCtx, tasks.QueueStatsInterval)
+	}()
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
 	w.log.Info("worker shutting down")
 	stopDispatch()
 	<-dispatched
 	<-swept
+	<-collected
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	stopMetrics()
@@ -340,4 +347,13 @@ func withoutQuery(raw string) string {
 	}
 	u.RawQuery, u.Fragment, u.User = "", "", nil
 	return u.String()
+}
+
+// processID names this worker process among the fleet: host, pid and a random
+// suffix.
+func processID() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s:%d:%x", host, os.Getpid(), b)
 }
