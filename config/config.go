@@ -248,7 +248,10 @@ func Load(getenv func(string) string) (Config, error) {
 			}
 		}
 	}
-	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss")
+	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss", "redis-sentinel")
+	if strings.HasPrefix(c.RedisURL, "redis-sentinel:") && !strings.Contains(c.RedisURL, "master=") {
+		l.fail("REDIS_URL: a redis-sentinel:// URL needs ?master=NAME (the Sentinels' name of the primary)")
+	}
 	l.scheme("DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
 	if len(c.ProductHosts) == 0 {
 		l.fail("CONNECT_PRODUCT_HOSTS must list at least one hostname glob")

@@ -17,7 +17,6 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
@@ -115,8 +114,10 @@ func newE2EWith(t testing.TB, adminToken string, edit func(*config.Config)) *e2e
 	e.pool = pool
 	box, _ := tenant.NewSecretBox(key)
 	e.store = tenant.NewStore(pool, box, e.logger("test"))
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = rdb.Close() })
 	e.inspector = asynq.NewInspectorFromRedisClient(rdb)
 	return e
@@ -451,8 +452,10 @@ func TestMonitoring_ServesTheUIWithTheTokenAndRedactsPayloads(t *testing.T) {
 	const token = "admin-token-e2e-0123456789abcdef"
 	e := newE2E(t, token)
 	// A vendor task carrying a secret-looking field, sitting in a queue.
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer rdb.Close()
 	c := asynq.NewClientFromRedisClient(rdb)
 	if _, err := c.Enqueue(asynq.NewTask("vendor:thing", []byte(`{"clientKey":"ck-9","sharedSecret":"leaky-secret-value"}`)), asynq.Queue("lifecycle")); err != nil {
@@ -521,8 +524,10 @@ func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
 	st.mu.Lock()
 	st.addonBody = `{"key":"` + appKey + `","state":"ENABLED","license":{"active":false}}`
 	st.mu.Unlock()
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer rdb.Close()
 	sweep, opts := tasks.LicenseSweepTask()
 	for range 2 { // a second scheduler's sweep the same day is a no-op
@@ -610,8 +615,10 @@ func TestMonitoring_CrossSitePauseIsRefusedAndSameOriginWorks(t *testing.T) {
 	t.Parallel()
 	const token = "admin-token-e2e-csrf-0123456789abcdef"
 	e := newE2E(t, token)
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer rdb.Close()
 	if _, err := asynq.NewClientFromRedisClient(rdb).Enqueue(asynq.NewTask("vendor:thing", nil), asynq.Queue("lifecycle")); err != nil {
 		t.Fatal(err)

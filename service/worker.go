@@ -187,7 +187,7 @@ func (w *Worker) build(opts WorkerOptions) error {
 	})
 	// The scheduler gets a connection of its own: on a shared client its
 	// Shutdown logs an error for the close it is not allowed to do.
-	connOpt, err := asynq.ParseRedisURI(cfg.RedisURL)
+	connOpt, err := tasks.RedisConnOpt(cfg.RedisURL)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
