@@ -23,8 +23,9 @@ import (
 )
 
 // ConnectTimeout bounds how long Open (and OpenQueue) wait for the database
-// (or Redis) to answer, so that an operator is told within seconds.
-const ConnectTimeout = 2 * time.Second
+// (or Redis) to answer, so that an operator is told within 2 s that it does
+// not.
+const ConnectTimeout = 1500 * time.Millisecond
 
 // Errors callers branch on.
 var (

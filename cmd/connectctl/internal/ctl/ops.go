@@ -68,7 +68,8 @@ func (r *opsRun) usageErr(format string, args ...any) int {
 
 // fail prints a one-line error and returns the exit code it deserves.
 func (r *opsRun) fail(err error) int {
-	fmt.Fprintf(r.stderr, "connectctl %s: %s\n", r.name, oneLine(err.Error()))
+	msg := strings.TrimPrefix(err.Error(), ops.ErrInvalidArgument.Error()+": ")
+	fmt.Fprintf(r.stderr, "connectctl %s: %s\n", r.name, oneLine(msg))
 	if errors.Is(err, ops.ErrInvalidArgument) || errors.Is(err, config.ErrInvalid) || errors.Is(err, ops.ErrNoKey) {
 		return ExitUsage
 	}
