@@ -81,6 +81,9 @@ type WorkerTest struct {
 	// IdleTimeout, when positive, replaces the metrics server's keep-alive
 	// idle timeout (2 minutes), so a test need not wait that long.
 	IdleTimeout time.Duration
+	// StaleInterval, when positive, replaces how often the stale sweep
+	// counts the missed uninstalls (staleSweepInterval).
+	StaleInterval time.Duration
 }
 
 // Worker is an assembled worker: call Run to process tasks until its context
@@ -268,11 +271,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		(&outbox.Dispatcher{Store: w.events, Enqueue: w.enqueuer.EnqueueEvent, Interval: eventDispatchInterval,
 			Batch: 200, Logger: w.log}).Run(dispatchCtx)
 	}()
+	staleDone := make(chan struct{})
+	go func() { defer close(staleDone); w.staleSweep(dispatchCtx) }()
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
 	w.log.Info("worker shutting down")
 	stopDispatch()
 	<-dispatched
+	<-staleDone
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	stopMetrics()

@@ -45,6 +45,10 @@ type Metrics struct {
 	// MigrationEvents counts received migration events by type and outcome
 	// (enqueued, duplicate, rejected).
 	MigrationEvents *prometheus.CounterVec
+	// StaleTenants is the missed-uninstall count: installed tenants that sent
+	// no installed since STALE_SINCE (label since), set by the worker's stale
+	// sweep once STALE_SINCE is more than 24 h ago; no series before that.
+	StaleTenants *prometheus.GaugeVec
 }
 
 // New builds the collectors and registers them, with the Go runtime and process
@@ -91,12 +95,17 @@ func New() *Metrics {
 			Name: "connectrelay_migration_events_total",
 			Help: "Migration webhook events by event type and outcome.",
 		}, []string{"event_type", "outcome"}),
+		StaleTenants: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "connectrelay_stale_tenants",
+			Help: "Installed tenants that sent no installed since STALE_SINCE (probably uninstalled without the hook), by STALE_SINCE.",
+		}, []string{"since"}),
 	}
 	r.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.LifecycleCallbacks, m.InstallSLI, m.WebhookSLI, m.HTTPDuration,
 		m.TasksProcessed, m.TasksRetried, m.TaskDuration, m.OutboundCalls, m.MigrationEvents,
+		m.StaleTenants,
 	)
 	return m
 }
