@@ -1,6 +1,8 @@
 // Package ctl implements connectctl, the Connect JWT debugging tool: it
 // prints canonical requests and query string hashes, and decodes a token and
-// explains which check fails and why. main only wires it to the process.
+// explains which check fails and why; its operator commands (ops.go) read
+// the service's tenants, transfers and task archive. main only wires it to the
+// process.
 package ctl
 
 import (
