@@ -28,16 +28,25 @@ func TestReencryptSecrets_RowLockedByAnotherWriterIsStillReencrypted(t *testing.
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM tenants WHERE client_key = 'locked' FOR NO KEY UPDATE`); err != nil {
+		_ = tx.Rollback(context.Background())
 		t.Fatal(err)
 	}
+	committed := make(chan error, 1)
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		_, _ = tx.Exec(ctx, `UPDATE tenants SET license_state = 'active' WHERE client_key = 'locked'`)
-		_ = tx.Commit(ctx)
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET license_state = 'active' WHERE client_key = 'locked'`); err != nil {
+			_ = tx.Rollback(context.Background())
+			committed <- err
+			return
+		}
+		committed <- tx.Commit(ctx)
 	}()
-	if _, err := rotated.ReencryptSecrets(ctx, 10); err != nil {
+	_, err = rotated.ReencryptSecrets(ctx, 10)
+	if cerr := <-committed; cerr != nil {
+		t.Fatalf("the other writer's transaction: %v", cerr)
+	}
+	if err != nil {
 		t.Fatalf("ReencryptSecrets: %v", err)
 	}
 	if n := b.count(t, `SELECT count(*) FROM tenants WHERE secret_key_id <> $1`, KeyID(newK)); n != 0 {

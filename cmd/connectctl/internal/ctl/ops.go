@@ -157,6 +157,9 @@ func runOps(args []string, env Env, stdout, stderr io.Writer, now func() time.Ti
 		}
 		r.name = args[0] + " " + sub
 		switch {
+		case sub == "-h" || sub == "--help" || sub == "help":
+			fmt.Fprint(stdout, opsUsage)
+			return ExitOK
 		case args[0] == "tenants" && sub == "list":
 			return r.tenantsList(args[2:])
 		case args[0] == "tenants" && sub == "show":
