@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
@@ -17,12 +18,14 @@ import (
 	"github.com/connectrelay/connectrelay/tasks"
 )
 
-// TaskTypes are the task types --type accepts: every type this service
+// TaskTypes returns the task types --type accepts: every type this service
 // enqueues.
-var TaskTypes = []string{
-	tasks.TypeTenantInit, tasks.TypeTenantEnabled, tasks.TypeEventDeliver, tasks.TypeLicenseCheck,
-	tasks.TypeMigrationEvent, tasks.TypeMigrationImport, tasks.TypeMigrationResult,
-	tasks.TypeLicenseSweep, tasks.TypeSettleSweep,
+func TaskTypes() []string {
+	return []string{
+		tasks.TypeTenantInit, tasks.TypeTenantEnabled, tasks.TypeEventDeliver, tasks.TypeLicenseCheck,
+		tasks.TypeMigrationEvent, tasks.TypeMigrationImport, tasks.TypeMigrationResult,
+		tasks.TypeLicenseSweep, tasks.TypeSettleSweep,
+	}
 }
 
 // TaskSelector picks archived tasks by exactly one of its fields.
@@ -31,7 +34,7 @@ type TaskSelector struct {
 	Tenant string
 	// Transfer selects the tasks whose payload names this transferId.
 	Transfer string
-	// Type selects the tasks of one type (one of TaskTypes).
+	// Type selects the tasks of one type (one of TaskTypes()).
 	Type string
 }
 
@@ -47,8 +50,8 @@ func (s TaskSelector) Validate() error {
 	if set != 1 {
 		return fmt.Errorf("%w: give exactly one of --tenant, --transfer or --type", ErrInvalidArgument)
 	}
-	if s.Type != "" && !slices.Contains(TaskTypes, s.Type) {
-		return fmt.Errorf("%w: --type must be one of %v, got %q", ErrInvalidArgument, TaskTypes, s.Type)
+	if types := TaskTypes(); s.Type != "" && !slices.Contains(types, s.Type) {
+		return fmt.Errorf("%w: --type must be one of %s, got %q", ErrInvalidArgument, strings.Join(types, ", "), s.Type)
 	}
 	return nil
 }
