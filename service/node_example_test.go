@@ -85,6 +85,15 @@ func TestNodeExample_BackendInAnotherLanguageDoesTheWholeJob(t *testing.T) {
 			}
 		}
 	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			out.mu.Lock()
+			defer out.mu.Unlock()
+			for _, l := range out.lines {
+				t.Logf("node: %v", l)
+			}
+		}
+	})
 	eventually(t, 10*time.Second, "the example listening", func() bool { return out.find("listening", nil) != nil })
 
 	const secret = "shared-secret-node-example-0123456789"
@@ -100,7 +109,7 @@ func TestNodeExample_BackendInAnotherLanguageDoesTheWholeJob(t *testing.T) {
 	}))
 	e.startWorker(service.WorkerOptions{})
 	e.install("ck-node", prod, secret)
-	eventually(t, 20*time.Second, "the example hears tenant.installed", func() bool {
+	eventually(t, 60*time.Second, "the example hears tenant.installed", func() bool {
 		return out.find("event", func(l map[string]any) bool { return l["type"] == "tenant.installed" && l["clientKey"] == "ck-node" }) != nil
 	})
 
@@ -112,7 +121,7 @@ func TestNodeExample_BackendInAnotherLanguageDoesTheWholeJob(t *testing.T) {
 			t.Fatalf("%s = %d", ev["eventType"], code)
 		}
 	}
-	eventually(t, 30*time.Second, "the example imported the upload and the transfer settled", func() bool {
+	eventually(t, 60*time.Second, "the example imported the upload and the transfer settled", func() bool {
 		return out.find("imported", func(l map[string]any) bool { return l["s3Key"] == "users.csv" && l["bytes"] == float64(14) }) != nil &&
 			out.find("event", func(l map[string]any) bool { return l["type"] == "migration.transfer_settled" }) != nil
 	})

@@ -82,6 +82,9 @@ type WorkerTest struct {
 	// IdleTimeout, when positive, replaces the metrics server's keep-alive
 	// idle timeout (2 minutes), so a test need not wait that long.
 	IdleTimeout time.Duration
+	// StaleInterval, when positive, replaces how often the stale sweep
+	// counts the missed uninstalls (staleSweepInterval).
+	StaleInterval time.Duration
 }
 
 // Worker is an assembled worker: call Run to process tasks until its context
@@ -279,6 +282,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(collected)
 		tasks.NewQueueStats(w.stores.redis, w.test.Metrics, processID(), nil, w.log).Run(dispatchCtx, tasks.QueueStatsInterval)
 	}()
+	staleDone := make(chan struct{})
+	go func() { defer close(staleDone); w.staleSweep(dispatchCtx) }()
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
 	w.log.Info("worker shutting down")
@@ -286,6 +291,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-dispatched
 	<-swept
 	<-collected
+	<-staleDone
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	stopMetrics()

@@ -56,6 +56,10 @@ type Metrics struct {
 	// QueueStatsCollected is when the queue gauges were last collected (Unix
 	// seconds), so a stale collector is visible.
 	QueueStatsCollected prometheus.Gauge
+	// StaleTenants is the missed-uninstall count: installed tenants that sent
+	// no installed since STALE_SINCE (label since), set by the worker's stale
+	// sweep once STALE_SINCE is more than 24 h ago; no series before that.
+	StaleTenants *prometheus.GaugeVec
 }
 
 // New builds the collectors and registers them, with the Go runtime and process
@@ -118,6 +122,10 @@ func New() *Metrics {
 			Name: "connectrelay_queue_stats_collected_timestamp_seconds",
 			Help: "When this worker last collected the queue gauges (0: it is not the collector).",
 		}),
+		StaleTenants: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "connectrelay_stale_tenants",
+			Help: "Installed tenants that sent no installed since STALE_SINCE (probably uninstalled without the hook), by STALE_SINCE.",
+		}, []string{"since"}),
 	}
 	// The SLI series exist from start-up at 0, so a rate over a fresh process
 	// is 0, not absent.
@@ -131,6 +139,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.LifecycleCallbacks, m.InstallSLI, m.WebhookSLI, m.HTTPDuration,
 		m.TasksProcessed, m.TasksRetried, m.TaskDuration, m.OutboundCalls, m.MigrationEvents,
+		m.StaleTenants,
 	)
 	return m
 }
