@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -88,7 +90,7 @@ func TestInstalled_SecretRotationRetiresTheOldSecret(t *testing.T) {
 		t.Fatalf("enabled with the first secret = %d", code)
 	}
 	const secretB = "secret-B-rotated-0123456789abcdef012345"
-	if code, body := h.install("ck-1", site, secretB); code != http.StatusNoContent {
+	if code, body := h.installAt("ck-1", site, secretB, time.Now().Add(time.Second)); code != http.StatusNoContent {
 		t.Fatalf("rotation install = %d %s", code, body)
 	}
 	if code, _ := h.hs256(handlers.PathEnabled, "ck-1", secretB, lifecycleBody("ck-1", site, "enabled")); code != http.StatusNoContent {
@@ -107,7 +109,7 @@ func TestInstalled_SiteRenameUpdatesBaseURLAndHistory(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	h.install("ck-1", site, secretA)
 	const renamed = "https://acme-renamed.atlassian.net"
-	if code, body := h.install("ck-1", renamed, secretA); code != http.StatusNoContent {
+	if code, body := h.installAt("ck-1", renamed, secretA, time.Now().Add(time.Second)); code != http.StatusNoContent {
 		t.Fatalf("rename install = %d %s", code, body)
 	}
 	tn, err := h.store.Get(context.Background(), "ck-1")
@@ -170,7 +172,7 @@ func TestUninstalled_KeepsSecretSoALateDisabledVerifies(t *testing.T) {
 	if tn.Installed || tn.Enabled {
 		t.Errorf("after uninstall: installed=%v enabled=%v", tn.Installed, tn.Enabled)
 	}
-	if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
+	if code, _ := h.installAt("ck-1", site, secretA, time.Now().Add(time.Second)); code != http.StatusNoContent {
 		t.Fatalf("reinstall = %d", code)
 	}
 	tn, _ = h.store.Get(context.Background(), "ck-1")
@@ -388,10 +390,11 @@ func TestInstalled_RedisUnreachableAnswers503WithinASecond(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("503 took %s, want < 1s", d)
 	}
-	// The secret was saved before the enqueue failed: Atlassian's retry is an
-	// idempotent upsert, and nothing was lost.
-	if got, err := h.store.SharedSecret(context.Background(), "ck-1"); err != nil || string(got) != secretA {
-		t.Errorf("secret after 503 = %q, %v", got, err)
+	// The token could not be checked against the replay cache, so nothing was
+	// stored: an install is never accepted unchecked, and Atlassian's retry
+	// stores it once Redis is back.
+	if got, err := h.store.SharedSecret(context.Background(), "ck-1"); !errors.Is(err, tenant.ErrNotFound) {
+		t.Errorf("secret after 503 = %q, %v; want none stored", got, err)
 	}
 }
 

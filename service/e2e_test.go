@@ -177,8 +177,16 @@ func (e *e2e) do(req *http.Request) int {
 
 func (e *e2e) install(clientKey string, site *producttest.Server, secret string) {
 	e.t.Helper()
+	e.installAt(clientKey, site, secret, time.Time{})
+}
+
+// installAt is install with a token issued at iat (zero: now). A second
+// installed of a tenant within one second needs a later iat: the same token
+// again is a copy of the first, bound to its body.
+func (e *e2e) installAt(clientKey string, site *producttest.Server, secret string, iat time.Time) {
+	e.t.Helper()
 	body := atlassiantest.InstallBody(clientKey, site.BaseURL(), secret, appKey)
-	if code := e.do(e.atl.Request(e.t, e.cfg.BaseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: clientKey})); code != http.StatusNoContent {
+	if code := e.do(e.atl.Request(e.t, e.cfg.BaseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: clientKey, IssuedAt: iat})); code != http.StatusNoContent {
 		e.t.Fatalf("installed = %d, want 204", code)
 	}
 }
@@ -343,7 +351,7 @@ func TestWorker_RenameBeforeInitializationCallsTheNewBaseURL(t *testing.T) {
 	oldSite, newSite_ := newSite(), newSite()
 	oldProd, newProd := newProduct(t, secret, oldSite), newProduct(t, secret, newSite_)
 	e.install("ck-1", oldProd, secret)
-	e.install("ck-1", newProd, secret) // site rename before any worker ran
+	e.installAt("ck-1", newProd, secret, time.Now().Add(time.Second)) // site rename before any worker ran
 	e.startWorker(service.WorkerOptions{})
 	eventually(t, 5*time.Second, "both initializations", func() bool { return newSite_.hits() == 2 })
 	if n := len(oldProd.Requests()); n != 0 {
