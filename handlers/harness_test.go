@@ -159,9 +159,10 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	srv, err := handlers.New(handlers.Deps{
-		Config: cfg, Install: install, Requests: requests, Tenants: h.store, Secrets: cache,
-		Replay: replay.New(h.rdb),
-		Queue:  tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
+		Config: cfg, Install: install, Requests: requests, Tenants: h.store,
+		Secrets: tenant.NewInvalidations(cache, h.rdb, tenant.InvalidationChannel(rdbOpts.DB, appKey), logger),
+		Replay:  replay.New(h.rdb),
+		Queue:   tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
 		API: handlers.APIDeps{Tenants: h.store, Targets: h.store, Hosts: hosts, Uploads: migration.NewReader(pool),
 			Data: o.data, Results: tasks.NewEnqueuer(aq)},
 		Ready: []handlers.Check{

@@ -90,7 +90,11 @@ func (s *Server) installed(c echo.Context) error {
 		return dependencyError("tenant store", err)
 	}
 	if s.d.Secrets != nil {
-		s.d.Secrets.Invalidate(p.ClientKey)
+		// After the commit, so no replica reloads the old secret. Failing that,
+		// 503: the retry stores the same secret again and announces it.
+		if err := s.d.Secrets.Invalidate(ctx, p.ClientKey); err != nil {
+			return dependencyError("secret invalidation", err)
+		}
 	}
 	if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeTenantInit, p.ClientKey, res.EventID); err != nil {
 		// The tenant is saved, but its initialization is not queued: answer 503

@@ -79,10 +79,11 @@ type RequestVerifier interface {
 	Verify(ctx context.Context, r *http.Request, policy connect.QSHPolicy) (*connect.Claims, error)
 }
 
-// SecretInvalidator drops a tenant's cached secret after an install on this
-// replica changed it.
+// SecretInvalidator drops a tenant's cached secret on every receiver replica
+// after an install on this one stored a new secret (tenant.Invalidations); an
+// error means the other replicas could not be told.
 type SecretInvalidator interface {
-	Invalidate(clientKey string)
+	Invalidate(ctx context.Context, clientKey string) error
 }
 
 // ReplayGuard binds each lifecycle token to the body it first came with, until
