@@ -163,6 +163,8 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 }
 
 // Handler is the receiver's HTTP handler, for embedding it in another server.
+// Secrets rotated through other replicas are dropped from its cache by Run's
+// subscription; without Run they expire after the cache TTL (60 s).
 func (r *Receiver) Handler() http.Handler { return r.handler }
 
 // Run serves the public listener (LISTEN_ADDR) and the internal one
