@@ -328,7 +328,11 @@ func TestWorker_EnabledRegistersTheWebhookOnlyWhenItIsNotRight(t *testing.T) {
 		return err == nil && tn.LicenseState == connectrelay.LicenseUnknown && tn.LicenseCheckedAt != nil && len(tn.WebhookEndpoints) == 1
 	})
 	for i := range 2 {
-		if code := e.hs256(handlers.PathEnabled, "ck-1", secret, map[string]any{"clientKey": "ck-1", "eventType": "enabled"}); code != http.StatusNoContent {
+		// Two enabled events (a second later: the same token again would be a
+		// copy of the first, acknowledged without being applied again).
+		tok := atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secret), IssuedAt: time.Now().Add(time.Duration(i) * time.Second)}
+		req := e.atl.Request(t, e.cfg.BaseURL, handlers.PathEnabled, map[string]any{"clientKey": "ck-1", "eventType": "enabled"}, tok)
+		if code := e.do(req); code != http.StatusNoContent {
 			t.Fatalf("enabled %d = %d", i, code)
 		}
 	}
