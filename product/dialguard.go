@@ -105,7 +105,7 @@ type addressGuard struct {
 func (g addressGuard) control(network, address string, _ syscall.RawConn) error {
 	host, _, err := net.SplitHostPort(address)
 	if err != nil {
-		return fmt.Errorf("%w: dial address %q: %v", ErrAddressNotAllowed, address, err)
+		return fmt.Errorf("%w: dial address %q: %w", ErrAddressNotAllowed, address, err)
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
