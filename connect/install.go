@@ -12,6 +12,15 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
+// MaxInstallTokenLifetime bounds exp - iat of a signed install: Atlassian's
+// lifecycle tokens live 3 minutes, and a longer-lived token would stay
+// replayable (and occupy the replay cache) for longer.
+const MaxInstallTokenLifetime = 5 * time.Minute
+
+// ErrBadLifetime means a signed install's iat is in the future (beyond the
+// leeway) or its exp is more than MaxInstallTokenLifetime after its iat.
+var ErrBadLifetime = errors.New("connect: jwt lifetime not acceptable")
+
 // InstallConfig configures an InstallVerifier.
 type InstallConfig struct {
 	// AppBaseURL is CONNECT_BASE_URL, the descriptor baseUrl: the aud of
@@ -97,7 +106,9 @@ func NewInstallVerifier(cfg InstallConfig) (*InstallVerifier, error) {
 //     ignored on each side (ErrMissingClaim, ErrBadAudience);
 //  8. the computed qsh of this request; a context token is refused
 //     (ErrMissingClaim, ErrQSHMismatch);
-//  9. exp with leeway, and iat present (ErrMissingClaim, ErrExpired);
+//  9. exp with leeway (ErrMissingClaim, ErrExpired); iat present
+//     (ErrMissingClaim), not later than now plus leeway and at most
+//     MaxInstallTokenLifetime before exp (ErrBadLifetime);
 //  10. iss equal to clientKey (ErrIssuerMismatch), so a tenant's valid token
 //     can never write another tenant's record.
 //
@@ -155,6 +166,9 @@ func (v *InstallVerifier) Verify(ctx context.Context, r *http.Request, clientKey
 	if err := checkTimes(&claims, v.now(), v.leeway); err != nil {
 		return nil, err
 	}
+	if err := checkInstallLifetime(&claims, v.now(), v.leeway); err != nil {
+		return nil, err
+	}
 	if claims.Issuer != clientKey {
 		return nil, fmt.Errorf("%w: iss %q, body clientKey %q", ErrIssuerMismatch, truncate(claims.Issuer, 128), truncate(clientKey, 128))
 	}
@@ -173,4 +187,22 @@ func (v *InstallVerifier) checkAudience(aud []string) error {
 		}
 	}
 	return fmt.Errorf("%w: aud %q, want one of %q", ErrBadAudience, truncate(strings.Join(aud, ","), 256), v.audiences)
+}
+
+// checkInstallLifetime requires iat and bounds the token's lifetime, so that a
+// captured install token can be replayed only briefly (the receiver remembers
+// the tokens it saw until exp plus leeway).
+func checkInstallLifetime(c *jwtClaims, now time.Time, leeway time.Duration) error {
+	if c.IssuedAt == nil {
+		return fmt.Errorf("%w: iat", ErrMissingClaim)
+	}
+	iat, exp := c.IssuedAt.Time, c.ExpiresAt.Time
+	if now.Add(leeway).Before(iat) {
+		return fmt.Errorf("%w: iat %s is after now %s plus leeway %s",
+			ErrBadLifetime, iat.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), leeway)
+	}
+	if life := exp.Sub(iat); life > MaxInstallTokenLifetime {
+		return fmt.Errorf("%w: exp - iat is %s, more than %s", ErrBadLifetime, life, MaxInstallTokenLifetime)
+	}
+	return nil
 }

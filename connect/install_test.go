@@ -328,3 +328,53 @@ func TestVerifiersAreSafeForConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallVerifier_BoundsTokenLifetime: a signed install must carry iat, not
+// be issued in the future beyond the leeway, and live at most
+// MaxInstallTokenLifetime, so a captured token is replayable only briefly.
+func TestInstallVerifier_BoundsTokenLifetime(t *testing.T) {
+	k, _ := testKeys(t)
+	v := newInstallVerifier(t, staticKeys{testKid: &k.PublicKey})
+	tests := []struct {
+		name   string
+		mutate func(c jwt.MapClaims)
+		want   error // nil: accepted
+	}{
+		{"Atlassian's 3 minutes", func(jwt.MapClaims) {}, nil},
+		{"exactly 5 minutes", func(c jwt.MapClaims) {
+			c["iat"] = installNow.Add(-time.Minute).Unix()
+			c["exp"] = installNow.Add(4 * time.Minute).Unix()
+		}, nil},
+		{"iat within the leeway ahead", func(c jwt.MapClaims) {
+			c["iat"] = installNow.Add(20 * time.Second).Unix()
+			c["exp"] = installNow.Add(3 * time.Minute).Unix()
+		}, nil},
+		{"missing iat", func(c jwt.MapClaims) { delete(c, "iat") }, ErrMissingClaim},
+		{"iat beyond the leeway ahead", func(c jwt.MapClaims) {
+			c["iat"] = installNow.Add(time.Minute).Unix()
+			c["exp"] = installNow.Add(3 * time.Minute).Unix()
+		}, ErrBadLifetime},
+		{"5 minutes and 1 second", func(c jwt.MapClaims) {
+			c["iat"] = installNow.Add(-time.Minute).Unix()
+			c["exp"] = installNow.Add(4*time.Minute + time.Second).Unix()
+		}, ErrBadLifetime},
+		{"a year", func(c jwt.MapClaims) { c["exp"] = installNow.Add(365 * 24 * time.Hour).Unix() }, ErrBadLifetime},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := installClaims(t, installTarget, "")
+			tc.mutate(c)
+			_, err := v.Verify(t.Context(), newRequest(t, "POST", installTarget, signRS256(t, c, k, testKid)), installClientKey, installProduct)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				return
+			}
+			assertIs(t, err, tc.want)
+			if !strings.Contains(err.Error(), "iat") {
+				t.Errorf("error %q does not name iat", err)
+			}
+		})
+	}
+}

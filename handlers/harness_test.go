@@ -24,6 +24,7 @@ import (
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
@@ -167,8 +168,10 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		t.Fatal(err)
 	}
 	srv, err := handlers.New(handlers.Deps{
-		Config: cfg, Install: install, Requests: requests, Tenants: h.store, Secrets: cache,
-		Queue: tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
+		Config: cfg, Install: install, Requests: requests, Tenants: h.store,
+		Secrets: tenant.NewInvalidations(cache, h.rdb, tenant.InvalidationChannel(rdbOpts.DB, appKey), logger),
+		Replay:  replay.New(h.rdb),
+		Queue:   tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
 		API: handlers.APIDeps{Tenants: h.store, Targets: h.store, Hosts: hosts, Uploads: migration.NewReader(pool),
 			Data: o.data, Results: tasks.NewEnqueuer(aq)},
 		Ready: []handlers.Check{
@@ -213,6 +216,15 @@ func (h *harness) install(clientKey, baseURL, secret string) (int, string) {
 	h.t.Helper()
 	body := atlassiantest.InstallBody(clientKey, baseURL, secret, appKey)
 	return h.do(h.atl.Request(h.t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: clientKey}))
+}
+
+// installAt sends a signed installed issued at iat. A later installed of the
+// same tenant within the same second needs a later iat: the same token again
+// is a copy (replay) of the first, bound to its body.
+func (h *harness) installAt(clientKey, baseURL, secret string, iat time.Time) (int, string) {
+	h.t.Helper()
+	body := atlassiantest.InstallBody(clientKey, baseURL, secret, appKey)
+	return h.do(h.atl.Request(h.t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: clientKey, IssuedAt: iat}))
 }
 
 // hs256 sends an HS256-signed lifecycle or webhook POST.

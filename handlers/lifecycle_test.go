@@ -90,7 +90,7 @@ func TestInstalled_SecretRotationRetiresTheOldSecret(t *testing.T) {
 		t.Fatalf("enabled with the first secret = %d", code)
 	}
 	const secretB = "secret-B-rotated-0123456789abcdef012345"
-	if code, body := h.install("ck-1", site, secretB); code != http.StatusNoContent {
+	if code, body := h.installAt("ck-1", site, secretB, time.Now().Add(time.Second)); code != http.StatusNoContent {
 		t.Fatalf("rotation install = %d %s", code, body)
 	}
 	if code, _ := h.hs256(handlers.PathEnabled, "ck-1", secretB, lifecycleBody("ck-1", site, "enabled")); code != http.StatusNoContent {
@@ -109,7 +109,7 @@ func TestInstalled_SiteRenameUpdatesBaseURLAndHistory(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	h.install("ck-1", site, secretA)
 	const renamed = "https://acme-renamed.atlassian.net"
-	if code, body := h.install("ck-1", renamed, secretA); code != http.StatusNoContent {
+	if code, body := h.installAt("ck-1", renamed, secretA, time.Now().Add(time.Second)); code != http.StatusNoContent {
 		t.Fatalf("rename install = %d %s", code, body)
 	}
 	tn, err := h.store.Get(context.Background(), "ck-1")
@@ -172,7 +172,7 @@ func TestUninstalled_KeepsSecretSoALateDisabledVerifies(t *testing.T) {
 	if tn.Installed || tn.Enabled {
 		t.Errorf("after uninstall: installed=%v enabled=%v", tn.Installed, tn.Enabled)
 	}
-	if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
+	if code, _ := h.installAt("ck-1", site, secretA, time.Now().Add(time.Second)); code != http.StatusNoContent {
 		t.Fatalf("reinstall = %d", code)
 	}
 	tn, _ = h.store.Get(context.Background(), "ck-1")
@@ -390,10 +390,11 @@ func TestInstalled_RedisUnreachableAnswers503WithinASecond(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("503 took %s, want < 1s", d)
 	}
-	// The secret was saved before the enqueue failed: Atlassian's retry is an
-	// idempotent upsert, and nothing was lost.
-	if got, err := h.store.SharedSecret(context.Background(), "ck-1"); err != nil || string(got) != secretA {
-		t.Errorf("secret after 503 = %q, %v", got, err)
+	// The token could not be checked against the replay cache, so nothing was
+	// stored: an install is never accepted unchecked, and Atlassian's retry
+	// stores it once Redis is back.
+	if got, err := h.store.SharedSecret(context.Background(), "ck-1"); !errors.Is(err, tenant.ErrNotFound) {
+		t.Errorf("secret after 503 = %q, %v; want none stored", got, err)
 	}
 }
 
@@ -554,7 +555,7 @@ func TestInstalled_FreshKidsOverTheKeyFetchBudgetAnswer503(t *testing.T) {
 			t.Errorf("fresh kid %s over the budget = %d %s, want 503", kid, code, body)
 		}
 	}
-	if code, body := h.install("ck-genuine", site, "rotated-secret-0123456789abcdef01234567"); code != http.StatusNoContent {
+	if code, body := h.installAt("ck-genuine", site, "rotated-secret-0123456789abcdef01234567", time.Now().Add(time.Second)); code != http.StatusNoContent {
 		t.Errorf("genuine install after the flood = %d %s, want 204", code, body)
 	}
 }
@@ -607,7 +608,7 @@ func TestInstalled_RefusesAKeyEnvironmentChangeOfAnExistingTenant(t *testing.T) 
 		t.Fatalf("production install = %d %s", code, body)
 	}
 	before := h.tenantRow("ck-prod")
-	if code, body := h.install("ck-prod", "https://acme.jira-dev.com", "staging-secret-0123456789abcdef0123456"); code != http.StatusUnauthorized {
+	if code, body := h.installAt("ck-prod", "https://acme.jira-dev.com", "staging-secret-0123456789abcdef0123456", time.Now().Add(time.Second)); code != http.StatusUnauthorized {
 		t.Errorf("staging install of a production tenant = %d %s, want 401", code, body)
 	}
 	if after := h.tenantRow("ck-prod"); after != before {

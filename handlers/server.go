@@ -26,6 +26,7 @@ import (
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 )
 
@@ -80,10 +81,22 @@ type RequestVerifier interface {
 	Verify(ctx context.Context, r *http.Request, policy connect.QSHPolicy) (*connect.Claims, error)
 }
 
-// SecretInvalidator drops a tenant's cached secret after an install on this
-// replica changed it.
+// SecretInvalidator drops a tenant's cached secret on every receiver replica
+// after an install on this one stored a new secret (tenant.Invalidations); an
+// error means the other replicas could not be told.
 type SecretInvalidator interface {
-	Invalidate(clientKey string)
+	Invalidate(ctx context.Context, clientKey string) error
+}
+
+// ReplayGuard binds each lifecycle token to the body it first came with, until
+// the token expires (internal/replay): qsh does not cover bodies, so without it
+// a captured token could be sent again with another body.
+type ReplayGuard interface {
+	// Bind wraps replay.ErrConflict for the same token with another body and
+	// replay.ErrUnavailable when it cannot tell.
+	Bind(ctx context.Context, token string, body []byte, until time.Time) (replay.Verdict, error)
+	// MarkDone records that the request of token was applied.
+	MarkDone(ctx context.Context, token string, body []byte, until time.Time) error
 }
 
 // Check is one readiness probe: a dependency that must answer for the receiver to
@@ -100,10 +113,12 @@ type Deps struct {
 	Requests RequestVerifier
 	Tenants  TenantStore
 	Secrets  SecretInvalidator
-	Queue    Queue
-	Ready    []Check
-	Metrics  *metrics.Metrics
-	Logger   *slog.Logger
+	// Replay binds lifecycle tokens to their bodies. Required.
+	Replay  ReplayGuard
+	Queue   Queue
+	Ready   []Check
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
 	// Monitoring is the asynq UI (asynqmon) rooted at /monitoring; it is mounted
 	// on the internal listener only when Config.AdminToken is set.
 	Monitoring http.Handler
@@ -131,8 +146,8 @@ type Server struct {
 // New builds the Echo application with every route of the contract.
 func New(d Deps) (*Server, error) {
 	switch {
-	case d.Install == nil, d.Requests == nil, d.Tenants == nil, d.Queue == nil, d.Metrics == nil:
-		return nil, errors.New("handlers: Install, Requests, Tenants, Queue and Metrics are required")
+	case d.Install == nil, d.Requests == nil, d.Tenants == nil, d.Replay == nil, d.Queue == nil, d.Metrics == nil:
+		return nil, errors.New("handlers: Install, Requests, Tenants, Replay, Queue and Metrics are required")
 	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()

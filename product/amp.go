@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -68,10 +69,12 @@ const DefaultStallTimeout = 2 * time.Minute
 // AMP calls one app's migration API (App Migration Platform) on any tenant. It is safe for
 // concurrent use.
 type AMP struct {
-	p     *Client
-	dl    *http.Client
-	stall time.Duration
-	log   *slog.Logger
+	p        *Client
+	dl       *http.Client
+	guard    addressGuard
+	resolver *net.Resolver
+	stall    time.Duration
+	log      *slog.Logger
 }
 
 // AMPOption adjusts an AMP client built by NewAMP.
@@ -97,31 +100,56 @@ func WithLogger(l *slog.Logger) AMPOption {
 	}
 }
 
+// WithResolver sets the DNS resolver of the download client's dialer (default
+// net.DefaultResolver). Whatever it answers, the address guard checks the
+// address actually dialled.
+func WithResolver(r *net.Resolver) AMPOption {
+	return func(c *AMP) { c.resolver = r }
+}
+
 // New returns a Client calling the migration API through p and fetching
 // presigned data URLs with download. download must not add credentials of
 // its own and should not set http.Client.Timeout, which would cap the whole
 // body of large files; if nil, a client with a 30 s response-header timeout,
 // no overall timeout and no transparent decompression (the importer gets the
 // bytes exactly as uploaded) is used. Unless download has its own
-// CheckRedirect, storage redirects are followed at most 5 times and never
-// from https to plain http.
+// CheckRedirect, storage redirects are followed at most 5 times, to https
+// only.
+//
+// Data URLs must be https, and every connection of a download (redirects and
+// DNS answers included) is checked at dial time: loopback, private,
+// link-local (cloud metadata) and reserved addresses are refused with
+// ErrAddressNotAllowed. Only when p's host policy (CONNECT_PRODUCT_HOSTS)
+// explicitly lists a loopback host (127.0.0.1, ::1, localhost), as tests and
+// local development do to play the product, may data come from loopback, over
+// http too. download's Transport must be nil or an *http.Transport (it is
+// cloned and given the guarded dialer, without proxy); any other RoundTripper
+// cannot be guarded and every download fails.
 func NewAMP(p *Client, download *http.Client, opts ...AMPOption) *AMP {
+	c := &AMP{p: p, stall: DefaultStallTimeout, log: slog.Default(), guard: addressGuard{allowLoopback: allowsLoopback(p.cfg.Hosts)}}
+	for _, o := range opts {
+		o(c)
+	}
 	var dl http.Client
+	var rt http.RoundTripper
 	if download != nil {
 		dl = *download
+		rt = download.Transport
 	} else {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.ResponseHeaderTimeout = 30 * time.Second
 		tr.DisableCompression = true
+		rt = tr
+	}
+	if tr, ok := c.guard.guardedTransport(rt, c.resolver); ok {
 		dl.Transport = tr
+	} else {
+		dl.Transport = refusingTransport{}
 	}
 	if dl.CheckRedirect == nil {
-		dl.CheckRedirect = checkDownloadRedirect
+		dl.CheckRedirect = c.checkDownloadRedirect
 	}
-	c := &AMP{p: p, dl: &dl, stall: DefaultStallTimeout, log: slog.Default()}
-	for _, o := range opts {
-		o(c)
-	}
+	c.dl = &dl
 	return c
 }
 
@@ -192,14 +220,16 @@ func (c *AMP) DataURL(ctx context.Context, clientKey, s3Key string) (string, err
 		}
 		return "", fmt.Errorf("data URL of upload %q: %w", s3Key, err)
 	}
-	if _, err := checkDataURL(out.URL); err != nil {
+	if _, err := c.checkDataURL(out.URL); err != nil {
 		return "", fmt.Errorf("data URL of upload %q: %w", s3Key, err)
 	}
 	return out.URL, nil
 }
 
-// checkDataURL accepts only absolute http(s) URLs without userinfo.
-func checkDataURL(raw string) (*url.URL, error) {
+// checkDataURL accepts only absolute https URLs without userinfo (http only
+// on loopback, when the host policy allows loopback); the addresses are
+// checked when dialled.
+func (c *AMP) checkDataURL(raw string) (*url.URL, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("%w: empty url", ErrBadDataURL)
 	}
@@ -209,6 +239,9 @@ func checkDataURL(raw string) (*url.URL, error) {
 	}
 	if (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
 		return nil, fmt.Errorf("%w: scheme %q host %q", ErrBadDataURL, u.Scheme, u.Hostname())
+	}
+	if err := c.guard.checkScheme(u.Scheme, u.Hostname()); err != nil {
+		return nil, err
 	}
 	return u, nil
 }
@@ -332,13 +365,17 @@ func (c *AMP) SetWebhook(ctx context.Context, clientKey string, endpoints []stri
 const maxDownloadRedirects = 5
 
 // checkDownloadRedirect keeps a presigned download on TLS once it started
-// there and stops redirect loops.
-func checkDownloadRedirect(req *http.Request, via []*http.Request) error {
+// there, holds every hop to the data URL rules (the dialer checks its
+// address) and stops redirect loops.
+func (c *AMP) checkDownloadRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxDownloadRedirects {
 		return fmt.Errorf("stopped after %d redirects", maxDownloadRedirects)
 	}
 	if via[0].URL.Scheme == "https" && req.URL.Scheme != "https" {
 		return fmt.Errorf("refusing a redirect from https to %s", req.URL.Scheme)
+	}
+	if err := c.guard.checkScheme(req.URL.Scheme, req.URL.Hostname()); err != nil {
+		return fmt.Errorf("redirect: %w", err)
 	}
 	return nil
 }

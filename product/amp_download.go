@@ -76,7 +76,7 @@ func (c *AMP) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadClo
 // download GETs a presigned URL and returns its body wrapped in a stall
 // watchdog. It sets no credentials: the URL carries its own.
 func (c *AMP) download(ctx context.Context, raw string) (io.ReadCloser, error) {
-	u, err := checkDataURL(raw)
+	u, err := c.checkDataURL(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -100,6 +100,8 @@ func (c *AMP) download(ctx context.Context, raw string) (io.ReadCloser, error) {
 			return nil, fmt.Errorf("%w: no response headers within %s", ErrDownloadStalled, c.stall)
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
+		case errors.Is(err, ErrAddressNotAllowed):
+			return nil, redactURLError(err, u)
 		}
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, redactURLError(err, u))
 	}

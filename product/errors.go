@@ -146,11 +146,11 @@ func (e *RedirectError) Is(target error) bool { return target == ErrRedirectNotF
 // Final reports whether err carries an answer that no retry of the same
 // request can change: the product refused our token (401), the action (403),
 // the resource (404) or the request (400, 422); the tenant's baseUrl is not an
-// allowed host; the tenant has no secret; the answer is over the size limit.
+// allowed host; a data download's address is not allowed; the tenant has no secret; the answer is over the size limit.
 // Rate limits, server errors and network failures are not final.
 func Final(err error) bool {
 	for _, target := range []error{ErrUnauthorized, ErrForbidden, ErrNotFound, ErrBadRequest,
-		ErrHostNotAllowed, ErrNoSecret, ErrResponseTooLarge} {
+		ErrHostNotAllowed, ErrNoSecret, ErrResponseTooLarge, ErrAddressNotAllowed} {
 		if errors.Is(err, target) {
 			return true
 		}

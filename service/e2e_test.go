@@ -179,8 +179,16 @@ func (e *e2e) do(req *http.Request) int {
 
 func (e *e2e) install(clientKey string, site *producttest.Server, secret string) {
 	e.t.Helper()
+	e.installAt(clientKey, site, secret, time.Time{})
+}
+
+// installAt is install with a token issued at iat (zero: now). A second
+// installed of a tenant within one second needs a later iat: the same token
+// again is a copy of the first, bound to its body.
+func (e *e2e) installAt(clientKey string, site *producttest.Server, secret string, iat time.Time) {
+	e.t.Helper()
 	body := atlassiantest.InstallBody(clientKey, site.BaseURL(), secret, appKey)
-	if code := e.do(e.atl.Request(e.t, e.cfg.BaseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: clientKey})); code != http.StatusNoContent {
+	if code := e.do(e.atl.Request(e.t, e.cfg.BaseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: clientKey, IssuedAt: iat})); code != http.StatusNoContent {
 		e.t.Fatalf("installed = %d, want 204", code)
 	}
 }
@@ -322,7 +330,11 @@ func TestWorker_EnabledRegistersTheWebhookOnlyWhenItIsNotRight(t *testing.T) {
 		return err == nil && tn.LicenseState == connectrelay.LicenseUnknown && tn.LicenseCheckedAt != nil && len(tn.WebhookEndpoints) == 1
 	})
 	for i := range 2 {
-		if code := e.hs256(handlers.PathEnabled, "ck-1", secret, map[string]any{"clientKey": "ck-1", "eventType": "enabled"}); code != http.StatusNoContent {
+		// Two enabled events (a second later: the same token again would be a
+		// copy of the first, acknowledged without being applied again).
+		tok := atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secret), IssuedAt: time.Now().Add(time.Duration(i) * time.Second)}
+		req := e.atl.Request(t, e.cfg.BaseURL, handlers.PathEnabled, map[string]any{"clientKey": "ck-1", "eventType": "enabled"}, tok)
+		if code := e.do(req); code != http.StatusNoContent {
 			t.Fatalf("enabled %d = %d", i, code)
 		}
 	}
@@ -345,7 +357,7 @@ func TestWorker_RenameBeforeInitializationCallsTheNewBaseURL(t *testing.T) {
 	oldSite, newSite_ := newSite(), newSite()
 	oldProd, newProd := newProduct(t, secret, oldSite), newProduct(t, secret, newSite_)
 	e.install("ck-1", oldProd, secret)
-	e.install("ck-1", newProd, secret) // site rename before any worker ran
+	e.installAt("ck-1", newProd, secret, time.Now().Add(time.Second)) // site rename before any worker ran
 	e.startWorker(service.WorkerOptions{})
 	eventually(t, 5*time.Second, "both initializations", func() bool { return newSite_.hits() == 2 })
 	if n := len(oldProd.Requests()); n != 0 {

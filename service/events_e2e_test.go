@@ -97,7 +97,7 @@ func TestEvents_ListenersHearEveryChangeOnceDespiteFailures(t *testing.T) {
 		return slices.Contains(tr, connectrelay.EventTransferSettled)
 	})
 	renamed := newProduct(t, secret, newSite())
-	e.install("ck-1", renamed, secret) // a site rename: tenant.updated
+	e.installAt("ck-1", renamed, secret, time.Now().Add(time.Second)) // a site rename: tenant.updated
 
 	wantTenant := []connectrelay.EventType{connectrelay.EventInstalled, connectrelay.EventLicenseChanged, connectrelay.EventEnabled, connectrelay.EventUpdated}
 	wantTransfer := []connectrelay.EventType{connectrelay.EventTransferReady, connectrelay.EventMigrationEvent, connectrelay.EventTransferSettled}

@@ -18,6 +18,7 @@ import (
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
@@ -29,10 +30,12 @@ import (
 // together stay within the handlers' one-second request budget.
 const keyFetchTimeout = 400 * time.Millisecond
 
-// secretCacheTTL is how long the receiver trusts a decrypted secret in memory. A
-// rotation on another replica is caught sooner: a signature that fails with a
+// secretCacheTTL is how long the receiver trusts a decrypted secret in memory.
+// An install on any replica announces the new secret on Redis and every
+// replica drops its entry at once (tenant.Invalidations); the TTL is the
+// backstop for an announcement that is lost. A signature that fails with a
 // cached secret reloads it once before answering 401.
-const secretCacheTTL = 5 * time.Minute
+const secretCacheTTL = 60 * time.Second
 
 // ReceiverOptions customise the receiver; every field is optional.
 type ReceiverOptions struct {
@@ -68,6 +71,7 @@ type Receiver struct {
 	stores   *stores
 	queue    *asynq.Client
 	monitor  *asynqmon.HTTPHandler
+	secrets  *tenant.Invalidations
 	handler  http.Handler
 	internal http.Handler
 }
@@ -97,6 +101,7 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		return fmt.Errorf("install verifier: %w", err)
 	}
 	secrets := tenant.NewSecretCache(st.tenants, secretCacheTTL)
+	r.secrets = tenant.NewInvalidations(secrets, st.redis, tenant.InvalidationChannel(st.redis.Options().DB, cfg.AppKey), r.log)
 	requests, err := connect.NewHS256Verifier(connect.HS256Config{
 		AppBaseURLs: cfg.AppBaseURLs(), Secrets: secrets, Leeway: cfg.JWTLeeway,
 	})
@@ -134,7 +139,8 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		Install:  install,
 		Requests: requests,
 		Tenants:  st.tenants,
-		Secrets:  secrets,
+		Secrets:  r.secrets,
+		Replay:   replay.New(st.redis),
 		Queue:    queue,
 		Ready: []handlers.Check{
 			{Name: "postgres", Check: func(ctx context.Context) error { return st.pool.Ping(ctx) }},
@@ -157,6 +163,8 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 }
 
 // Handler is the receiver's HTTP handler, for embedding it in another server.
+// Secrets rotated through other replicas are dropped from its cache by Run's
+// subscription; without Run they expire after the cache TTL (60 s).
 func (r *Receiver) Handler() http.Handler { return r.handler }
 
 // Run serves the public listener (LISTEN_ADDR) and the internal one
@@ -164,6 +172,13 @@ func (r *Receiver) Handler() http.Handler { return r.handler }
 // in-flight requests finish within SHUTDOWN_TIMEOUT, and closes the pools.
 func (r *Receiver) Run(ctx context.Context) error {
 	defer r.close()
+	// Subscribe before serving: a secret rotated on another replica must never
+	// verify here from the cache.
+	sctx, stop := context.WithCancel(ctx)
+	defer func() { stop(); <-r.secrets.Done() }()
+	if err := r.secrets.Start(sctx); err != nil {
+		return fmt.Errorf("secret invalidations: %w", err)
+	}
 	// Callbacks answer in milliseconds; the internal listener streams uploads
 	// of any size and serves the monitoring UI's 1 MB script.
 	servers := []*served{{name: "public", addr: r.cfg.ListenAddr, ln: r.test.Listener, handler: r.handler, write: time.Minute}}

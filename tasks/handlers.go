@@ -35,6 +35,7 @@ type MigrationRunner interface {
 	SettlePending(ctx context.Context, limit int) (int, error)
 	RequeueStale(ctx context.Context, olderThan time.Duration, limit int) (int, error)
 	ReconcileStale(ctx context.Context, olderThan, giveUpAfter time.Duration, limit int) (int, error)
+	PruneEvents(ctx context.Context, olderThan time.Duration, limit int) (int64, error)
 }
 
 // EventFeed is what the sweep needs of the event feed.

@@ -24,6 +24,7 @@ type runner struct {
 	imports   int
 	failed    []string
 	started   chan struct{}
+	pruned    []time.Duration // PruneEvents' olderThan, per call
 }
 
 func (r *runner) HandleEvent(context.Context, string, migration.Event) error { return nil }
@@ -32,6 +33,12 @@ func (r *runner) RequeueStale(context.Context, time.Duration, int) (int, error) 
 	return 0, nil
 }
 func (r *runner) ReconcileStale(context.Context, time.Duration, time.Duration, int) (int, error) {
+	return 0, nil
+}
+func (r *runner) PruneEvents(_ context.Context, olderThan time.Duration, _ int) (int64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pruned = append(r.pruned, olderThan)
 	return 0, nil
 }
 

@@ -32,7 +32,8 @@ func SettleSweepTask() (*asynq.Task, []asynq.Option) {
 }
 
 // settleSweep reschedules imports whose task went missing, checks again the
-// completion of transfers never confirmed, and makes the settle calls still owed.
+// completion of transfers never confirmed, makes the settle calls still owed,
+// and prunes migration events past their retention and delivered feed events.
 // Each step has a budget of its own, so a backlog of slow settle calls cannot
 // starve the others.
 func (h *Handlers) settleSweep(ctx context.Context, _ *asynq.Task) error {
@@ -59,6 +60,10 @@ func (h *Handlers) settleSweep(ctx context.Context, _ *asynq.Task) error {
 	if n > 0 {
 		h.d.Logger.InfoContext(ctx, "settle sweep", slog.Int("attempted", n), slog.Bool("all_settled", err == nil))
 	}
+	_, merr := step(30*time.Second, func(c context.Context) (int, error) {
+		n, err := m.PruneEvents(c, migration.DefaultEventRetention, 5000)
+		return int(n), err
+	})
 	var perr error
 	if h.d.Events != nil {
 		_, perr = step(30*time.Second, func(c context.Context) (int, error) {
@@ -66,5 +71,5 @@ func (h *Handlers) settleSweep(ctx context.Context, _ *asynq.Task) error {
 			return int(n), err
 		})
 	}
-	return errors.Join(rerr, cerr, err, perr)
+	return errors.Join(rerr, cerr, err, merr, perr)
 }

@@ -97,6 +97,11 @@ const (
 	DefaultFinalLabel        = "final"
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultLeaseTTL          = 30 * time.Second
+	// DefaultUnactedEventCap bounds the events a tenant can have stored without
+	// their being acted on (unknown types, events of an uninstalled tenant):
+	// enough to see what the platform sends, too few for a signing tenant to
+	// grow the table without bound.
+	DefaultUnactedEventCap = 1000
 )
 
 // Options configure a Machine. Zero values select the defaults.
@@ -115,6 +120,11 @@ type Options struct {
 	// (its worker died) and may be taken over; default 30 s. It must be at least
 	// twice HeartbeatInterval.
 	LeaseTTL time.Duration
+	// UnactedEventCap is how many events a tenant may have stored that are not
+	// acted on (unknown types, events of an uninstalled tenant); beyond it such
+	// events are acknowledged and counted in migration_event_drops, not stored.
+	// Default DefaultUnactedEventCap.
+	UnactedEventCap int
 }
 
 // Machine runs AMP transfers: it applies events to the transfer state in
@@ -132,6 +142,7 @@ type Machine struct {
 	log        *slog.Logger
 	heartbeat  time.Duration
 	leaseTTL   time.Duration
+	unactedCap int
 
 	mu      sync.Mutex
 	running map[string]map[*runningImport]struct{} // by transfer ID
@@ -153,7 +164,7 @@ func NewMachine(pool *pgxpool.Pool, amp AMP, importer connectrelay.Importer, sch
 	m := &Machine{
 		Reader: NewReader(pool), pool: pool, amp: amp, importer: importer, sched: sched,
 		finalLabel: opts.FinalLabel, log: opts.Logger,
-		heartbeat: opts.HeartbeatInterval, leaseTTL: opts.LeaseTTL,
+		heartbeat: opts.HeartbeatInterval, leaseTTL: opts.LeaseTTL, unactedCap: opts.UnactedEventCap,
 		running: make(map[string]map[*runningImport]struct{}),
 	}
 	if m.finalLabel == "" {
@@ -164,6 +175,9 @@ func NewMachine(pool *pgxpool.Pool, amp AMP, importer connectrelay.Importer, sch
 	}
 	if m.heartbeat <= 0 {
 		m.heartbeat = DefaultHeartbeatInterval
+	}
+	if m.unactedCap <= 0 {
+		m.unactedCap = DefaultUnactedEventCap
 	}
 	if m.leaseTTL <= 0 {
 		m.leaseTTL = max(DefaultLeaseTTL, 2*m.heartbeat)
@@ -218,21 +232,45 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 	}
 
 	var (
-		ac       afterCommit
-		rejected error
+		ac          afterCommit
+		rejected    error
+		uninstalled bool
+		first       bool
+		dropped     int64
 	)
 	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		ac, rejected = afterCommit{}, nil
-		var (
-			eventID int64
-			first   bool
-		)
+		ac, rejected, uninstalled, first, dropped = afterCommit{}, nil, false, false, 0
+		var installed bool
+		switch err := tx.QueryRow(ctx, sqlTenantInstalled, clientKey).Scan(&installed); {
+		case err == nil:
+			uninstalled = !installed
+		case !errors.Is(err, pgx.ErrNoRows):
+			return fmt.Errorf("read tenant: %w", err)
+		}
+		if !ev.Known() || uninstalled {
+			// Stored but not acted on: capped per tenant.
+			if _, err := tx.Exec(ctx, sqlLockUnacted, clientKey); err != nil {
+				return fmt.Errorf("lock the tenant's unacted events: %w", err)
+			}
+			var over bool
+			if err := tx.QueryRow(ctx, sqlOverUnactedCap, clientKey, ev.DedupeKey(), m.unactedCap).Scan(&over); err != nil {
+				return fmt.Errorf("count the tenant's unacted events: %w", err)
+			}
+			if over {
+				return tx.QueryRow(ctx, sqlCountDrop, clientKey).Scan(&dropped)
+			}
+		}
+		var eventID int64
 		if err := tx.QueryRow(ctx, sqlRecordEvent, clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
 			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))).Scan(&eventID, &first); err != nil {
 			return fmt.Errorf("record event: %w", err)
 		}
 		outcome := "handled"
 		switch {
+		case uninstalled:
+			// Its kept secret still verifies, but an uninstalled tenant's
+			// migration is over: recorded, acknowledged, not acted on.
+			outcome = "ignored"
 		case !ev.Known():
 			outcome = "unknown"
 			if first {
@@ -267,6 +305,21 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 	})
 	if err != nil {
 		return fmt.Errorf("migration: %s of transfer %s: %w", ev.Type, ev.TransferID, err)
+	}
+	if dropped > 0 {
+		// Logged on the first drop of the tenant and then at every thousandth,
+		// so a flood does not flood the logs too.
+		if dropped == 1 || dropped%1000 == 0 {
+			log.WarnContext(ctx, "migration event acknowledged but not stored: the tenant is over its cap of stored events not acted on",
+				slog.Int("cap", m.unactedCap), slog.Int64("dropped", dropped))
+		}
+		return nil
+	}
+	if uninstalled {
+		if first {
+			log.WarnContext(ctx, "migration event of an uninstalled tenant recorded, not acted on")
+		}
+		return nil
 	}
 	if rejected != nil {
 		log.WarnContext(ctx, "migration event rejected", slog.Any("error", rejected))

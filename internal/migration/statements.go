@@ -28,9 +28,36 @@ const (
 		SET deliveries = migration_events.deliveries + 1, last_received_at = now()
 		RETURNING id, xmax = 0`
 
-	// sqlMarkEvent records an event's outcome (handled, unknown, rejected).
+	// sqlMarkEvent records an event's outcome (handled, unknown, rejected, ignored).
 	// $1 event id, $2 outcome.
 	sqlMarkEvent = `UPDATE migration_events SET outcome = $2, handled_at = now() WHERE id = $1`
+
+	// sqlTenantInstalled reads whether the tenant is installed; no row for a
+	// tenant the tenant store does not hold. $1 client key.
+	sqlTenantInstalled = `SELECT installed FROM tenants WHERE client_key = $1`
+
+	// sqlLockUnacted serialises, per tenant, the decision to store an event that
+	// is not acted on, so the cap is exact. $1 client key.
+	sqlLockUnacted = `SELECT pg_advisory_xact_lock(hashtextextended('connectrelay:migration-unacted:' || $1, 0))`
+
+	// sqlOverUnactedCap reports whether an event not stored yet would exceed the
+	// tenant's cap of stored events not acted on (unknown types, uninstalled
+	// tenant); a re-delivery of a stored one is never over. $1 client key,
+	// $2 dedupe key, $3 cap.
+	sqlOverUnactedCap = `SELECT NOT EXISTS (SELECT 1 FROM migration_events WHERE client_key = $1 AND dedupe_key = $2)
+		AND (SELECT count(*) FROM (SELECT 1 FROM migration_events
+			WHERE client_key = $1 AND (NOT known OR outcome = 'ignored') LIMIT $3) capped) >= $3`
+
+	// sqlCountDrop counts one event acknowledged but not stored; it returns the
+	// tenant's count. $1 client key.
+	sqlCountDrop = `INSERT INTO migration_event_drops (client_key, dropped) VALUES ($1, 1)
+		ON CONFLICT (client_key) DO UPDATE
+		SET dropped = migration_event_drops.dropped + 1, last_dropped_at = now()
+		RETURNING dropped`
+
+	// sqlPruneEvents deletes at most $2 events not received for $1 milliseconds.
+	sqlPruneEvents = `DELETE FROM migration_events WHERE id IN (SELECT id FROM migration_events
+		WHERE last_received_at < now() - $1 * interval '1 millisecond' LIMIT $2)`
 )
 
 // Transfers: reading and locking.

@@ -25,6 +25,27 @@ const (
 	DefaultGiveUpAfter = 24 * time.Hour
 )
 
+// DefaultEventRetention is how long migration_events keeps an event after its
+// last delivery before the settle sweep deletes it: well past AMP's 14-day
+// transfer window, so every event of a transfer is there while it can change.
+const DefaultEventRetention = 30 * 24 * time.Hour
+
+// PruneEvents deletes at most limit (default 5000) events of migration_events
+// not received for olderThan, and returns how many. olderThan must be positive.
+func (m *Machine) PruneEvents(ctx context.Context, olderThan time.Duration, limit int) (int64, error) {
+	if olderThan <= 0 {
+		return 0, fmt.Errorf("migration: PruneEvents: olderThan %v must be positive", olderThan)
+	}
+	if limit <= 0 {
+		limit = 5000
+	}
+	tag, err := m.pool.Exec(ctx, sqlPruneEvents, olderThan.Milliseconds(), limit)
+	if err != nil {
+		return 0, fmt.Errorf("migration: prune events: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
 // reconcileCallTimeout bounds one ListData call of ReconcileStale (with the AMP
 // client's retries), so that one unresponsive product does not hold the sweep.
 const reconcileCallTimeout = 2 * time.Minute

@@ -191,6 +191,16 @@ func (c *SecretCache) Invalidate(clientKey string) {
 	c.removeAbsentLocked(clientKey)
 }
 
+// Purge drops every entry, for a subscriber that may have missed invalidations
+// (see Invalidations).
+func (c *SecretCache) Purge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.lru.Init()
+	clear(c.entries)
+}
+
 // drop removes clientKey's entry. Only an Invalidate bumps the generation: a lookup
 // of an unknown clientKey (anyone can send one) must not stop other entries from
 // being cached.
