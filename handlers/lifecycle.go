@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,6 +85,9 @@ func (s *Server) installed(c echo.Context) error {
 	if err != nil {
 		return authError(err)
 	}
+	if err := s.bindInstallToken(ctx, c, body, p.ClientKey, claims); err != nil {
+		return err
+	}
 	now := s.d.Now()
 	res, err := s.d.Tenants.Install(ctx, p, now, claims.IssuedAt)
 	if errors.Is(err, tenant.ErrKeyEnvironmentMismatch) {
@@ -112,6 +116,28 @@ func (s *Server) installed(c echo.Context) error {
 		slog.Bool("created", res.Created), slog.Any("changes", res.Changes),
 		slog.Any("linked_client_keys", res.LinkedClientKeys), slog.Int64("event_id", res.EventID))
 	return c.NoContent(http.StatusNoContent)
+}
+
+// bindInstallToken refuses a verified signed install whose token already came
+// with another body (InstallTokenGuard).
+func (s *Server) bindInstallToken(ctx context.Context, c echo.Context, body []byte, clientKey string, claims *connect.Claims) error {
+	if s.d.InstallTokens == nil {
+		return nil
+	}
+	tok, err := connect.ExtractToken(c.Request())
+	if err != nil {
+		return authError(err)
+	}
+	err = s.d.InstallTokens.Bind(ctx, tok, body, claims.ExpiresAt.Add(s.d.Config.JWTLeeway))
+	if errors.Is(err, ErrInstallTokenReplayed) {
+		s.d.Logger.WarnContext(ctx, "install refused: its signed token was replayed with another body",
+			slog.String("client_key", clientKey), slog.String("kid", claims.KeyID))
+		return fail(http.StatusUnauthorized, "unauthorized", err)
+	}
+	if err != nil {
+		return dependencyError("install token guard", err)
+	}
+	return nil
 }
 
 // lifecycleBody is the part of a non-installed lifecycle body the receiver reads.

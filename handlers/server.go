@@ -80,6 +80,22 @@ type RequestVerifier interface {
 	Verify(ctx context.Context, r *http.Request, policy connect.QSHPolicy) (*connect.Claims, error)
 }
 
+// ErrInstallTokenReplayed is returned by an InstallTokenGuard for a signed
+// install token already seen with another body.
+var ErrInstallTokenReplayed = errors.New("signed install token replayed with another body")
+
+// InstallTokenGuard binds each signed-install token to the body it came
+// with. A signed install's JWT covers iss, aud and the path, not the body:
+// without the binding, anyone who sees a token (a proxy log, a pasted
+// request) could send it again within its lifetime with their own
+// sharedSecret and baseUrl and take the tenant over.
+type InstallTokenGuard interface {
+	// Bind records token with body until expires. It returns an error
+	// wrapping ErrInstallTokenReplayed when the token was already bound to
+	// another body, and another error when the guard cannot answer.
+	Bind(ctx context.Context, token string, body []byte, expires time.Time) error
+}
+
 // SecretInvalidator drops a tenant's cached secret after an install on this
 // replica changed it.
 type SecretInvalidator interface {
@@ -101,9 +117,12 @@ type Deps struct {
 	Tenants  TenantStore
 	Secrets  SecretInvalidator
 	Queue    Queue
-	Ready    []Check
-	Metrics  *metrics.Metrics
-	Logger   *slog.Logger
+	// InstallTokens, when set, refuses a signed install token replayed with
+	// another body; the service sets it (Redis).
+	InstallTokens InstallTokenGuard
+	Ready         []Check
+	Metrics       *metrics.Metrics
+	Logger        *slog.Logger
 	// Monitoring is the asynq UI (asynqmon) rooted at /monitoring; it is mounted
 	// on the internal listener only when Config.AdminToken is set.
 	Monitoring http.Handler

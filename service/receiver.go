@@ -130,12 +130,13 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 	}
 	queue := tasks.NewEnqueuer(r.queue)
 	srv, err := handlers.New(handlers.Deps{
-		Config:   cfg,
-		Install:  install,
-		Requests: requests,
-		Tenants:  st.tenants,
-		Secrets:  secrets,
-		Queue:    queue,
+		Config:        cfg,
+		Install:       install,
+		Requests:      requests,
+		Tenants:       st.tenants,
+		Secrets:       secrets,
+		Queue:         queue,
+		InstallTokens: installTokens{rdb: st.redis},
 		Ready: []handlers.Check{
 			{Name: "postgres", Check: func(ctx context.Context) error { return st.pool.Ping(ctx) }},
 			{Name: "redis", Check: func(ctx context.Context) error { return st.redis.Ping(ctx).Err() }},

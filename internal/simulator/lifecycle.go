@@ -19,7 +19,9 @@ func scInstall(ctx context.Context, r *run) {
 	r.expectJWTsClean(t)
 	r.expectTenant(ctx, "the app records the tenant installed with an active license", t.clientKey, "installed, license active",
 		func(v tenantView) bool { return v.Tenant.Installed && v.Tenant.License == "active" },
-		func(v tenantView) string { return fmt.Sprintf("installed=%t, license %s", v.Tenant.Installed, v.Tenant.License) })
+		func(v tenantView) string {
+			return fmt.Sprintf("installed=%t, license %s", v.Tenant.Installed, v.Tenant.License)
+		})
 }
 
 func scReinstall(ctx context.Context, r *run) {
@@ -207,7 +209,9 @@ func scUninstallRace(ctx context.Context, r *run) {
 		}
 		r.expectTenant(ctx, fmt.Sprintf("the tenant ends uninstalled and disabled (%s first)", order[0]), t.clientKey, "installed=false, enabled=false",
 			func(v tenantView) bool { return !v.Tenant.Installed && !v.Tenant.Enabled },
-			func(v tenantView) string { return fmt.Sprintf("installed=%t, enabled=%t", v.Tenant.Installed, v.Tenant.Enabled) })
+			func(v tenantView) string {
+				return fmt.Sprintf("installed=%t, enabled=%t", v.Tenant.Installed, v.Tenant.Enabled)
+			})
 		licenses := len(t.st.matching(isLicense(r.d.Key)))
 		r.quiet()
 		after := len(t.st.matching(isLicense(r.d.Key)))
@@ -303,7 +307,9 @@ func scForgedInstall(ctx context.Context, r *run) {
 	r.expectJWTsClean(t)
 	r.expectTenant(ctx, "the app keeps the real baseUrl", t.clientKey, r.s.baseURL(t.site.name),
 		func(v tenantView) bool { return v.Tenant.BaseURL == r.s.baseURL(t.site.name) && v.Tenant.Installed },
-		func(v tenantView) string { return fmt.Sprintf("%s (installed=%t)", v.Tenant.BaseURL, v.Tenant.Installed) })
+		func(v tenantView) string {
+			return fmt.Sprintf("%s (installed=%t)", v.Tenant.BaseURL, v.Tenant.Installed)
+		})
 }
 
 func scStorm(ctx context.Context, r *run) {

@@ -148,7 +148,9 @@ func scMigration(ctx context.Context, r *run) {
 	r.tl.expect("the transfer is settled exactly once", countSettles(settled) == 1, "one settle call", "progress calls "+list(settled))
 	switch {
 	case o.ListenerErrored:
-		got := t.st.matching(func(c Call) bool { return c.Method == http.MethodGet && c.Path == pathMigration+"/error/"+transferID && c.JWT == "" })
+		got := t.st.matching(func(c Call) bool {
+			return c.Method == http.MethodGet && c.Path == pathMigration+"/error/"+transferID && c.JWT == ""
+		})
 		r.tl.expect("the worker reads the listener's error", len(got) >= 1, "GET "+pathMigration+"/error/"+transferID, plural(len(got), "call"))
 	case o.Cancel:
 		t.st.mu.Lock()

@@ -220,9 +220,13 @@ func isLicense(appKey string) func(Call) bool {
 	}
 }
 
-func isWebhookGet(c Call) bool { return c.Method == http.MethodGet && c.Path == pathWebhook && c.JWT == "" }
+func isWebhookGet(c Call) bool {
+	return c.Method == http.MethodGet && c.Path == pathWebhook && c.JWT == ""
+}
 
-func isWebhookPut(c Call) bool { return c.Method == http.MethodPut && c.Path == pathWebhook && c.JWT == "" }
+func isWebhookPut(c Call) bool {
+	return c.Method == http.MethodPut && c.Path == pathWebhook && c.JWT == ""
+}
 
 func onSite(name string, pred func(Call) bool) func(Call) bool {
 	return func(c Call) bool { return c.Site == name && pred(c) }
