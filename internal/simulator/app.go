@@ -164,6 +164,9 @@ func (s *Simulator) sign(req *http.Request, d descriptor, sg signing) (string, e
 		return "", fmt.Errorf("app baseUrl: %w", err)
 	}
 	now := time.Now()
+	if sg.alg == "RS256" {
+		now = s.installIAT(sg.issuer)
+	}
 	claims := jwt.MapClaims{
 		"iss": sg.issuer,
 		"iat": now.Unix(),
@@ -187,6 +190,26 @@ func (s *Simulator) sign(req *http.Request, d descriptor, sg signing) (string, e
 		return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString([]byte(sg.secret))
 	default:
 		return "", fmt.Errorf("simulator: unknown alg %q", sg.alg)
+	}
+}
+
+// installIAT is the time a signed install of issuer is issued at: never in
+// the same second as the previous one. Atlassian's install tokens of one
+// tenant never share an iat (they are human actions seconds apart); two in one
+// second would be byte-identical tokens, which the app rightly refuses as a
+// replay when the bodies differ.
+func (s *Simulator) installIAT(issuer string) time.Time {
+	for {
+		now := time.Now()
+		s.mu.Lock()
+		last, seen := s.lastIAT[issuer]
+		if !seen || now.Unix() > last {
+			s.lastIAT[issuer] = now.Unix()
+			s.mu.Unlock()
+			return now
+		}
+		s.mu.Unlock()
+		time.Sleep(now.Truncate(time.Second).Add(time.Second + 5*time.Millisecond).Sub(now))
 	}
 }
 

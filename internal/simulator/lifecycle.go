@@ -218,7 +218,6 @@ func scUninstallRace(ctx context.Context, r *run) {
 		r.tl.expect(fmt.Sprintf("the worker does no work for the uninstalled tenant (%s first)", order[0]), after == licenses, "no new call", plural(after-licenses, "new call"))
 		if order[0] == "uninstalled" {
 			// An uninstall is not final: the customer installs again.
-			waitNextSecond()
 			rep := r.installed(ctx, t, r.s.baseURL(t.site.name), t.secret(), "the customer installs again")
 			if r.expectStatus("the re-install after the race answered", rep, http.StatusNoContent) {
 				r.expectLicenseCalls(ctx, t, licenses+1, "the worker initializes the re-installed tenant")
@@ -226,13 +225,6 @@ func scUninstallRace(ctx context.Context, r *run) {
 		}
 		r.expectJWTsClean(t)
 	}
-}
-
-// waitNextSecond sleeps into the next second: JWT iat has one-second
-// resolution, and the app orders a tenant's lifecycle events by it.
-func waitNextSecond() {
-	now := time.Now()
-	time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
 }
 
 func scLicenseLapse(ctx context.Context, r *run) {

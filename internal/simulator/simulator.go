@@ -84,7 +84,9 @@ type Simulator struct {
 	sites map[string]*site // by site name (the path segment)
 	tl    *timeline        // the scenario running now, if any
 	desc  descriptor       // the app's descriptor, read at the start of Run
-	seq   int
+	// lastIAT is the iat (Unix seconds) of each issuer's last signed install.
+	lastIAT map[string]int64
+	seq     int
 }
 
 // Env returns the environment the app needs to trust a simulator listening
@@ -144,7 +146,7 @@ func New(cfg Config, ln net.Listener) (*Simulator, error) {
 	}
 	s := &Simulator{
 		cfg: cfg, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}),
-		origin: origin, runID: randomHex(3), sites: map[string]*site{}, served: make(chan struct{}),
+		origin: origin, runID: randomHex(3), sites: map[string]*site{}, lastIAT: map[string]int64{}, served: make(chan struct{}),
 		client: cfg.HTTPClient, log: cfg.Logger,
 	}
 	s.kid = "connectctl-simulate/" + s.runID
