@@ -1,6 +1,7 @@
 // Package ctl implements connectctl, the Connect JWT debugging tool: it
 // prints canonical requests and query string hashes, and decodes a token and
-// explains which check fails and why. main only wires it to the process.
+// explains which check fails and why; simulate runs a local Atlassian
+// (internal/simulator) against the app. main only wires it to the process.
 package ctl
 
 import (
@@ -42,6 +43,8 @@ const usage = `usage:
       print header and claims and check alg, signature (with --secret or
       $CONNECTCTL_SECRET for HS256, --public-key for RS256), exp and qsh
       (with --url). The secret is never printed.
+  connectctl simulate [SCENARIO...] [--listen ADDR] [--app URL] [--json] [--print-env] ...
+      a local Atlassian playing scenarios against the app (connectctl simulate -h)
 `
 
 // Env gives Run the process environment; os.Getenv in production.
@@ -59,6 +62,8 @@ func Run(args []string, env Env, stdout, stderr io.Writer, now func() time.Time)
 		return runQSH(args[1:], stdout, stderr)
 	case args[0] == "jwt" && len(args) > 1 && args[1] == "decode":
 		return runDecode(args[2:], env, stdout, stderr, now)
+	case args[0] == "simulate":
+		return runSimulate(args[1:], env, stdout, stderr)
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		fmt.Fprint(stdout, usage)
 		return ExitOK
