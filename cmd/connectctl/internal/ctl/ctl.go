@@ -33,6 +33,8 @@ const (
 	ExitOK     = 0 // success; for jwt decode: every check that ran passed
 	ExitFailed = 1 // a check failed or the token cannot be decoded
 	ExitUsage  = 2 // bad command line
+	// ExitInterrupted: simulate was stopped by SIGINT or SIGTERM (128+SIGINT).
+	ExitInterrupted = 130
 )
 
 const usage = `usage:

@@ -143,9 +143,16 @@ func runSimulate(args []string, env Env, stdout, stderr io.Writer) int {
 	sum, err := sim.Run(ctx, names, f.opts, p)
 	if err != nil {
 		p.Message("connectctl simulate: %v", err)
+		if ctx.Err() != nil {
+			return ExitInterrupted
+		}
 		return ExitFailed
 	}
 	p.Summary(sum)
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "connectctl simulate: interrupted; the results above are partial")
+		return ExitInterrupted
+	}
 	code := ExitOK
 	if sum.Failed > 0 || sum.Passed == 0 {
 		code = ExitFailed
