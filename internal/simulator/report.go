@@ -89,7 +89,11 @@ func (p *Printer) event(e Event) {
 	if e.Status != 0 {
 		status = fmt.Sprintf("  -> %d", e.Status)
 	}
-	line := fmt.Sprintf("  %7.3fs  %-21s %s%s", e.Offset.Seconds(), e.From+" -> "+e.To, e.What, status)
+	who := e.From + " -> " + e.To
+	if e.From == e.To {
+		who = e.From
+	}
+	line := fmt.Sprintf("  %7.3fs  %-21s %s%s", e.Offset.Seconds(), who, e.What, status)
 	if e.Note != "" {
 		line += "  " + e.Note
 	}

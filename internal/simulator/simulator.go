@@ -160,7 +160,8 @@ func New(cfg Config, ln net.Listener) (*Simulator, error) {
 	mux.HandleFunc("GET /keys/{kid...}", s.serveKey)
 	mux.HandleFunc("/sites/{site}/{rest...}", s.serveSite)
 	mux.HandleFunc("GET /s3/{site}/{key...}", s.serveDownload)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
+	// No write timeout: a --big download streams for as long as it takes.
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {
 		defer close(s.served)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -188,11 +189,12 @@ func (s *Simulator) Close(ctx context.Context) error {
 
 func (s *Simulator) serveKey(w http.ResponseWriter, r *http.Request) {
 	kid := r.PathValue("kid")
-	s.event(actorApp, "key server", "GET /keys/"+kid, 0, "")
 	if kid != s.kid {
+		s.event(actorApp, "key server", "GET /keys/"+kid, http.StatusNotFound, "not the simulator's kid")
 		http.NotFound(w, r)
 		return
 	}
+	s.event(actorApp, "key server", "GET /keys/"+kid, http.StatusOK, "")
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	_, _ = w.Write(s.pem)
 }

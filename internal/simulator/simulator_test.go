@@ -189,3 +189,31 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestPrinter_JSONLinesCarryTheTimelineChecksAndSummary(t *testing.T) {
+	var out bytes.Buffer
+	p := NewPrinter(&out, true)
+	tl := &timeline{name: "install", start: time.Now(), p: p}
+	p.start("install", "about")
+	p.event(Event{Scenario: "install", Offset: 1500 * time.Millisecond, From: actorAtlassian, To: actorApp, What: "POST /installed", Status: 204})
+	tl.expect("the worker read the license", false, "1 call", "0 calls")
+	r := tl.result()
+	p.result(r)
+	p.Summary(Summary{Passed: 0, Failed: 1, Results: []Result{r}})
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var types []string
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not a JSON line: %q", l)
+		}
+		types = append(types, m["type"].(string))
+	}
+	if strings.Join(types, ",") != "scenario,event,check,result,summary" {
+		t.Errorf("line types = %v", types)
+	}
+	if !strings.Contains(lines[1], `"offsetMs":1500`) || !strings.Contains(lines[3], `"reason":"the worker read the license: expected 1 call, seen 0 calls"`) ||
+		lines[4] != `{"failed":1,"passed":0,"type":"summary"}` {
+		t.Errorf("lines:\n%s", out.String())
+	}
+}
