@@ -155,11 +155,18 @@ func TestSite_AnswersTheProductAPI(t *testing.T) {
 	resp.Body.Close()
 	var want bytes.Buffer
 	_, _ = writeGenerated(&want, "sim/k1", 300<<10)
-	if len(b) != 300<<10 || !bytes.Equal(b, want.Bytes()) || st.uploads["sim/k1"].complete != 1 {
-		t.Errorf("presigned download: %d bytes (complete %d), want the generated %d", len(b), st.uploads["sim/k1"].complete, 300<<10)
+	st.mu.Lock()
+	complete := st.uploads["sim/k1"].complete
+	st.mu.Unlock()
+	if len(b) != 300<<10 || !bytes.Equal(b, want.Bytes()) || complete != 1 {
+		t.Errorf("presigned download: %d bytes (complete %d), want the generated %d", len(b), complete, 300<<10)
 	}
-	if code, _ := call("POST", pathMigration+"/progress/tr-1", `{"status":"SUCCESS","percent":100}`); code != 200 || len(st.progress) != 1 || st.progress[0] != "SUCCESS/100" {
-		t.Errorf("progress = %d %v", code, st.progress)
+	code, _ = call("POST", pathMigration+"/progress/tr-1", `{"status":"SUCCESS","percent":100}`)
+	st.mu.Lock()
+	progress := append([]string(nil), st.progress...)
+	st.mu.Unlock()
+	if code != 200 || len(progress) != 1 || progress[0] != "SUCCESS/100" {
+		t.Errorf("progress = %d %v", code, progress)
 	}
 	for _, rel := range []string{pathMigration + "/mapping/tr-1/page?namespace=jira:issue", pathMigration + "/error/tr-1", pathMigration + "/data/tr-1/all"} {
 		if code, body := call("GET", rel, ""); code != 200 {
