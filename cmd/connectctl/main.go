@@ -2,9 +2,11 @@
 //
 //	connectctl qsh METHOD URL [--base-url U]
 //	connectctl jwt decode TOKEN [--method M --url U --base-url B --secret S]
+//	connectctl simulate [SCENARIO...] [--listen ADDR --app URL --json --print-env ...]
 //
 // It prints canonical requests and query string hashes, and explains why a
-// token is refused. The shared secret may come from $CONNECTCTL_SECRET so it
+// token is refused; simulate runs a local Atlassian that plays scenarios
+// against the app (docs/simulator.md). The shared secret may come from $CONNECTCTL_SECRET so it
 // stays out of shell history; it is never printed. The logic lives in
 // internal/ctl; main only wires it to the process.
 package main
