@@ -130,6 +130,12 @@ type Config struct {
 	// header is trusted and the TCP peer is the client.
 	TrustedProxies []netip.Prefix
 
+	// StaleSince is STALE_SINCE, an RFC 3339 time (or a date, midnight UTC):
+	// when the last descriptor change was published. Once it is more than 24 h
+	// ago the worker exports connectrelay_stale_tenants, the installed tenants
+	// that sent no installed since. Default zero: the gauge is not computed.
+	StaleSince time.Time
+
 	// WorkerMetricsAddr is WORKER_METRICS_ADDR, where the worker serves /metrics
 	// and /healthz (it has no other HTTP side). Default "127.0.0.1:9091" (set
 	// ":9091" to be scraped from another host or container); "off" disables.
@@ -183,6 +189,7 @@ func Load(getenv func(string) string) (Config, error) {
 	}
 	c.AppName = l.str("CONNECT_APP_NAME", c.AppKey)
 	c.TrustedProxies = l.prefixes("TRUSTED_PROXIES")
+	c.StaleSince = l.timestamp("STALE_SINCE")
 	if c.WorkerMetricsAddr == "off" {
 		c.WorkerMetricsAddr = ""
 	}
@@ -248,7 +255,10 @@ func Load(getenv func(string) string) (Config, error) {
 			}
 		}
 	}
-	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss")
+	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss", "redis-sentinel")
+	if strings.HasPrefix(c.RedisURL, "redis-sentinel:") && !strings.Contains(c.RedisURL, "master=") {
+		l.fail("REDIS_URL: a redis-sentinel:// URL needs ?master=NAME (the Sentinels' name of the primary)")
+	}
 	l.scheme("DATABASE_URL", c.DatabaseURL, "postgres", "postgresql")
 	if len(c.ProductHosts) == 0 {
 		l.fail("CONNECT_PRODUCT_HOSTS must list at least one hostname glob")

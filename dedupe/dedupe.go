@@ -51,9 +51,12 @@
 //
 // What is only at-least-once: everything between the start of the handler and
 // Done. A worker that crashes after a side effect but before Done leaves no done
-// marker; its claim expires after ClaimTTL and the next delivery runs the handler
-// again. A handler that runs longer than ClaimTTL without calling Claim.Extend may
-// also run concurrently with a second delivery. So every side effect must be
+// marker; its claim expires after ClaimTTL (20 s by default: a live worker keeps
+// its claim with Claim.KeepAlive, so a dead worker's events resume within about
+// half a minute, not after the longest run a handler may have) and the next
+// delivery runs the handler again. A handler whose claim was lost (its worker
+// stalled for longer than ClaimTTL) may also run concurrently with a second
+// delivery. So every side effect must be
 // idempotent on its own; this package narrows the window in which a repeat can
 // happen, it does not close it. Redis itself is not durable storage: if the done
 // marker is lost (failover without persistence, eviction) the handler runs again,
@@ -77,7 +80,7 @@ import (
 // Default option values, used when the corresponding Options field is zero.
 const (
 	DefaultPrefix   = "connectrelay:dedupe:"
-	DefaultClaimTTL = 5 * time.Minute
+	DefaultClaimTTL = 20 * time.Second
 	DefaultDoneTTL  = 14 * 24 * time.Hour
 )
 
@@ -102,9 +105,9 @@ type Options struct {
 	// Prefix starts every Redis key this store writes. Default DefaultPrefix
 	// ("connectrelay:dedupe:").
 	Prefix string
-	// ClaimTTL bounds how long a crashed worker's claim blocks a retry; it must be
-	// longer than a normal run of the handler (or the handler calls Extend).
-	// Default DefaultClaimTTL (5 minutes).
+	// ClaimTTL bounds how long a crashed worker's claim blocks a retry. A live
+	// worker keeps its claim with Claim.KeepAlive (or Extend), so it need not
+	// cover a whole run of the handler. Default DefaultClaimTTL (20 seconds).
 	ClaimTTL time.Duration
 	// DoneTTL is how long a completed key is remembered. Default DefaultDoneTTL
 	// (14 days, the window in which AMP re-sends and accepts calls for a transfer).
@@ -277,6 +280,44 @@ func (c *Claim) Extend(ctx context.Context) error {
 		return fmt.Errorf("dedupe: extend %q: %w", c.key, ErrClaimLost)
 	}
 	return nil
+}
+
+// KeepAlive extends the claim every third of ClaimTTL until stop is called or
+// ctx ends, so that a live worker keeps a claim that expires soon after the
+// worker dies. If an extension finds the claim lost, lost is called once with
+// the error (the caller should stop its work: another worker may take the key)
+// and the extensions stop. A failed extension for another reason (Redis briefly
+// unreachable) is retried at the next tick. stop waits for the extending
+// goroutine to finish and must be called before Done or Release.
+func (c *Claim) KeepAlive(ctx context.Context, lost func(error)) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(max(c.s.claimTTL/3, time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			ectx, ecancel := context.WithTimeout(ctx, c.s.claimTTL/3)
+			err := c.Extend(ectx)
+			ecancel()
+			if errors.Is(err, ErrClaimLost) {
+				c.s.log.WarnContext(ctx, "dedupe claim lost while the work ran", slog.String("key", c.key))
+				if lost != nil {
+					lost(err)
+				}
+				return
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
 }
 
 // IsDone reports whether a done marker exists for key, for callers (the receiver,

@@ -177,6 +177,58 @@ func TestExtendKeepsClaim(t *testing.T) {
 	}
 }
 
+func TestKeepAlive_HoldsTheClaimWhileTheWorkRunsAndStopsWithIt(t *testing.T) {
+	t.Parallel()
+	s, _ := setup(t, dedupe.Options{ClaimTTL: 300 * time.Millisecond})
+	ctx := context.Background()
+	c, err := s.Claim(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := c.KeepAlive(ctx, func(err error) { t.Errorf("claim lost: %v", err) })
+	time.Sleep(time.Second) // more than three TTLs of work
+	if _, err := s.Claim(ctx, "k"); !errors.Is(err, dedupe.ErrInProgress) {
+		t.Fatalf("Claim while kept alive: got %v, want ErrInProgress", err)
+	}
+	stop()
+	// A worker that died (no Done, no Release) blocks the key only for the TTL.
+	time.Sleep(450 * time.Millisecond)
+	if _, err := s.Claim(ctx, "k"); err != nil {
+		t.Fatalf("Claim after the holder stopped: %v, want the key free after one TTL", err)
+	}
+}
+
+func TestKeepAlive_ReportsALostClaim(t *testing.T) {
+	t.Parallel()
+	s, rdb := setup(t, dedupe.Options{ClaimTTL: 300 * time.Millisecond})
+	ctx := context.Background()
+	c, err := s.Claim(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := make(chan error, 1)
+	stop := c.KeepAlive(ctx, func(err error) { lost <- err })
+	defer stop()
+	// Another worker took the key over (this one stalled past the TTL).
+	if err := rdb.Set(ctx, dedupe.DefaultPrefix+"{k}:claim", "someone-else", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-lost:
+		if !errors.Is(err, dedupe.ErrClaimLost) {
+			t.Fatalf("lost with %v, want ErrClaimLost", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a lost claim was not reported")
+	}
+}
+
+func TestDefaultClaimTTL_LetsADeadWorkersEventsResumeWithinHalfAMinute(t *testing.T) {
+	if dedupe.DefaultClaimTTL > 20*time.Second {
+		t.Fatalf("DefaultClaimTTL %s: a dead worker's claim would block its events longer than the 30 s target (with the 10 s retry)", dedupe.DefaultClaimTTL)
+	}
+}
+
 func TestDoneAfterLostClaimStillMarksDone(t *testing.T) {
 	t.Parallel()
 	s, _ := setup(t, dedupe.Options{ClaimTTL: 200 * time.Millisecond})

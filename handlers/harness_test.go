@@ -70,6 +70,8 @@ type harnessOpts struct {
 	// (h.pgProxy, h.redisProxy), for tests where a dependency hangs.
 	viaProxies bool
 	descriptor func(map[string]any)
+	// descriptorFile is CONNECT_DESCRIPTOR_FILE.
+	descriptorFile string
 	// trustedProxies is TRUSTED_PROXIES.
 	trustedProxies []netip.Prefix
 }
@@ -143,7 +145,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		AllowedBaseURLs: []string{"https://old-app.example.com"},
 		ProductHosts:    config.DefaultProductHosts, Scopes: []string{"READ", "WRITE"},
 		AdminToken: o.adminToken, JWTLeeway: 30 * time.Second, InternalToken: o.internalToken,
-		TrustedProxies: o.trustedProxies,
+		TrustedProxies: o.trustedProxies, DescriptorFile: o.descriptorFile,
 	}
 	if o.productHosts != nil {
 		cfg.ProductHosts = o.productHosts

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -199,6 +201,42 @@ func TestDescriptor_VendorHookAddsModulesButCannotBreakTheProtocolParts(t *testi
 	}
 	if _, ok := d["modules"].(map[string]any)["generalPages"]; !ok {
 		t.Errorf("vendor modules lost: %v", d["modules"])
+	}
+}
+
+func TestDescriptor_ServesTheVendorsFileMergedWithTheOwnedMembers(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "descriptor.json")
+	body := `{"name":"Acme for Jira","scopes":["READ","ACT_AS_USER"],"vendor":{"name":"Acme"},
+		"modules":{"jiraIssueContents":[{"key":"acme-panel","url":"/panel?issue={issue.key}"}],"webhooks":[{"event":"jira:issue_created","url":"/hooks/issue"}]},
+		"apiMigrations":{"gdpr":true,"context-qsh":true},"cloudAppMigration":{"vendorExtra":1},
+		"lifecycle":{"installed":"/installed"}}`
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, harnessOpts{descriptorFile: file})
+	resp, err := http.Get(h.baseURL + handlers.PathDescriptor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var d map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil {
+		t.Fatal(err)
+	}
+	modules := d["modules"].(map[string]any)
+	if d["name"] != "Acme for Jira" || modules["jiraIssueContents"] == nil || modules["webhooks"] == nil ||
+		d["vendor"].(map[string]any)["name"] != "Acme" || fmt.Sprint(d["scopes"]) != "[READ ACT_AS_USER]" {
+		t.Errorf("the vendor's members are not served: %v", d)
+	}
+	if d["key"] != appKey || d["baseUrl"] != h.baseURL || d["lifecycle"].(map[string]any)["uninstalled"] != handlers.PathUninstalled {
+		t.Errorf("owned members: %v", d)
+	}
+	mig := d["apiMigrations"].(map[string]any)
+	cam := d["cloudAppMigration"].(map[string]any)
+	if mig["signed-install"] != true || mig["gdpr"] != true || mig["context-qsh"] != true ||
+		cam["migrationWebhookPath"] != handlers.PathMigrationEvents || cam["vendorExtra"] == nil {
+		t.Errorf("apiMigrations %v, cloudAppMigration %v: want ours and the vendor's members", mig, cam)
 	}
 }
 

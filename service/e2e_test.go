@@ -17,7 +17,6 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
@@ -37,7 +36,7 @@ const appKey = "com.example.relay-e2e"
 // database and a claimed Redis DB; Atlassian and the product site are fakes on
 // loopback that verify everything we send them.
 type e2e struct {
-	t         *testing.T
+	t         testing.TB
 	cfg       config.Config
 	atl       *atlassiantest.Atlassian
 	logs      *testenv.LogBuffer
@@ -49,13 +48,13 @@ type e2e struct {
 	internalURL string
 }
 
-func newE2E(t *testing.T, adminToken string) *e2e {
+func newE2E(t testing.TB, adminToken string) *e2e {
 	t.Helper()
 	return newE2EWith(t, adminToken, func(*config.Config) {})
 }
 
 // newE2EWith is newE2E with a chance to change the configuration first.
-func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e {
+func newE2EWith(t testing.TB, adminToken string, edit func(*config.Config)) *e2e {
 	t.Helper()
 	e := &e2e{t: t, atl: atlassiantest.New(t), logs: &testenv.LogBuffer{}, metrics: metrics.New()}
 	key := make([]byte, 32)
@@ -115,8 +114,10 @@ func newE2EWith(t *testing.T, adminToken string, edit func(*config.Config)) *e2e
 	e.pool = pool
 	box, _ := tenant.NewSecretBox(key)
 	e.store = tenant.NewStore(pool, box, e.logger("test"))
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = rdb.Close() })
 	e.inspector = asynq.NewInspectorFromRedisClient(rdb)
 	return e
@@ -199,7 +200,7 @@ func (e *e2e) waitLicense(clientKey string, state connectrelay.LicenseState, wit
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
@@ -274,7 +275,7 @@ func (s *site) hits() int {
 	return s.addonHits
 }
 
-func newProduct(t *testing.T, secret string, h http.Handler) *producttest.Server {
+func newProduct(t testing.TB, secret string, h http.Handler) *producttest.Server {
 	return producttest.New(t, producttest.Config{AppKey: appKey, Secret: []byte(secret), Handler: h})
 }
 
@@ -458,8 +459,10 @@ func TestMonitoring_ServesTheUIWithTheTokenAndRedactsPayloads(t *testing.T) {
 	const token = "admin-token-e2e-0123456789abcdef"
 	e := newE2E(t, token)
 	// A vendor task carrying a secret-looking field, sitting in a queue.
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer rdb.Close()
 	c := asynq.NewClientFromRedisClient(rdb)
 	if _, err := c.Enqueue(asynq.NewTask("vendor:thing", []byte(`{"clientKey":"ck-9","sharedSecret":"leaky-secret-value"}`)), asynq.Queue("lifecycle")); err != nil {
@@ -528,8 +531,10 @@ func TestWorker_DailyLicenseSweepRecordsAnEndedSubscription(t *testing.T) {
 	st.mu.Lock()
 	st.addonBody = `{"key":"` + appKey + `","state":"ENABLED","license":{"active":false}}`
 	st.mu.Unlock()
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer rdb.Close()
 	sweep, opts := tasks.LicenseSweepTask()
 	for range 2 { // a second scheduler's sweep the same day is a no-op
@@ -617,8 +622,10 @@ func TestMonitoring_CrossSitePauseIsRefusedAndSameOriginWorks(t *testing.T) {
 	t.Parallel()
 	const token = "admin-token-e2e-csrf-0123456789abcdef"
 	e := newE2E(t, token)
-	opt, _ := redis.ParseURL(e.cfg.RedisURL)
-	rdb := redis.NewClient(opt)
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer rdb.Close()
 	if _, err := asynq.NewClientFromRedisClient(rdb).Enqueue(asynq.NewTask("vendor:thing", nil), asynq.Queue("lifecycle")); err != nil {
 		t.Fatal(err)

@@ -106,7 +106,7 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 	r.queue = asynq.NewClientFromRedisClient(st.redis)
 	var monitoring http.Handler
 	if cfg.AdminToken != "" {
-		connOpt, err := asynq.ParseRedisURI(cfg.RedisURL)
+		connOpt, err := tasks.RedisConnOpt(cfg.RedisURL)
 		if err != nil {
 			return fmt.Errorf("REDIS_URL: %w", err)
 		}

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -64,6 +65,9 @@ func run(name string, logger **slog.Logger, build func(ctx context.Context, cfg 
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(2)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(name, cfg, os.Stderr))
 	}
 	if *logger == nil {
 		*logger = newLogger(os.Stderr, cfg.LogLevel).With(slog.String("process", name))
@@ -164,4 +168,47 @@ func newHTTPServer(h http.Handler, write time.Duration, log *slog.Logger) *http.
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+}
+
+// healthcheck is the "healthcheck" subcommand of both binaries, for container
+// health checks (the image has no shell or curl): it asks the running process
+// on this host whether it is ready (the receiver's /readyz, the worker's
+// /healthz on WORKER_METRICS_ADDR) and returns the exit code, 0 when it is.
+func healthcheck(name string, cfg config.Config, stderr io.Writer) int {
+	addr, path := cfg.ListenAddr, "/readyz"
+	if name == "worker" {
+		addr, path = cfg.WorkerMetricsAddr, "/healthz"
+		if addr == "" {
+			fmt.Fprintln(stderr, "worker healthcheck: WORKER_METRICS_ADDR is off; nothing to ask")
+			return 1
+		}
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s healthcheck: listen address %q: %v\n", name, addr, err)
+		return 1
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	u := "http://" + net.JoinHostPort(host, port) + path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s healthcheck: %v\n", name, err)
+		return 1
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s healthcheck: %v\n", name, err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "%s healthcheck: GET %s: %s %s\n", name, u, resp.Status, strings.TrimSpace(string(body)))
+		return 1
+	}
+	return 0
 }

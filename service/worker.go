@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,9 @@ type WorkerTest struct {
 	// IdleTimeout, when positive, replaces the metrics server's keep-alive
 	// idle timeout (2 minutes), so a test need not wait that long.
 	IdleTimeout time.Duration
+	// StaleInterval, when positive, replaces how often the stale sweep
+	// counts the missed uninstalls (staleSweepInterval).
+	StaleInterval time.Duration
 }
 
 // Worker is an assembled worker: call Run to process tasks until its context
@@ -186,7 +190,7 @@ func (w *Worker) build(opts WorkerOptions) error {
 	})
 	// The scheduler gets a connection of its own: on a shared client its
 	// Shutdown logs an error for the close it is not allowed to do.
-	connOpt, err := asynq.ParseRedisURI(cfg.RedisURL)
+	connOpt, err := tasks.RedisConnOpt(cfg.RedisURL)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
@@ -268,11 +272,26 @@ func (w *Worker) Run(ctx context.Context) error {
 		(&outbox.Dispatcher{Store: w.events, Enqueue: w.enqueuer.EnqueueEvent, Interval: eventDispatchInterval,
 			Batch: 200, Logger: w.log}).Run(dispatchCtx)
 	}()
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		tasks.NewOrphans(w.stores.redis, 0, nil, w.log).Run(dispatchCtx, tasks.OrphanSweepInterval)
+	}()
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		tasks.NewQueueStats(w.stores.redis, w.test.Metrics, processID(), nil, w.log).Run(dispatchCtx, tasks.QueueStatsInterval)
+	}()
+	staleDone := make(chan struct{})
+	go func() { defer close(staleDone); w.staleSweep(dispatchCtx) }()
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.WorkerConcurrency))
 	<-ctx.Done()
 	w.log.Info("worker shutting down")
 	stopDispatch()
 	<-dispatched
+	<-swept
+	<-collected
+	<-staleDone
 	w.scheduler.Shutdown()
 	w.server.Shutdown()
 	stopMetrics()
@@ -334,4 +353,13 @@ func withoutQuery(raw string) string {
 	}
 	u.RawQuery, u.Fragment, u.User = "", "", nil
 	return u.String()
+}
+
+// processID names this worker process among the fleet: host, pid and a random
+// suffix.
+func processID() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s:%d:%x", host, os.Getpid(), b)
 }

@@ -42,7 +42,10 @@ func (h *Handlers) licenseSweep(ctx context.Context, t *asynq.Task) (err error) 
 		case err != nil:
 			return fmt.Errorf("license sweep of %s: %w", day, err)
 		}
+		// A sweep of many tenants outlasts the short claim: keep it.
+		stop := claim.KeepAlive(ctx, nil)
 		defer func() {
+			stop()
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			defer cancel()
 			if err == nil {

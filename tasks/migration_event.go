@@ -65,7 +65,14 @@ func (h *Handlers) migrationEvent(ctx context.Context, t *asynq.Task) error {
 	}
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if err := h.d.Migration.HandleEvent(ctx, p.ClientKey, ev); err != nil {
+	// The claim is short (a dead worker's event resumes soon) and kept while
+	// the event is handled; if it is lost anyway, stop: another worker has it.
+	hctx, hcancel := context.WithCancelCause(ctx)
+	defer hcancel(nil)
+	stop := claim.KeepAlive(hctx, func(err error) { hcancel(err) })
+	err = h.d.Migration.HandleEvent(hctx, p.ClientKey, ev)
+	stop()
+	if err != nil {
 		// Let a retry (or another worker) take the event at once rather than
 		// wait for the claim to expire.
 		_ = claim.Release(bctx)

@@ -1,27 +1,119 @@
 package tasks
 
 import (
+	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 )
 
-// OpenRedis builds the process's one Redis client from a redis:// URL, with the
+// OpenRedis builds the process's one Redis client from REDIS_URL, with the
 // timeouts the receiver needs to answer 503 well within a second when Redis is
-// down or hung: go-redis's defaults (5 s read timeout, 3 retries, context deadlines
-// ignored) would hold a request for 10 s. asynq's client, server
-// and inspector are built on this client so they share its pool and timeouts.
+// down or hung, and within a few hundred milliseconds when it is dead:
+// go-redis's defaults (5 s read timeout, 3 retries, five dial attempts 100 ms
+// apart, context deadlines ignored) would hold a request for 10 s. asynq's
+// client, server and inspector, the dedupe claims and every other user of Redis
+// are built on this client, so they share its pool, its timeouts and its
+// failover.
+//
+// REDIS_URL is redis://, rediss:// (TLS) or, for Sentinel,
+// redis-sentinel://[:password@]host:port[,host:port...][/db]?master=NAME: the
+// client asks the Sentinels for the current primary and follows a failover
+// without a restart. The password is the primary's and the Sentinels'.
 func OpenRedis(rawURL string) (*redis.Client, error) {
-	opt, err := redis.ParseURL(rawURL)
+	p, err := parseRedisURL(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("parse REDIS_URL: %w", err)
+		return nil, err
 	}
+	if p.failover != nil {
+		o := p.failover
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout = 250 * time.Millisecond
+		o.DialerRetries = 1
+		o.DialerRetryTimeout = 50 * time.Millisecond
+		o.ReadTimeout = 700 * time.Millisecond
+		o.WriteTimeout = 700 * time.Millisecond
+		o.MaxRetries = 1
+		o.PoolTimeout = 700 * time.Millisecond
+		return redis.NewFailoverClient(o), nil
+	}
+	opt := p.single
 	opt.ContextTimeoutEnabled = true
-	opt.DialTimeout = 500 * time.Millisecond
+	// A dead Redis must cost one failed dial per command, not go-redis's five
+	// dial attempts 100 ms apart (which spent 840 ms of a callback's budget
+	// before its 503).
+	opt.DialTimeout = 250 * time.Millisecond
+	opt.DialerRetries = 1
+	opt.DialerRetryTimeout = 50 * time.Millisecond
 	opt.ReadTimeout = 700 * time.Millisecond
 	opt.WriteTimeout = 700 * time.Millisecond
 	opt.MaxRetries = 1
 	opt.PoolTimeout = 700 * time.Millisecond
 	return redis.NewClient(opt), nil
+}
+
+// RedisConnOpt is REDIS_URL as asynq's scheduler and monitoring UI take it,
+// which open connections of their own: the same server, database and
+// credentials as OpenRedis, Sentinel included.
+func RedisConnOpt(rawURL string) (asynq.RedisConnOpt, error) {
+	p, err := parseRedisURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if f := p.failover; f != nil {
+		return asynq.RedisFailoverClientOpt{MasterName: f.MasterName, SentinelAddrs: f.SentinelAddrs,
+			SentinelPassword: f.SentinelPassword, Password: f.Password, DB: f.DB}, nil
+	}
+	o := p.single
+	return asynq.RedisClientOpt{Addr: o.Addr, Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig}, nil
+}
+
+// parsedRedis is a REDIS_URL: one of single and failover is set.
+type parsedRedis struct {
+	single   *redis.Options
+	failover *redis.FailoverOptions
+}
+
+// ErrRedisURL is wrapped by the errors of a REDIS_URL that does not parse.
+var ErrRedisURL = errors.New("invalid REDIS_URL")
+
+func parseRedisURL(rawURL string) (parsedRedis, error) {
+	if !strings.HasPrefix(rawURL, "redis-sentinel://") {
+		opt, err := redis.ParseURL(rawURL)
+		if err != nil {
+			return parsedRedis{}, fmt.Errorf("%w: %w", ErrRedisURL, err)
+		}
+		return parsedRedis{single: opt}, nil
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return parsedRedis{}, fmt.Errorf("%w: %w", ErrRedisURL, err)
+	}
+	f := &redis.FailoverOptions{MasterName: u.Query().Get("master")}
+	if f.MasterName == "" {
+		return parsedRedis{}, fmt.Errorf("%w: a redis-sentinel:// URL needs ?master=NAME", ErrRedisURL)
+	}
+	for _, a := range strings.Split(u.Host, ",") {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return parsedRedis{}, fmt.Errorf("%w: Sentinel address %q must be host:port", ErrRedisURL, a)
+		}
+		f.SentinelAddrs = append(f.SentinelAddrs, a)
+	}
+	if pw, ok := u.User.Password(); ok {
+		f.Password, f.SentinelPassword = pw, pw
+	}
+	if db := strings.Trim(u.Path, "/"); db != "" {
+		n, err := strconv.Atoi(db)
+		if err != nil || n < 0 {
+			return parsedRedis{}, fmt.Errorf("%w: the database %q must be a number", ErrRedisURL, db)
+		}
+		f.DB = n
+	}
+	return parsedRedis{failover: f}, nil
 }

@@ -5,9 +5,12 @@
 //	connectctl simulate [SCENARIO...] [--listen ADDR --app URL --json --print-env ...]
 //
 // It prints canonical requests and query string hashes, and explains why a
-// token is refused; simulate runs a local Atlassian that plays scenarios
-// against the app (docs/simulator.md). The shared secret may come from $CONNECTCTL_SECRET so it
-// stays out of shell history; it is never printed. The logic lives in
+// token is refused. The shared secret may come from $CONNECTCTL_SECRET so it
+// stays out of shell history; it is never printed. Its operator commands
+// (tenants, transfers, stale, reencrypt, tasks requeue; docs/operations.md)
+// read the service's DATABASE_URL, REDIS_URL and CONNECT_SECRET_KEY; simulate
+// runs a local Atlassian that plays scenarios against the app
+// (docs/simulator.md). The logic lives in
 // internal/ctl; main only wires it to the process.
 package main
 

@@ -45,6 +45,21 @@ type Metrics struct {
 	// MigrationEvents counts received migration events by type and outcome
 	// (enqueued, duplicate, rejected).
 	MigrationEvents *prometheus.CounterVec
+	// QueueTasks is the number of tasks per queue and state (pending, active,
+	// scheduled, retry, archived), collected by one worker at a time.
+	QueueTasks *prometheus.GaugeVec
+	// QueueOldestPending is the age in seconds of the oldest pending task per
+	// queue (0 when none is pending).
+	QueueOldestPending *prometheus.GaugeVec
+	// WorkersLive is the number of worker processes whose heartbeat is current.
+	WorkersLive prometheus.Gauge
+	// QueueStatsCollected is when the queue gauges were last collected (Unix
+	// seconds), so a stale collector is visible.
+	QueueStatsCollected prometheus.Gauge
+	// StaleTenants is the missed-uninstall count: installed tenants that sent
+	// no installed since STALE_SINCE (label since), set by the worker's stale
+	// sweep once STALE_SINCE is more than 24 h ago; no series before that.
+	StaleTenants *prometheus.GaugeVec
 }
 
 // New builds the collectors and registers them, with the Go runtime and process
@@ -91,12 +106,40 @@ func New() *Metrics {
 			Name: "connectrelay_migration_events_total",
 			Help: "Migration webhook events by event type and outcome.",
 		}, []string{"event_type", "outcome"}),
+		QueueTasks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "connectrelay_queue_tasks",
+			Help: "Tasks per queue and state, collected by one worker at a time (take max() across workers).",
+		}, []string{"queue", "state"}),
+		QueueOldestPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "connectrelay_queue_oldest_pending_seconds",
+			Help: "Age of the oldest pending task per queue, 0 when none is pending.",
+		}, []string{"queue"}),
+		WorkersLive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "connectrelay_workers_live",
+			Help: "Worker processes whose heartbeat is current.",
+		}),
+		QueueStatsCollected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "connectrelay_queue_stats_collected_timestamp_seconds",
+			Help: "When this worker last collected the queue gauges (0: it is not the collector).",
+		}),
+		StaleTenants: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "connectrelay_stale_tenants",
+			Help: "Installed tenants that sent no installed since STALE_SINCE (probably uninstalled without the hook), by STALE_SINCE.",
+		}, []string{"since"}),
+	}
+	// The SLI series exist from start-up at 0, so a rate over a fresh process
+	// is 0, not absent.
+	for _, res := range []string{"good", "bad"} {
+		m.InstallSLI.WithLabelValues(res)
+		m.WebhookSLI.WithLabelValues(res)
 	}
 	r.MustRegister(
+		m.QueueTasks, m.QueueOldestPending, m.WorkersLive, m.QueueStatsCollected,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.LifecycleCallbacks, m.InstallSLI, m.WebhookSLI, m.HTTPDuration,
 		m.TasksProcessed, m.TasksRetried, m.TaskDuration, m.OutboundCalls, m.MigrationEvents,
+		m.StaleTenants,
 	)
 	return m
 }

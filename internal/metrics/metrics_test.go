@@ -45,3 +45,17 @@ func TestHandler_ExposesWhatWasObserved(t *testing.T) {
 		}
 	}
 }
+
+func TestMetrics_SLICountersExistFromStartUp(t *testing.T) {
+	m := New()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, line := range []string{
+		`connectrelay_install_callback_sli_total{result="good"} 0`, `connectrelay_install_callback_sli_total{result="bad"} 0`,
+		`connectrelay_webhook_sli_total{result="good"} 0`, `connectrelay_webhook_sli_total{result="bad"} 0`,
+	} {
+		if !strings.Contains(rec.Body.String(), line) {
+			t.Errorf("a fresh process does not expose %s", line)
+		}
+	}
+}

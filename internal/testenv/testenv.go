@@ -14,8 +14,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -199,4 +203,105 @@ func ClosedAddr(t testing.TB) string {
 	// Port 1 on loopback is privileged and unused on these machines; a refused
 	// connection is what we want. Keep it a function so the choice lives in one place.
 	return strings.Join([]string{"127.0.0.1", "1"}, ":")
+}
+
+// RedisServer is a redis-server of a test's own, on a free loopback port, for
+// tests that stop or kill Redis (never the shared one).
+type RedisServer struct {
+	Addr string
+	cmd  *exec.Cmd
+}
+
+// StartRedis starts a redis-server without persistence on a free loopback
+// port and stops it when the test ends. It skips the test when redis-server is
+// not installed.
+func StartRedis(t testing.TB, args ...string) *RedisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server is not installed")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	all := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir()}, args...)
+	cmd := exec.Command(bin, all...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &RedisServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd}
+	t.Cleanup(s.Kill)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c := redis.NewClient(&redis.Options{Addr: s.Addr})
+		err := c.Ping(context.Background()).Err()
+		_ = c.Close()
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s did not answer: %v", s.Addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill stops the server with SIGKILL, as a crash would (idempotent).
+func (s *RedisServer) Kill() {
+	if s.cmd.Process != nil && s.cmd.ProcessState == nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+	}
+}
+
+// StartSentinel starts a Redis Sentinel of a test's own on a free loopback
+// port, monitoring primary as master with a quorum of quorum and a short
+// down-after (1 s), and stops it when the test ends.
+func StartSentinel(t testing.TB, master, primary string, quorum int) *RedisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skip("redis-server is not installed")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	host, pport, err := net.SplitHostPort(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor %s %s %s %d\n"+
+		"sentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 10000\nsentinel parallel-syncs %s 1\n",
+		port, dir, master, host, pport, quorum, master, master, master)
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, conf, "--sentinel")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &RedisServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd}
+	t.Cleanup(s.Kill)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+		_, err := c.GetMasterAddrByName(context.Background(), master).Result()
+		_ = c.Close()
+		if err == nil {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sentinel on %s did not answer: %v", s.Addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -1,7 +1,9 @@
 // Package ctl implements connectctl, the Connect JWT debugging tool: it
 // prints canonical requests and query string hashes, and decodes a token and
-// explains which check fails and why; simulate runs a local Atlassian
-// (internal/simulator) against the app. main only wires it to the process.
+// explains which check fails and why; its operator commands (ops.go) read
+// the service's tenants, transfers and task archive; simulate runs a local
+// Atlassian (internal/simulator) against the app. main only wires it to the
+// process.
 package ctl
 
 import (
@@ -66,8 +68,10 @@ func Run(args []string, env Env, stdout, stderr io.Writer, now func() time.Time)
 		return runDecode(args[2:], env, stdout, stderr, now)
 	case args[0] == "simulate":
 		return runSimulate(args[1:], env, stdout, stderr)
+	case isOpsCommand(args[0]):
+		return runOps(args, env, stdout, stderr, now)
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage+opsUsage)
 		return ExitOK
 	default:
 		fmt.Fprintf(stderr, "connectctl: unknown command %q\n%s", strings.Join(args[:min(2, len(args))], " "), usage)
