@@ -1,7 +1,8 @@
 // Package ctl implements connectctl, the Connect JWT debugging tool: it
 // prints canonical requests and query string hashes, and decodes a token and
 // explains which check fails and why; its operator commands (ops.go) read
-// the service's tenants, transfers and task archive. main only wires it to the
+// the service's tenants, transfers and task archive; simulate runs a local
+// Atlassian (internal/simulator) against the app. main only wires it to the
 // process.
 package ctl
 
@@ -34,6 +35,8 @@ const (
 	ExitOK     = 0 // success; for jwt decode: every check that ran passed
 	ExitFailed = 1 // a check failed or the token cannot be decoded
 	ExitUsage  = 2 // bad command line
+	// ExitInterrupted: simulate was stopped by SIGINT or SIGTERM (128+SIGINT).
+	ExitInterrupted = 130
 )
 
 const usage = `usage:
@@ -44,6 +47,8 @@ const usage = `usage:
       print header and claims and check alg, signature (with --secret or
       $CONNECTCTL_SECRET for HS256, --public-key for RS256), exp and qsh
       (with --url). The secret is never printed.
+  connectctl simulate [SCENARIO...] [--listen ADDR] [--app URL] [--json] [--print-env] ...
+      a local Atlassian playing scenarios against the app (connectctl simulate -h)
 `
 
 // Env gives Run the process environment; os.Getenv in production.
@@ -61,6 +66,8 @@ func Run(args []string, env Env, stdout, stderr io.Writer, now func() time.Time)
 		return runQSH(args[1:], stdout, stderr)
 	case args[0] == "jwt" && len(args) > 1 && args[1] == "decode":
 		return runDecode(args[2:], env, stdout, stderr, now)
+	case args[0] == "simulate":
+		return runSimulate(args[1:], env, stdout, stderr)
 	case isOpsCommand(args[0]):
 		return runOps(args, env, stdout, stderr, now)
 	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":

@@ -1,0 +1,179 @@
+package service_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/internal/simulator"
+	"github.com/connectrelay/connectrelay/service"
+)
+
+const simInternalToken = "internal-token-simulator-e2e-0123456789abcdef"
+
+// syncBuffer is a bytes.Buffer safe for the simulator's concurrent prints.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// simE2E is a real receiver and the simulator that plays Atlassian for it;
+// the caller starts the worker it wants.
+func simE2E(t *testing.T, timeout time.Duration) (*e2e, *simulator.Simulator) {
+	t.Helper()
+	var sim *simulator.Simulator
+	e := newE2EWith(t, "", func(c *config.Config) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.InternalToken = simInternalToken
+		sim, err = simulator.New(simulator.Config{App: c.BaseURL, Internal: c.InternalURL, InternalToken: simInternalToken, Timeout: timeout}, ln)
+		if err != nil {
+			t.Fatalf("simulator.New: %v", err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = sim.Close(ctx)
+		})
+		c.KeysCDNURL = sim.Origin() + "/keys"
+	})
+	return e, sim
+}
+
+// play runs the scenarios and returns the results and the printed timeline.
+func play(t *testing.T, sim *simulator.Simulator, opts simulator.Options, names ...string) (simulator.Summary, string) {
+	t.Helper()
+	var out syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := simulator.NewPrinter(&out, false)
+	sum, err := sim.Run(ctx, names, opts, p)
+	if err != nil {
+		t.Fatalf("Run %v: %v\n%s", names, err, out.String())
+	}
+	p.Summary(sum)
+	return sum, out.String()
+}
+
+func TestSimulator_EveryScenarioPassesAgainstARealReceiverAndWorker(t *testing.T) {
+	t.Parallel()
+	e, sim := simE2E(t, 10*time.Second)
+	e.startWorker(service.WorkerOptions{})
+	runs := []struct {
+		name  string
+		opts  simulator.Options
+		names []string
+	}{
+		{"lifecycle", simulator.Options{}, []string{"install", "reinstall", "rotate-secret", "rename-site", "import-site",
+			"upgrade", "uninstall-race", "license-lapse", "forged-install"}},
+		{"migration", simulator.Options{}, []string{"migration"}},
+		{"migration out of order with duplicates", simulator.Options{Uploads: 4, OutOfOrder: true, Duplicates: true}, []string{"migration"}},
+		{"migration without messageId", simulator.Options{NoMessageID: true, Duplicates: true}, []string{"migration"}},
+		{"migration cancelled", simulator.Options{Cancel: true}, []string{"migration"}},
+		{"migration listener errored", simulator.Options{ListenerErrored: true}, []string{"migration"}},
+		{"migration big upload", simulator.Options{Uploads: 1, Big: 48 << 20}, []string{"migration"}},
+		{"storm", simulator.Options{Tenants: 12}, []string{"storm"}},
+		{"tour", simulator.Options{}, []string{"tour"}},
+	}
+	seen := map[string]bool{}
+	for _, r := range runs {
+		sum, out := play(t, sim, r.opts, r.names...)
+		for _, res := range sum.Results {
+			seen[res.Scenario] = true
+		}
+		if sum.Failed != 0 || sum.Passed != len(sum.Results) || len(sum.Results) == 0 {
+			t.Errorf("%s: %d passed, %d failed:\n%s", r.name, sum.Passed, sum.Failed, out)
+		}
+		if !strings.HasSuffix(out, "passed, 0 failed\n") {
+			t.Errorf("%s: the last line is not the summary:\n%s", r.name, out)
+		}
+	}
+	for _, name := range simulator.Scenarios() {
+		if !seen[name] {
+			t.Errorf("scenario %s never ran", name)
+		}
+	}
+}
+
+// refusingTransport answers some of the worker's product calls itself,
+// playing a worker that never makes them.
+type refusingTransport struct {
+	refuse func(*http.Request) bool
+	tamper func(*http.Request)
+}
+
+func (rt refusingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if rt.refuse != nil && rt.refuse(r) {
+		return &http.Response{StatusCode: http.StatusForbidden, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: http.NoBody, Request: r}, nil
+	}
+	if rt.tamper != nil {
+		rt.tamper(r)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func TestSimulator_BrokenServicesFailTheMatchingScenario(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name     string
+		worker   *service.WorkerOptions // nil: no worker runs
+		scenario string
+		reason   string
+	}{
+		{"a worker that registers no migration webhook", &service.WorkerOptions{Test: service.WorkerTest{HTTPClient: &http.Client{
+			Timeout: 5 * time.Second,
+			Transport: refusingTransport{refuse: func(r *http.Request) bool {
+				return r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/migration/webhook")
+			}},
+		}}}, "install", "the worker registered the migration webhook: expected PUT /rest/atlassian-connect/1/migration/webhook"},
+		{"a worker whose requests change after signing", &service.WorkerOptions{Test: service.WorkerTest{HTTPClient: &http.Client{
+			Timeout: 5 * time.Second,
+			Transport: refusingTransport{tamper: func(r *http.Request) {
+				q := r.URL.Query()
+				q.Set("expand", "everything")
+				r.URL.RawQuery = q.Encode()
+			}},
+		}}}, "install", "qsh"},
+		{"no worker", nil, "install", "the worker read the license: expected 1 call of GET /rest/atlassian-connect/1/addons/"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e, sim := simE2E(t, 2*time.Second)
+			if c.worker != nil {
+				e.startWorker(*c.worker)
+			}
+			sum, out := play(t, sim, simulator.Options{}, c.scenario)
+			if sum.Failed != 1 || len(sum.Results) != 1 {
+				t.Fatalf("%d passed, %d failed, want the scenario to fail:\n%s", sum.Passed, sum.Failed, out)
+			}
+			if r := sum.Results[0]; !strings.Contains(r.Reason, c.reason) {
+				t.Errorf("reason = %q, want it to contain %q\n%s", r.Reason, c.reason, out)
+			}
+			if !strings.Contains(out, "FAIL "+c.scenario) || !strings.HasSuffix(out, "0 passed, 1 failed\n") {
+				t.Errorf("output lacks the FAIL line or the summary:\n%s", out)
+			}
+		})
+	}
+}
