@@ -38,7 +38,7 @@ type Store interface {
 	Get(ctx context.Context, clientKey string) (connectrelay.Tenant, error)
 	SetLicense(ctx context.Context, clientKey string, state connectrelay.LicenseState, checkedAt time.Time) error
 	SetWebhookRegistered(ctx context.Context, clientKey string, endpoints []string, at time.Time) error
-	List(ctx context.Context, limit, offset int) ([]connectrelay.Tenant, error)
+	Page(ctx context.Context, q tenant.Query) ([]connectrelay.Tenant, string, error)
 }
 
 // TransferReader reads a transfer of a tenant; *migration.Machine implements it.
@@ -312,20 +312,26 @@ const installedPage = 500
 // order, reading the store a page at a time. An error is yielded once, last.
 func (s *Service) InstalledTenants(ctx context.Context) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
-		for offset := 0; ; offset += installedPage {
-			page, err := s.cfg.Tenants.List(ctx, installedPage, offset)
+		installed := true
+		q := tenant.Query{Installed: &installed, Limit: installedPage}
+		for {
+			// Keyset paging (clientKey order, installed only): each page is one
+			// index range, however many tenants came before it, and a tenant
+			// installed or removed meanwhile shifts no other.
+			page, next, err := s.cfg.Tenants.Page(ctx, q)
 			if err != nil {
 				yield("", fmt.Errorf("list tenants: %w", err))
 				return
 			}
 			for _, tn := range page {
-				if tn.Installed && !yield(tn.ClientKey, nil) {
+				if !yield(tn.ClientKey, nil) {
 					return
 				}
 			}
-			if len(page) < installedPage {
+			if next == "" {
 				return
 			}
+			q.After = next
 		}
 	}
 }
