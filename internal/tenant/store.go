@@ -364,12 +364,20 @@ func (s *Store) updateExisting(ctx context.Context, tx pgx.Tx, res *InstallResul
 // written and under a transaction advisory lock on the baseUrl: of two concurrent
 // installs with one baseUrl, the second to take the lock sees the first's committed
 // row, so a site import is never missed.
+//
+// The writes are constant per install, however many tenants share the baseUrl: one
+// link from the new clientKey to the baseUrl's representative (its oldest tenant) and
+// one linked history row on that representative. Every tenant of a baseUrl is thus
+// linked to its representative, which makes the group; res.LinkedClientKeys (and the
+// site_import_detected event) still name every other tenant, read in one query.
 func (s *Store) linkBaseURL(ctx context.Context, tx pgx.Tx, res *InstallResult, prevBaseURL string, at, iat time.Time) error {
 	ck, baseURL := res.Tenant.ClientKey, res.Tenant.BaseURL
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, linkLockClass, baseURL); err != nil {
 		return fmt.Errorf("lock baseUrl: %w", err)
 	}
-	rows, err := tx.Query(ctx, `SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2 ORDER BY client_key`, baseURL, ck)
+	// Oldest first: the first row is the representative.
+	rows, err := tx.Query(ctx, `SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
+		ORDER BY first_installed_at, client_key`, baseURL, ck)
 	if err != nil {
 		return fmt.Errorf("find tenants with baseUrl: %w", err)
 	}
@@ -380,25 +388,26 @@ func (s *Store) linkBaseURL(ctx context.Context, tx pgx.Tx, res *InstallResult, 
 	if len(others) == 0 {
 		return nil
 	}
+	rep := others[0]
+	slices.Sort(others)
 	held := fmt.Sprintf("baseUrl %q also held by clientKey(s) %s", baseURL, strings.Join(others, ", "))
 	theirs := fmt.Sprintf("baseUrl %q now also held by clientKey %s (renamed from %q)", baseURL, ck, prevBaseURL)
 	if res.Created {
 		held = "site import: " + held
 		theirs = fmt.Sprintf("site import: baseUrl %q now also held by new clientKey %s", baseURL, ck)
 	}
-	for _, other := range others {
-		if _, err := tx.Exec(ctx, `INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
-			VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, ck, other, baseURL, at); err != nil {
-			return fmt.Errorf("record link: %w", err)
-		}
-		if _, err := insertEvent(ctx, tx, other, EventLinked, at, iat, true, []string{theirs}); err != nil {
-			return err
-		}
+	if _, err := tx.Exec(ctx, `INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
+		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, ck, rep, baseURL, at); err != nil {
+		return fmt.Errorf("record link: %w", err)
+	}
+	if _, err := insertEvent(ctx, tx, rep, EventLinked, at, iat, true, []string{theirs}); err != nil {
+		return err
 	}
 	res.Changes = append(res.Changes, held)
 	res.LinkedClientKeys = others
 	s.log.WarnContext(ctx, "baseUrl held by several tenants",
-		slog.String("client_key", ck), slog.String("base_url", baseURL), slog.Any("other_client_keys", others))
+		slog.String("client_key", ck), slog.String("base_url", baseURL),
+		slog.String("representative", rep), slog.Int("other_tenants", len(others)))
 	return nil
 }
 

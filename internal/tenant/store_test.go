@@ -255,30 +255,69 @@ func TestConcurrentSiteImportsAreAllLinked(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("Install: %v", err)
 	}
-	// Each install sees every one committed before it: one link per pair.
-	var pairs []string
-	rows, err := b.pool.Query(testCtx(t), `SELECT least(client_key, other_client_key) || '+' || greatest(client_key, other_client_key) FROM tenant_links ORDER BY 1`)
+	// Each install sees every one committed before it and links itself to one of
+	// them (the representative): one link per install after the first, and the
+	// links connect the whole group, so no site import is missed.
+	rows, err := b.pool.Query(testCtx(t), `SELECT client_key, other_client_key FROM tenant_links`)
 	if err != nil {
 		t.Fatal(err)
 	}
+	parent := map[string]string{}
+	var find func(string) string
+	find = func(k string) string {
+		if p, ok := parent[k]; ok && p != k {
+			return find(p)
+		}
+		return k
+	}
+	links := 0
 	for rows.Next() {
-		var p string
-		if err := rows.Scan(&p); err != nil {
+		var a, o string
+		if err := rows.Scan(&a, &o); err != nil {
 			t.Fatal(err)
 		}
-		pairs = append(pairs, p)
+		links++
+		parent[find(a)] = find(o)
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	var want []string
-	for i := range keys {
-		for j := i + 1; j < len(keys); j++ {
-			want = append(want, keys[i]+"+"+keys[j])
+	if links != len(keys)-1 {
+		t.Errorf("%d links; want %d (one per install after the first)", links, len(keys)-1)
+	}
+	for _, k := range keys {
+		if find(k) != find(keys[0]) {
+			t.Errorf("tenant %s is not linked to the group of %s", k, keys[0])
 		}
 	}
-	if diff := cmp.Diff(want, pairs); diff != "" {
-		t.Errorf("linked pairs (-want +got):\n%s", diff)
+}
+
+// A site import writes a constant amount per install: one link and one linked
+// history row on the representative, however many tenants share the baseUrl, while
+// LinkedClientKeys still names all of them.
+func TestSiteImportWritesOneLinkAndOneHistoryRowPerInstall(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const site = "https://many.atlassian.net"
+	const n = 6
+	for i := range n {
+		res, err := b.store.Install(testCtx(t), payload(t, fmt.Sprintf("m%d", i), map[string]any{"baseUrl": site}), ts(i+1), ts(i+1))
+		if err != nil {
+			t.Fatalf("Install m%d: %v", i, err)
+		}
+		if len(res.LinkedClientKeys) != i {
+			t.Errorf("install m%d: %d linked clientKeys; want %d", i, len(res.LinkedClientKeys), i)
+		}
+	}
+	var links, linked int
+	if err := b.pool.QueryRow(testCtx(t), `SELECT count(*) FROM tenant_links WHERE other_client_key = 'm0'`).Scan(&links); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.pool.QueryRow(testCtx(t), `SELECT count(*) FROM tenant_events WHERE type = $1`, EventLinked).Scan(&linked); err != nil {
+		t.Fatal(err)
+	}
+	if links != n-1 || linked != n-1 {
+		t.Errorf("%d links to m0 and %d linked history rows; want %d each", links, linked, n-1)
 	}
 }
 
