@@ -49,8 +49,9 @@ var DefaultProductHosts = []string{"*.atlassian.net", "*.jira.com"}
 type Config struct {
 	// ListenAddr is LISTEN_ADDR, the receiver's listen address. Default ":8080".
 	ListenAddr string
-	// RedisURL is REDIS_URL, redis://[user:password@]host:port/db (rediss:// for TLS).
-	// Default "redis://127.0.0.1:6379/0".
+	// RedisURL is REDIS_URL, redis://[user:password@]host:port/db (rediss:// for TLS),
+	// redis-sentinel://...?master=NAME or redis-cluster://host:port[,host:port...]
+	// (see tasks.OpenRedis). Default "redis://127.0.0.1:6379/0".
 	RedisURL string
 	// DatabaseURL is DATABASE_URL, a PostgreSQL URL. Default
 	// "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".
@@ -255,7 +256,7 @@ func Load(getenv func(string) string) (Config, error) {
 			}
 		}
 	}
-	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss", "redis-sentinel")
+	l.scheme("REDIS_URL", c.RedisURL, "redis", "rediss", "redis-sentinel", "redis-cluster")
 	if strings.HasPrefix(c.RedisURL, "redis-sentinel:") && !strings.Contains(c.RedisURL, "master=") {
 		l.fail("REDIS_URL: a redis-sentinel:// URL needs ?master=NAME (the Sentinels' name of the primary)")
 	}

@@ -101,7 +101,11 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		return fmt.Errorf("install verifier: %w", err)
 	}
 	secrets := tenant.NewSecretCache(st.tenants, secretCacheTTL)
-	r.secrets = tenant.NewInvalidations(secrets, st.redis, tenant.InvalidationChannel(st.redis.Options().DB, cfg.AppKey), r.log)
+	db, err := tasks.RedisDB(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	r.secrets = tenant.NewInvalidations(secrets, st.redis, tenant.InvalidationChannel(db, cfg.AppKey), r.log)
 	requests, err := connect.NewHS256Verifier(connect.HS256Config{
 		AppBaseURLs: cfg.AppBaseURLs(), Secrets: secrets, Leeway: cfg.JWTLeeway,
 	})

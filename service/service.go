@@ -109,7 +109,7 @@ const migrateTimeout = 60 * time.Second
 // stores are the durable dependencies both processes share.
 type stores struct {
 	pool    *pgxpool.Pool
-	redis   *redis.Client
+	redis   redis.UniversalClient
 	tenants *tenant.Store
 	hosts   *connect.HostPolicy
 }

@@ -22,16 +22,20 @@ import (
 // are built on this client, so they share its pool, its timeouts and its
 // failover.
 //
-// REDIS_URL is redis://, rediss:// (TLS) or, for Sentinel,
-// redis-sentinel://[:password@]host:port[,host:port...][/db]?master=NAME: the
+// REDIS_URL is redis://, rediss:// (TLS), for Sentinel
+// redis-sentinel://[:password@]host:port[,host:port...][/db]?master=NAME (the
 // client asks the Sentinels for the current primary and follows a failover
-// without a restart. The password is the primary's and the Sentinels'.
-func OpenRedis(rawURL string) (*redis.Client, error) {
+// without a restart; the password is the primary's and the Sentinels'), or for
+// Redis Cluster redis-cluster://[:password@]host:port[,host:port...] (any
+// reachable nodes; the client learns the slots and follows resharding and
+// failover; a cluster has database 0 only).
+func OpenRedis(rawURL string) (redis.UniversalClient, error) {
 	p, err := parseRedisURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	if p.failover != nil {
+	switch {
+	case p.failover != nil:
 		o := p.failover
 		o.ContextTimeoutEnabled = true
 		o.DialTimeout = 250 * time.Millisecond
@@ -42,6 +46,17 @@ func OpenRedis(rawURL string) (*redis.Client, error) {
 		o.MaxRetries = 1
 		o.PoolTimeout = 700 * time.Millisecond
 		return redis.NewFailoverClient(o), nil
+	case p.cluster != nil:
+		o := p.cluster
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout = 250 * time.Millisecond
+		o.DialerRetries = 1
+		o.DialerRetryTimeout = 50 * time.Millisecond
+		o.ReadTimeout = 700 * time.Millisecond
+		o.WriteTimeout = 700 * time.Millisecond
+		o.MaxRetries = 1
+		o.PoolTimeout = 700 * time.Millisecond
+		return redis.NewClusterClient(o), nil
 	}
 	opt := p.single
 	opt.ContextTimeoutEnabled = true
@@ -58,9 +73,24 @@ func OpenRedis(rawURL string) (*redis.Client, error) {
 	return redis.NewClient(opt), nil
 }
 
+// RedisDB is the logical database REDIS_URL names (0 for a cluster, which has
+// no other), for names that must differ between databases of one server.
+func RedisDB(rawURL string) (int, error) {
+	p, err := parseRedisURL(rawURL)
+	switch {
+	case err != nil:
+		return 0, err
+	case p.failover != nil:
+		return p.failover.DB, nil
+	case p.cluster != nil:
+		return 0, nil
+	}
+	return p.single.DB, nil
+}
+
 // RedisConnOpt is REDIS_URL as asynq's scheduler and monitoring UI take it,
 // which open connections of their own: the same server, database and
-// credentials as OpenRedis, Sentinel included.
+// credentials as OpenRedis, Sentinel and Cluster included.
 func RedisConnOpt(rawURL string) (asynq.RedisConnOpt, error) {
 	p, err := parseRedisURL(rawURL)
 	if err != nil {
@@ -70,20 +100,27 @@ func RedisConnOpt(rawURL string) (asynq.RedisConnOpt, error) {
 		return asynq.RedisFailoverClientOpt{MasterName: f.MasterName, SentinelAddrs: f.SentinelAddrs,
 			SentinelPassword: f.SentinelPassword, Password: f.Password, DB: f.DB}, nil
 	}
+	if c := p.cluster; c != nil {
+		return asynq.RedisClusterClientOpt{Addrs: c.Addrs, Username: c.Username, Password: c.Password}, nil
+	}
 	o := p.single
 	return asynq.RedisClientOpt{Addr: o.Addr, Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig}, nil
 }
 
-// parsedRedis is a REDIS_URL: one of single and failover is set.
+// parsedRedis is a REDIS_URL: one of single, failover and cluster is set.
 type parsedRedis struct {
 	single   *redis.Options
 	failover *redis.FailoverOptions
+	cluster  *redis.ClusterOptions
 }
 
 // ErrRedisURL is wrapped by the errors of a REDIS_URL that does not parse.
 var ErrRedisURL = errors.New("invalid REDIS_URL")
 
 func parseRedisURL(rawURL string) (parsedRedis, error) {
+	if strings.HasPrefix(rawURL, "redis-cluster://") {
+		return parseClusterURL(rawURL)
+	}
 	if !strings.HasPrefix(rawURL, "redis-sentinel://") {
 		opt, err := redis.ParseURL(rawURL)
 		if err != nil {
@@ -116,4 +153,30 @@ func parseRedisURL(rawURL string) (parsedRedis, error) {
 		f.DB = n
 	}
 	return parsedRedis{failover: f}, nil
+}
+
+// parseClusterURL parses redis-cluster://[[user]:password@]host:port[,host:port...][/0].
+func parseClusterURL(rawURL string) (parsedRedis, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return parsedRedis{}, fmt.Errorf("%w: %w", ErrRedisURL, err)
+	}
+	if u.RawQuery != "" {
+		return parsedRedis{}, fmt.Errorf("%w: a redis-cluster:// URL takes no query parameters (got %q)", ErrRedisURL, u.RawQuery)
+	}
+	c := &redis.ClusterOptions{}
+	for _, a := range strings.Split(u.Host, ",") {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return parsedRedis{}, fmt.Errorf("%w: cluster node address %q must be host:port", ErrRedisURL, a)
+		}
+		c.Addrs = append(c.Addrs, a)
+	}
+	if u.User != nil {
+		c.Username = u.User.Username()
+		c.Password, _ = u.User.Password()
+	}
+	if db := strings.Trim(u.Path, "/"); db != "" && db != "0" {
+		return parsedRedis{}, fmt.Errorf("%w: a Redis Cluster has database 0 only, not %q", ErrRedisURL, db)
+	}
+	return parsedRedis{cluster: c}, nil
 }

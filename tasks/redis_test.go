@@ -7,7 +7,7 @@ import (
 	"github.com/hibiken/asynq"
 )
 
-func TestRedisURL_SentinelAndSingleNodeForms(t *testing.T) {
+func TestRedisURL_SentinelClusterAndSingleNodeForms(t *testing.T) {
 	tests := []struct {
 		url     string
 		wantErr bool
@@ -30,6 +30,21 @@ func TestRedisURL_SentinelAndSingleNodeForms(t *testing.T) {
 		{url: "redis-sentinel://10.0.0.1:26379/0", wantErr: true},
 		{url: "redis-sentinel://10.0.0.1/0?master=m", wantErr: true},
 		{url: "redis-sentinel://10.0.0.1:26379/x?master=m", wantErr: true},
+		{url: "redis-cluster://:pw@127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002", check: func(t *testing.T, p parsedRedis, c asynq.RedisConnOpt) {
+			cl := p.cluster
+			o := c.(asynq.RedisClusterClientOpt)
+			if cl == nil || len(cl.Addrs) != 3 || cl.Addrs[2] != "127.0.0.1:7002" || cl.Password != "pw" || len(o.Addrs) != 3 || o.Password != "pw" {
+				t.Errorf("cluster: %+v %+v", cl, o)
+			}
+		}},
+		{url: "redis-cluster://127.0.0.1:7000/0", check: func(t *testing.T, p parsedRedis, _ asynq.RedisConnOpt) {
+			if p.cluster == nil || len(p.cluster.Addrs) != 1 {
+				t.Errorf("cluster with /0: %+v", p.cluster)
+			}
+		}},
+		{url: "redis-cluster://127.0.0.1:7000/1", wantErr: true},
+		{url: "redis-cluster://127.0.0.1/", wantErr: true},
+		{url: "redis-cluster://127.0.0.1:7000?master=m", wantErr: true},
 		{url: "127.0.0.1:6379", wantErr: true},
 	}
 	for _, tc := range tests {

@@ -58,7 +58,7 @@ func (s TaskSelector) Validate() error {
 
 // Queue is an open connection to the service's task queue (REDIS_URL).
 type Queue struct {
-	redis     *redis.Client
+	redis     redis.UniversalClient
 	inspector *asynq.Inspector
 	log       *slog.Logger
 }
