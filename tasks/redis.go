@@ -37,40 +37,35 @@ func OpenRedis(rawURL string) (redis.UniversalClient, error) {
 	switch {
 	case p.failover != nil:
 		o := p.failover
-		o.ContextTimeoutEnabled = true
-		o.DialTimeout = 250 * time.Millisecond
-		o.DialerRetries = 1
-		o.DialerRetryTimeout = 50 * time.Millisecond
-		o.ReadTimeout = 700 * time.Millisecond
-		o.WriteTimeout = 700 * time.Millisecond
-		o.MaxRetries = 1
-		o.PoolTimeout = 700 * time.Millisecond
+		failFast(&o.ContextTimeoutEnabled, &o.DialTimeout, &o.DialerRetries, &o.DialerRetryTimeout,
+			&o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries, &o.PoolTimeout)
 		return redis.NewFailoverClient(o), nil
 	case p.cluster != nil:
 		o := p.cluster
-		o.ContextTimeoutEnabled = true
-		o.DialTimeout = 250 * time.Millisecond
-		o.DialerRetries = 1
-		o.DialerRetryTimeout = 50 * time.Millisecond
-		o.ReadTimeout = 700 * time.Millisecond
-		o.WriteTimeout = 700 * time.Millisecond
-		o.MaxRetries = 1
-		o.PoolTimeout = 700 * time.Millisecond
+		failFast(&o.ContextTimeoutEnabled, &o.DialTimeout, &o.DialerRetries, &o.DialerRetryTimeout,
+			&o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries, &o.PoolTimeout)
 		return redis.NewClusterClient(o), nil
 	}
-	opt := p.single
-	opt.ContextTimeoutEnabled = true
-	// A dead Redis must cost one failed dial per command, not go-redis's five
-	// dial attempts 100 ms apart (which spent 840 ms of a callback's budget
-	// before its 503).
-	opt.DialTimeout = 250 * time.Millisecond
-	opt.DialerRetries = 1
-	opt.DialerRetryTimeout = 50 * time.Millisecond
-	opt.ReadTimeout = 700 * time.Millisecond
-	opt.WriteTimeout = 700 * time.Millisecond
-	opt.MaxRetries = 1
-	opt.PoolTimeout = 700 * time.Millisecond
-	return redis.NewClient(opt), nil
+	o := p.single
+	failFast(&o.ContextTimeoutEnabled, &o.DialTimeout, &o.DialerRetries, &o.DialerRetryTimeout,
+		&o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries, &o.PoolTimeout)
+	return redis.NewClient(o), nil
+}
+
+// failFast sets the timeouts every form of client shares (the three option
+// types have the same fields but no common type). A dead Redis must cost one
+// failed dial per command, not go-redis's five dial attempts 100 ms apart
+// (which spent 840 ms of a callback's budget before its 503).
+func failFast(ctxTimeout *bool, dial *time.Duration, dialRetries *int, dialRetryTimeout, read, write *time.Duration,
+	maxRetries *int, pool *time.Duration) {
+	*ctxTimeout = true
+	*dial = 250 * time.Millisecond
+	*dialRetries = 1
+	*dialRetryTimeout = 50 * time.Millisecond
+	*read = 700 * time.Millisecond
+	*write = 700 * time.Millisecond
+	*maxRetries = 1
+	*pool = 700 * time.Millisecond
 }
 
 // RedisDB is the logical database REDIS_URL names (0 for a cluster, which has
