@@ -3,7 +3,6 @@ package service_test
 import (
 	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -49,19 +48,7 @@ func TestCluster_ReceiversAndWorkerRunOnAThreeNodeCluster(t *testing.T) {
 		send(ampEvent("listener-triggered", "tr-cl", "m-lt-1", "ck-cl", "", ""))
 	}
 	send(ampEvent("app-data-uploaded", "tr-cl", "m-up-2", "ck-cl", "k2", "final"))
-	eventually(t, 15*time.Second, "transfer settled SUCCESS", func() bool {
-		var state string
-		_ = e.pool.QueryRow(context.Background(), `SELECT state FROM migration_transfers WHERE transfer_id = 'tr-cl'`).Scan(&state)
-		return state == "succeeded"
-	})
-	eventually(t, 5*time.Second, "SUCCESS reported", func() bool {
-		for _, s := range amp.statuses() {
-			if strings.HasPrefix(s, "SUCCESS") {
-				return true
-			}
-		}
-		return false
-	})
+	e.waitSettledSuccess("tr-cl", amp, 15*time.Second)
 	for key := range amp.data {
 		var n int
 		if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM migration_imported_data WHERE transfer_id = 'tr-cl' AND s3_key = $1`, key).Scan(&n); err != nil || n != 1 {
@@ -90,28 +77,7 @@ func TestCluster_ReceiversAndWorkerRunOnAThreeNodeCluster(t *testing.T) {
 	// The worker stops (the fake product verifies the old secret only); a
 	// second receiver on the same cluster caches the secret, then hears the
 	// rotation installed through the first one (pub/sub through the cluster).
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	replicaB := "http://" + ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger("receiver-b"),
-		Test: service.ReceiverTest{Listener: ln, Ready: ready}})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("replica B Run: %v", err)
-		}
-	})
-	<-ready
+	replicaB := e.startReceiver("receiver-b")
 	enabledAtB := func(s string) int {
 		t.Helper()
 		return e.do(e.atl.Request(t, replicaB, handlers.PathEnabled, map[string]any{"clientKey": "ck-cl", "eventType": "enabled"},

@@ -88,23 +88,7 @@ func newE2EWith(t testing.TB, adminToken string, edit func(*config.Config)) *e2e
 		InternalURL:         e.internalURL,
 	}
 	edit(&e.cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger("receiver"),
-		Test: service.ReceiverTest{Listener: ln, InternalListener: internal, Metrics: e.metrics, Ready: ready}})
-	if err != nil {
-		cancel()
-		t.Fatalf("NewReceiver: %v", err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("receiver Run: %v", err)
-		}
-	})
-	<-ready
+	e.runReceiver("receiver", service.ReceiverTest{Listener: ln, InternalListener: internal, Metrics: e.metrics})
 
 	pool, err := pgxpool.New(context.Background(), e.cfg.DatabaseURL)
 	if err != nil {
@@ -161,6 +145,60 @@ func (e *e2e) startWorker(opts service.WorkerOptions) (stop func()) {
 	}
 	e.t.Cleanup(stop)
 	return stop
+}
+
+// startReceiver runs one more receiver on the same configuration, on its own
+// loopback listener, until the test ends, and returns its base URL.
+func (e *e2e) startReceiver(component string) string {
+	e.t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.runReceiver(component, service.ReceiverTest{Listener: ln})
+	return "http://" + ln.Addr().String()
+}
+
+// runReceiver runs a receiver on e.cfg with test options opts until the test
+// ends, and returns once it is ready.
+func (e *e2e) runReceiver(component string, opts service.ReceiverTest) {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	opts.Ready = ready
+	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger(component), Test: opts})
+	if err != nil {
+		cancel()
+		e.t.Fatalf("NewReceiver: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("%s Run: %v", component, err)
+		}
+	})
+	<-ready
+}
+
+// waitSettledSuccess waits until transferID is succeeded in the database and
+// the product heard a SUCCESS progress report.
+func (e *e2e) waitSettledSuccess(transferID string, amp *ampSite, within time.Duration) {
+	e.t.Helper()
+	eventually(e.t, within, "transfer settled SUCCESS", func() bool {
+		var state string
+		_ = e.pool.QueryRow(context.Background(), `SELECT state FROM migration_transfers WHERE transfer_id = $1`, transferID).Scan(&state)
+		return state == "succeeded"
+	})
+	eventually(e.t, 5*time.Second, "SUCCESS reported", func() bool {
+		for _, s := range amp.statuses() {
+			if strings.HasPrefix(s, "SUCCESS") {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func (e *e2e) do(req *http.Request) int {

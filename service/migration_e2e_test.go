@@ -163,19 +163,7 @@ func TestMigration_UploadBeforeListenerTriggeredIsImportedOnceAndSettlesSuccess(
 	send(ampEvent("app-data-uploaded", "tr-1", "", "ck-1", "k2", "final"))
 	send(ampEvent("app-data-uploaded", "tr-1", "", "ck-1", "k2", "final"))
 
-	eventually(t, 10*time.Second, "transfer settled SUCCESS", func() bool {
-		var state string
-		_ = e.pool.QueryRow(context.Background(), `SELECT state FROM migration_transfers WHERE transfer_id = 'tr-1'`).Scan(&state)
-		return state == "succeeded"
-	})
-	eventually(t, 5*time.Second, "SUCCESS reported", func() bool {
-		for _, s := range amp.statuses() {
-			if strings.HasPrefix(s, "SUCCESS") {
-				return true
-			}
-		}
-		return false
-	})
+	e.waitSettledSuccess("tr-1", amp, 10*time.Second)
 	for key, content := range amp.data {
 		var size int64
 		var sum string

@@ -1,15 +1,12 @@
 package service_test
 
 import (
-	"context"
-	"net"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
-	"github.com/connectrelay/connectrelay/service"
 )
 
 // Two running receivers (replicas) on one Postgres and one Redis: after a
@@ -23,28 +20,7 @@ func TestReceiver_RotatedSecretIsRefusedByTheOtherReplicaSoon(t *testing.T) {
 	prod := newProduct(t, oldSecret, newSite())
 	e.install("ck-1", prod, oldSecret)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	replicaB := "http://" + ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	r, err := service.NewReceiver(ctx, e.cfg, service.ReceiverOptions{Logger: e.logger("receiver-b"),
-		Test: service.ReceiverTest{Listener: ln, Ready: ready}})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("replica B Run: %v", err)
-		}
-	})
-	<-ready
+	replicaB := e.startReceiver("receiver-b")
 
 	enabledAtB := func(secret string) int {
 		t.Helper()
