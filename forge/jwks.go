@@ -135,21 +135,28 @@ func (s *keySet) fetch(ctx context.Context) (map[string]*rsa.PublicKey, error) {
 	return keys, nil
 }
 
+// JWK is one JSON Web Key of a key set, with the members an RSA signing key
+// has (RFC 7517, RFC 7518 §6.3); N and E are base64url without padding.
+type JWK struct {
+	Kty string `json:"kty"`
+	Use string `json:"use,omitempty"`
+	Alg string `json:"alg,omitempty"`
+	Kid string `json:"kid"`
+	N   string `json:"n"`
+	E   string `json:"e"`
+}
+
+// JWKSet is a JSON Web Key Set, the document served at a JWKS URL.
+type JWKSet struct {
+	Keys []JWK `json:"keys"`
+}
+
 // ParseJWKS parses a JSON Web Key Set and returns its usable keys by kid:
 // kty RSA, use "sig" or absent, alg RS256 or absent, a kid, and a modulus of
 // at least 2048 bits. Other keys are skipped; a set without usable keys, or
 // invalid JSON, is an error.
 func ParseJWKS(body []byte) (map[string]*rsa.PublicKey, error) {
-	var set struct {
-		Keys []struct {
-			Kty string `json:"kty"`
-			Use string `json:"use"`
-			Alg string `json:"alg"`
-			Kid string `json:"kid"`
-			N   string `json:"n"`
-			E   string `json:"e"`
-		} `json:"keys"`
-	}
+	var set JWKSet
 	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, fmt.Errorf("JWKS is not a JSON key set: %w", err)
 	}

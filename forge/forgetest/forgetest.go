@@ -114,20 +114,10 @@ func (i *Issuer) DropOldKeys() {
 func (i *Issuer) JWKS() []byte {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	type jwk struct {
-		Kty string `json:"kty"`
-		Use string `json:"use"`
-		Alg string `json:"alg"`
-		Kid string `json:"kid"`
-		N   string `json:"n"`
-		E   string `json:"e"`
-	}
-	set := struct {
-		Keys []jwk `json:"keys"`
-	}{}
+	var set forge.JWKSet
 	for _, k := range i.keys {
 		pub := k.priv.PublicKey
-		set.Keys = append(set.Keys, jwk{
+		set.Keys = append(set.Keys, forge.JWK{
 			Kty: "RSA", Use: "sig", Alg: "RS256", Kid: k.kid,
 			N: base64.RawURLEncoding.EncodeToString(pub.N.Bytes()),
 			E: base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes()),
