@@ -15,10 +15,12 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/connectrelay/connectrelay/forge"
 	"github.com/connectrelay/connectrelay/internal/webhook"
 )
 
@@ -137,6 +139,29 @@ type Config struct {
 	// that sent no installed since. Default zero: the gauge is not computed.
 	StaleSince time.Time
 
+	// ForgeAppID is FORGE_APP_ID, the Forge app this service receives events
+	// for, normalised to its ARI (ari:cloud:ecosystem::app/<uuid>; a bare
+	// UUID is accepted). Set, it enables the /forge/* routes. Default empty.
+	ForgeAppID string
+	// ForgeJWKSURL is FORGE_JWKS_URL, where the keys of Forge Invocation
+	// Tokens are fetched. https (http only for a loopback host, for the
+	// simulator). Default forge.DefaultJWKSURL.
+	ForgeJWKSURL string
+	// ForgeEnvironments is FORGE_ENVIRONMENTS (comma separated): the
+	// app.environment.type values accepted (PRODUCTION, STAGING,
+	// DEVELOPMENT). Default "PRODUCTION".
+	ForgeEnvironments []string
+	// ForgeAPIHosts is FORGE_API_HOSTS (comma separated host names): the hosts
+	// an invocation token's app.apiBaseUrl may name. The worker sends the app
+	// system token there. Default "api.atlassian.com".
+	ForgeAPIHosts []string
+	// ForgeLifecycleModules, ForgePreUninstallModules and ForgeMigrationModules
+	// are FORGE_LIFECYCLE_MODULE_KEYS, FORGE_PREUNINSTALL_MODULE_KEYS and
+	// FORGE_MIGRATION_MODULE_KEYS (comma separated): when set, the module keys
+	// a token of /forge/lifecycle, /forge/pre-uninstall or /forge/migration
+	// must carry. Default empty: not checked.
+	ForgeLifecycleModules, ForgePreUninstallModules, ForgeMigrationModules []string
+
 	// WorkerMetricsAddr is WORKER_METRICS_ADDR, where the worker serves /metrics
 	// and /healthz (it has no other HTTP side). Default "127.0.0.1:9091" (set
 	// ":9091" to be scraped from another host or container); "off" disables.
@@ -189,6 +214,7 @@ func Load(getenv func(string) string) (Config, error) {
 		Scopes:              l.list("CONNECT_SCOPES", []string{"READ"}),
 	}
 	c.AppName = l.str("CONNECT_APP_NAME", c.AppKey)
+	l.forge(&c)
 	c.TrustedProxies = l.prefixes("TRUSTED_PROXIES")
 	c.StaleSince = l.timestamp("STALE_SINCE")
 	if c.WorkerMetricsAddr == "off" {
@@ -319,6 +345,60 @@ func (c Config) MigrationWebhookURL() string { return c.BaseURL + MigrationWebho
 // MigrationWebhookPath is the path, relative to BaseURL, of the migration webhook;
 // the descriptor and the registration task both use it so they cannot disagree.
 const MigrationWebhookPath = "/migration/events"
+
+// ForgeEnvironmentTypes are the values FORGE_ENVIRONMENTS may hold.
+var ForgeEnvironmentTypes = []string{"PRODUCTION", "STAGING", "DEVELOPMENT"}
+
+// ForgeInsecure reports whether FORGE_JWKS_URL is plain http (a loopback
+// host, checked by Load): the simulator's setup, in which the api hosts may be
+// loopback http as well.
+func (c Config) ForgeInsecure() bool { return strings.HasPrefix(c.ForgeJWKSURL, "http://") }
+
+// forge reads the FORGE_* variables; every one is read whether or not
+// FORGE_APP_ID is set, so that a typo is reported either way.
+func (l *loader) forge(c *Config) {
+	rawApp := l.str("FORGE_APP_ID", "")
+	c.ForgeJWKSURL = l.str("FORGE_JWKS_URL", forge.DefaultJWKSURL)
+	envs := l.list("FORGE_ENVIRONMENTS", []string{forge.DefaultEnvironment})
+	c.ForgeAPIHosts = l.list("FORGE_API_HOSTS", []string{forge.DefaultAPIHost})
+	c.ForgeLifecycleModules = l.list("FORGE_LIFECYCLE_MODULE_KEYS", nil)
+	c.ForgePreUninstallModules = l.list("FORGE_PREUNINSTALL_MODULE_KEYS", nil)
+	c.ForgeMigrationModules = l.list("FORGE_MIGRATION_MODULE_KEYS", nil)
+	if rawApp != "" {
+		id, err := forge.NormalizeAppID(strings.ToLower(rawApp))
+		if err != nil {
+			l.fail("FORGE_APP_ID must be the app ARI (ari:cloud:ecosystem::app/<uuid>) or its UUID, got %q", truncateValue(rawApp))
+		}
+		c.ForgeAppID = id
+	}
+	if u, err := url.Parse(c.ForgeJWKSURL); err != nil || u.Host == "" || u.User != nil ||
+		!(u.Scheme == "https" || u.Scheme == "http" && loopbackHost(u.Hostname())) {
+		l.fail("FORGE_JWKS_URL must be an absolute https URL (http only for a loopback host), got %q", redactURL(c.ForgeJWKSURL))
+	}
+	for _, e := range envs {
+		e = strings.ToUpper(e)
+		if !slices.Contains(ForgeEnvironmentTypes, e) {
+			l.fail("FORGE_ENVIRONMENTS values must be among %s, got %q", strings.Join(ForgeEnvironmentTypes, ", "), truncateValue(e))
+			continue
+		}
+		c.ForgeEnvironments = append(c.ForgeEnvironments, e)
+	}
+	for i, h := range c.ForgeAPIHosts {
+		h = strings.ToLower(h)
+		c.ForgeAPIHosts[i] = h
+		if strings.ContainsAny(h, "/:@ *") || strings.HasSuffix(h, ".") || !strings.Contains(h, ".") && h != "localhost" {
+			l.fail("FORGE_API_HOSTS entries must be exact host names like api.atlassian.com (no scheme, port, wildcard or trailing dot), got %q", truncateValue(h))
+		}
+	}
+}
+
+// truncateValue bounds a value quoted in an error.
+func truncateValue(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
 
 type loader struct {
 	getenv func(string) string

@@ -47,6 +47,9 @@ func TestLoad_AppliesContractDefaults(t *testing.T) {
 		ForwardTimeout:      30 * time.Second,
 		ShutdownTimeout:     25 * time.Second,
 		LogLevel:            "info",
+		ForgeJWKSURL:        "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json",
+		ForgeEnvironments:   []string{"PRODUCTION"},
+		ForgeAPIHosts:       []string{"api.atlassian.com"},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("config mismatch (-want +got):\n%s", diff)
@@ -104,6 +107,13 @@ func TestLoad_ErrorsNameTheVariable(t *testing.T) {
 		{"leeway too large", map[string]string{"CONNECT_JWT_LEEWAY": "1h"}, "CONNECT_JWT_LEEWAY must be between 0s and 5m"},
 		{"bad concurrency", map[string]string{"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY must be between 1 and 1000, got 0"},
 		{"bad log level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of"},
+		{"forge app id not an ari", map[string]string{"FORGE_APP_ID": "my-app"}, `FORGE_APP_ID must be the app ARI`},
+		{"forge app id installation ari", map[string]string{"FORGE_APP_ID": "ari:cloud:ecosystem::installation/8a7c4bd2-2b33-4d4b-9a5e-2f3f4c1c2d1e"}, `FORGE_APP_ID must be the app ARI`},
+		{"forge jwks over http", map[string]string{"FORGE_JWKS_URL": "http://keys.example.com/jwks.json"}, "FORGE_JWKS_URL must be an absolute https URL"},
+		{"forge jwks relative", map[string]string{"FORGE_JWKS_URL": "/jwks.json"}, "FORGE_JWKS_URL must be an absolute https URL"},
+		{"forge environment unknown", map[string]string{"FORGE_ENVIRONMENTS": "PRODUCTION,TEST"}, `FORGE_ENVIRONMENTS values must be among PRODUCTION, STAGING, DEVELOPMENT, got "TEST"`},
+		{"forge api host with scheme", map[string]string{"FORGE_API_HOSTS": "https://api.atlassian.com"}, "FORGE_API_HOSTS entries must be exact host names"},
+		{"forge api host wildcard", map[string]string{"FORGE_API_HOSTS": "*.atlassian.com"}, "FORGE_API_HOSTS entries must be exact host names"},
 		{"host glob with scheme", map[string]string{"CONNECT_PRODUCT_HOSTS": "https://x.atlassian.net"}, "CONNECT_PRODUCT_HOSTS entries must be hostname globs"},
 	}
 	for _, tt := range tests {
@@ -174,6 +184,34 @@ func TestLoad_ForwardingSettings(t *testing.T) {
 	c, err := Load(env(map[string]string{"CONNECT_APP_KEY": "a", "CONNECT_BASE_URL": "https://a.example", "CONNECT_SECRET_KEY": testKey, "INTERNAL_LISTEN_ADDR": "0.0.0.0:9000"}))
 	if err != nil || c.InternalURL != "http://127.0.0.1:9000" {
 		t.Fatalf("wildcard listen address: InternalURL %q, %v", c.InternalURL, err)
+	}
+}
+
+func TestLoad_ForgeSettings(t *testing.T) {
+	m := minimal()
+	m["FORGE_APP_ID"] = "8A7C4BD2-2B33-4D4B-9A5E-2F3F4C1C2D1E"
+	m["FORGE_JWKS_URL"] = "http://127.0.0.1:7000/jwks.json"
+	m["FORGE_ENVIRONMENTS"] = "production, development"
+	m["FORGE_API_HOSTS"] = "API.atlassian.com,localhost"
+	m["FORGE_LIFECYCLE_MODULE_KEYS"] = "lifecycle-events"
+	c, err := Load(env(m))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if want := "ari:cloud:ecosystem::app/8a7c4bd2-2b33-4d4b-9a5e-2f3f4c1c2d1e"; c.ForgeAppID != want {
+		t.Errorf("ForgeAppID = %q, want %q", c.ForgeAppID, want)
+	}
+	if diff := cmp.Diff([]string{"PRODUCTION", "DEVELOPMENT"}, c.ForgeEnvironments); diff != "" {
+		t.Errorf("ForgeEnvironments (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"api.atlassian.com", "localhost"}, c.ForgeAPIHosts); diff != "" {
+		t.Errorf("ForgeAPIHosts (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"lifecycle-events"}, c.ForgeLifecycleModules); diff != "" {
+		t.Errorf("ForgeLifecycleModules (-want +got):\n%s", diff)
+	}
+	if !c.ForgeInsecure() {
+		t.Error("ForgeInsecure = false for an http loopback JWKS URL")
 	}
 }
 
