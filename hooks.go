@@ -60,6 +60,20 @@ const (
 	// what to what; Tenant.LicenseState is the new one).
 	EventLicenseChanged EventType = "tenant.license_changed"
 
+	// EventForgeInstalled: a Forge installed arrived for the tenant's
+	// installation (Tenant.Forge); Changes says whether it is new, a
+	// reinstall on a known site (Tenant.Forge.PreviousInstallationID) or a
+	// repeat.
+	EventForgeInstalled EventType = "forge.installed"
+	// EventForgeUpgraded: a Forge major version upgrade (Tenant.Forge.AppVersion).
+	EventForgeUpgraded EventType = "forge.upgraded"
+	// EventForgePreUninstall: Forge announced the uninstall (the preUninstall
+	// module). The installation may still be called for a while.
+	EventForgePreUninstall EventType = "forge.pre_uninstall"
+	// EventForgeUninstalled: a Forge uninstalled arrived (undocumented, kept
+	// if it ever does).
+	EventForgeUninstalled EventType = "forge.uninstalled"
+
 	// EventTransferReady: the platform's listener-triggered arrived; the
 	// transfer's uploads are imported from now on.
 	EventTransferReady EventType = "migration.transfer_ready"

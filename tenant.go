@@ -71,6 +71,15 @@ const (
 // [product.Client], which reads the secret itself.
 type Tenant struct {
 	HostInfo
+	// Platform says how the app reaches the tenant: PlatformConnect,
+	// PlatformConnectOnForge (a Connect installed carried installationId) or
+	// PlatformForge (known from Forge events only; ClientKey is empty and
+	// ID() is the installationId).
+	Platform Platform `json:"platform"`
+	// Forge is the tenant's Forge installation, for PlatformForge and for a
+	// PlatformConnectOnForge tenant once a Forge event of its installation
+	// arrived; nil otherwise.
+	Forge *ForgeInstallation `json:"forge,omitempty"`
 	// Installed is false after an applied uninstalled. The tenant and its
 	// secret are kept: Atlassian may install again, and an uninstall can be
 	// missed or be a mistake.
@@ -107,6 +116,67 @@ type Tenant struct {
 	// operator can see which tenants still need re-encryption after a key
 	// rotation.
 	SecretKeyID string `json:"-"`
+}
+
+// Platform is how the app reaches a tenant.
+type Platform string
+
+// Platforms.
+const (
+	// PlatformConnect: a Connect app, known by its clientKey.
+	PlatformConnect Platform = "connect"
+	// PlatformConnectOnForge: Connect modules in a Forge manifest. The tenant
+	// is known by its clientKey and linked to its Forge installation; enabled
+	// and disabled no longer arrive, and installed not on automatic updates.
+	PlatformConnectOnForge Platform = "connect-on-forge"
+	// PlatformForge: a Forge app with a remote, known by its installationId.
+	PlatformForge Platform = "forge"
+)
+
+// ForgeInstallation is a Forge installation as this service stores it, taken
+// from verified Forge Invocation Tokens. It never carries the app system
+// token.
+type ForgeInstallation struct {
+	// InstallationID is the installation ARI
+	// (ari:cloud:ecosystem::installation/<uuid>). A reinstall gets a new one.
+	InstallationID string `json:"installationId"`
+	// AppID is the app ARI.
+	AppID string `json:"appId"`
+	// EnvironmentType is PRODUCTION, STAGING or DEVELOPMENT.
+	EnvironmentType string `json:"environmentType"`
+	// EnvironmentID is the environment ARI.
+	EnvironmentID string `json:"environmentId,omitempty"`
+	// CloudID is the site's cloud id, stable across reinstalls.
+	CloudID string `json:"cloudId,omitempty"`
+	// Product is the installation context's name ("jira", "confluence").
+	Product string `json:"product,omitempty"`
+	// APIBaseURL is where the app calls the product as this installation
+	// (not the site's URL).
+	APIBaseURL string `json:"apiBaseUrl"`
+	// AppVersion is the installed app version, when the token carried it.
+	AppVersion string `json:"appVersion,omitempty"`
+	// SiteURL is the site's URL, learnt from the product after install; empty
+	// until then.
+	SiteURL string `json:"siteUrl,omitempty"`
+	// ClientKey is the Connect tenant of a Connect-on-Forge installation.
+	ClientKey string `json:"clientKey,omitempty"`
+	// PreviousInstallationID is the earlier installation on the same cloudId,
+	// when this one is a reinstall. The two are never merged.
+	PreviousInstallationID string `json:"previousInstallationId,omitempty"`
+	// Installed is true after an installed and false after an uninstalled.
+	// A pre-uninstall does not clear it: Forge may still call the app.
+	Installed bool `json:"installed"`
+	// InstalledAt, UpgradedAt, PreUninstalledAt and UninstalledAt are when
+	// the last event of each kind was received; nil if never.
+	InstalledAt      *time.Time `json:"installedAt,omitempty"`
+	UpgradedAt       *time.Time `json:"upgradedAt,omitempty"`
+	PreUninstalledAt *time.Time `json:"preUninstalledAt,omitempty"`
+	UninstalledAt    *time.Time `json:"uninstalledAt,omitempty"`
+	// License is the token's app.license as received (no secret in it).
+	License json.RawMessage `json:"license,omitempty"`
+	// SystemTokenExpiresAt is when the stored app system token expires; nil
+	// when none is stored or its expiry is unknown.
+	SystemTokenExpiresAt *time.Time `json:"systemTokenExpiresAt,omitempty"`
 }
 
 // ID returns the identifier this service knows the tenant by, which is what

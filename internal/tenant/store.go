@@ -13,6 +13,7 @@ import (
 
 	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/forge"
 	"github.com/connectrelay/connectrelay/internal/outbox"
 
 	"github.com/jackc/pgx/v5"
@@ -121,6 +122,10 @@ func scanTenant(row pgx.Row) (connectrelay.Tenant, Sealed, error) {
 	}
 	t.Extra = extra
 	s.KeyID = t.SecretKeyID
+	t.Platform = connectrelay.PlatformConnect
+	if t.InstallationID != "" {
+		t.Platform = connectrelay.PlatformConnectOnForge
+	}
 	for _, tp := range []*time.Time{&t.FirstInstalledAt, &t.LastInstalledAt, &t.LastLifecycleAt,
 		&t.DataIssuedAt, &t.InstalledIssuedAt, &t.EnabledIssuedAt} {
 		*tp = tp.UTC()
@@ -251,6 +256,11 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 		res.EventID, err = insertEvent(ctx, tx, p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes)
 		if err != nil {
 			return err
+		}
+		if res.Applied {
+			if err := linkForgeTenant(ctx, tx, p.ClientKey, res.Tenant.InstallationID); err != nil {
+				return err
+			}
 		}
 		return appendInstallEvents(ctx, tx, &res)
 	})
@@ -539,16 +549,26 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 	return id, nil
 }
 
-// Get returns the tenant with clientKey. Errors wrap ErrNotFound or ErrUnavailable.
-func (s *Store) Get(ctx context.Context, clientKey string) (connectrelay.Tenant, error) {
+// Get returns the tenant known by id: a Connect clientKey, or the
+// installationId of a Forge installation (connectrelay.Tenant.ID). A
+// Connect-on-Forge tenant is one tenant under either id, with its Forge
+// installation attached once one was recorded. Errors wrap ErrNotFound or
+// ErrUnavailable.
+func (s *Store) Get(ctx context.Context, id string) (connectrelay.Tenant, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	t, _, err := scanTenant(s.pool.QueryRow(ctx, getTenantSQL, clientKey))
+	if forge.IsInstallationID(id) {
+		return s.getForge(ctx, id)
+	}
+	t, _, err := scanTenant(s.pool.QueryRow(ctx, getTenantSQL, id))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return connectrelay.Tenant{}, fmt.Errorf("get tenant %s: %w", clientKey, ErrNotFound)
+		return connectrelay.Tenant{}, fmt.Errorf("get tenant %s: %w", id, ErrNotFound)
 	}
 	if err != nil {
-		return connectrelay.Tenant{}, storeErr(err, "get tenant %s", clientKey)
+		return connectrelay.Tenant{}, storeErr(err, "get tenant %s", id)
+	}
+	if err := s.attachForge(ctx, &t); err != nil {
+		return connectrelay.Tenant{}, err
 	}
 	return t, nil
 }

@@ -48,6 +48,7 @@ func TestInstallNewTenant(t *testing.T) {
 	wantHost.Extra = json.RawMessage(`{"futureField": {"a": 1}}`) // as jsonb prints it
 	want := connectrelay.Tenant{
 		HostInfo:          wantHost,
+		Platform:          connectrelay.PlatformConnect,
 		Installed:         true,
 		Enabled:           false,
 		FirstInstalledAt:  ts(1),

@@ -1,0 +1,644 @@
+package tenant
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/internal/outbox"
+)
+
+// Forge installations live in forge_installations (schema 0007), keyed by
+// installationId. A Connect-on-Forge tenant is a tenants row whose installed
+// carried installationId; the two rows are linked through client_key, and the
+// events of either report changes of that one tenant (their outbox rows carry
+// the clientKey). A pure Forge installation has no tenants row: it is reported
+// under its installationId, which is what connectrelay.Tenant.ID returns.
+
+// ForgePreUninstall is the type recorded for a delivery of the preUninstall
+// module, whose body carries no eventType of its own.
+const ForgePreUninstall = "preUninstall"
+
+// maxSystemToken bounds the app system token stored; Atlassian's are a few KiB.
+const maxSystemToken = 16 << 10
+
+// ErrNoSystemToken means no usable app system token is stored for a Forge
+// installation: none was ever received (the endpoint lacks
+// auth.appSystemToken), it expired, or it was sealed with a key no longer
+// configured. The next Forge delivery brings a fresh one, so it is transient.
+var ErrNoSystemToken = errors.New("no app system token stored for the Forge installation")
+
+// ForgeEvent is one verified Forge delivery to record.
+type ForgeEvent struct {
+	// Type is forge.EventInstalled, forge.EventUpgraded,
+	// forge.EventUninstalled or ForgePreUninstall; "" records the claims and
+	// system token only (a migration event), with no lifecycle event.
+	Type string
+	// DedupeKey identifies the delivery across Forge's retries
+	// (forge.LifecycleDedupeKey); required with Type.
+	DedupeKey string
+	// Claims are the verified token's claims; the installation is theirs.
+	Claims *forge.Claims
+	// IssuedAt is the token's iat; zero means At.
+	IssuedAt time.Time
+	// SystemToken is the x-forge-oauth-system header, "" if none. It is
+	// stored sealed and never logged.
+	SystemToken string
+	// At is when the delivery was received.
+	At time.Time
+}
+
+// ForgeResult is what RecordForge did.
+type ForgeResult struct {
+	// EventID is the forge_events row of the delivery (of its first copy when
+	// Duplicate); 0 when Type was "".
+	EventID int64
+	// Duplicate reports a copy of a delivery already recorded: nothing was
+	// applied again.
+	Duplicate bool
+	// Created reports that the installation was not known before.
+	Created bool
+	// Applied is false for a delivery older than the stored claims.
+	Applied bool
+	// Changes describe what was applied (never a token).
+	Changes []string
+	// Installation is the installation as stored afterwards.
+	Installation connectrelay.ForgeInstallation
+}
+
+// ForgeToken is the stored app system token of an installation, for the
+// worker's calls to its APIBaseURL.
+type ForgeToken struct {
+	APIBaseURL string
+	Token      string
+	// ExpiresAt is the token's exp; nil when unknown.
+	ExpiresAt *time.Time
+}
+
+const forgeColumns = `installation_id, app_id, environment_type, environment_id, cloud_id, product, api_base_url,
+	app_version, site_url, COALESCE(client_key, ''), COALESCE(previous_installation_id, ''), installed,
+	installed_at, upgraded_at, pre_uninstalled_at, uninstalled_at, license, token_expires_at, claims_iat, license_state`
+
+type forgeRow struct {
+	connectrelay.ForgeInstallation
+	claimsIAT    time.Time
+	licenseState connectrelay.LicenseState
+}
+
+func scanForge(row pgx.Row) (forgeRow, error) {
+	var r forgeRow
+	fi := &r.ForgeInstallation
+	var license []byte
+	if err := row.Scan(&fi.InstallationID, &fi.AppID, &fi.EnvironmentType, &fi.EnvironmentID, &fi.CloudID, &fi.Product,
+		&fi.APIBaseURL, &fi.AppVersion, &fi.SiteURL, &fi.ClientKey, &fi.PreviousInstallationID, &fi.Installed,
+		&fi.InstalledAt, &fi.UpgradedAt, &fi.PreUninstalledAt, &fi.UninstalledAt, &license, &fi.SystemTokenExpiresAt,
+		&r.claimsIAT, &r.licenseState); err != nil {
+		return forgeRow{}, err
+	}
+	if len(license) > 0 {
+		fi.License = license
+	}
+	for _, tp := range []**time.Time{&fi.InstalledAt, &fi.UpgradedAt, &fi.PreUninstalledAt, &fi.UninstalledAt, &fi.SystemTokenExpiresAt} {
+		if *tp != nil {
+			u := (*tp).UTC()
+			*tp = &u
+		}
+	}
+	r.claimsIAT = r.claimsIAT.UTC()
+	return r, nil
+}
+
+// forgeClaims are the installation's columns taken from a verified token.
+type forgeClaims struct {
+	appID, envType, envID, cloudID, product, apiBaseURL, appVersion string
+	license                                                         json.RawMessage
+	licenseState                                                    connectrelay.LicenseState
+}
+
+func claimsOf(c *forge.Claims) (forgeClaims, error) {
+	fc := forgeClaims{
+		appID: c.App.ID, envType: c.App.Environment.Type, envID: c.App.Environment.ID, cloudID: c.CloudID(),
+		apiBaseURL: c.App.APIBaseURL, appVersion: c.App.AppVersion, licenseState: connectrelay.LicenseUnknown,
+	}
+	fc.product = productOf(c)
+	if l := c.App.License; l != nil {
+		b, err := json.Marshal(l)
+		if err != nil {
+			return forgeClaims{}, fmt.Errorf("encode license: %w", err)
+		}
+		fc.license = b
+		if active, known := l.State(); known {
+			fc.licenseState = connectrelay.LicenseInactive
+			if active {
+				fc.licenseState = connectrelay.LicenseActive
+			}
+		}
+	}
+	return fc, nil
+}
+
+// productOf names the installation's product ("jira", "confluence"): from
+// the first context's name, which is either the product or a site ARI
+// (ari:cloud:<product>::site/<cloudId>), else from an apiBaseUrl of the form
+// .../ex/<product>/<cloudId>.
+func productOf(c *forge.Claims) string {
+	for _, ic := range c.App.Installation.Contexts {
+		name := ic.Name
+		if rest, ok := strings.CutPrefix(name, "ari:cloud:"); ok {
+			name, _, _ = strings.Cut(rest, ":")
+		}
+		if name != "" && len(name) <= 64 {
+			return name
+		}
+	}
+	if _, rest, ok := strings.Cut(c.App.APIBaseURL, "/ex/"); ok {
+		if p, _, ok := strings.Cut(rest, "/"); ok && len(p) <= 64 {
+			return p
+		}
+	}
+	return ""
+}
+
+// SystemTokenExpiry reads the exp claim of an app system token without
+// verifying it (the token is opaque to the app; only its holder's API checks
+// it). It returns nil when the token is not a JWT with a numeric exp.
+func SystemTokenExpiry(token string) *time.Time {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 || len(parts[1]) > maxSystemToken {
+		return nil
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return nil
+	}
+	var claims struct {
+		Exp *float64 `json:"exp"`
+	}
+	if json.Unmarshal(payload, &claims) != nil || claims.Exp == nil || *claims.Exp <= 0 || *claims.Exp > math.MaxInt32*4 {
+		return nil
+	}
+	t := time.Unix(int64(*claims.Exp), 0).UTC()
+	return &t
+}
+
+// forgeTokenAAD binds a sealed system token to its installation, and keeps it
+// apart from every shared secret (sealed for a clientKey).
+func forgeTokenAAD(installationID string) string { return "forge-system-token:" + installationID }
+
+// RecordForge records a verified Forge delivery in one transaction: it
+// creates or updates the installation from the token's claims (a new
+// installationId on a known cloudId is linked to the earlier installation as
+// a reinstall), links it to the Connect-on-Forge tenant whose installed
+// carried the same installationId, stores the system token sealed when it
+// expires later than the stored one, applies the event (installed, upgraded,
+// pre-uninstall, uninstalled), records the license from app.license, and
+// appends the event and any license change to the event feed under the
+// linked clientKey, or the installationId for a pure Forge installation.
+//
+// A delivery whose DedupeKey was recorded before is a Duplicate: only a
+// fresher system token is stored. A delivery whose token is older than the
+// stored claims is recorded but not applied, so a late retry of an installed
+// cannot undo a later pre-uninstall. Errors wrap ErrInvalidPayload or
+// ErrUnavailable.
+func (s *Store) RecordForge(ctx context.Context, ev ForgeEvent) (ForgeResult, error) {
+	c := ev.Claims
+	switch {
+	case c == nil || !forge.IsInstallationID(c.App.InstallationID):
+		return ForgeResult{}, invalid("forge event without a verified installation")
+	case ev.Type != "" && ev.DedupeKey == "":
+		return ForgeResult{}, invalid("forge %s event without a dedupe key", ev.Type)
+	case len(ev.SystemToken) > maxSystemToken:
+		return ForgeResult{}, invalid("system token longer than %d bytes", maxSystemToken)
+	}
+	fc, err := claimsOf(c)
+	if err != nil {
+		return ForgeResult{}, err
+	}
+	iat := ev.IssuedAt
+	if iat.IsZero() {
+		iat = ev.At
+	}
+	id := c.App.InstallationID
+	var sealed *Sealed
+	var tokenExp *time.Time
+	if ev.SystemToken != "" {
+		sl, err := s.box.Seal(forgeTokenAAD(id), []byte(ev.SystemToken))
+		if err != nil {
+			return ForgeResult{}, err
+		}
+		sealed, tokenExp = &sl, SystemTokenExpiry(ev.SystemToken)
+	}
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var res ForgeResult
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		res = ForgeResult{}
+		return s.recordForge(ctx, tx, &res, ev, fc, iat, sealed, tokenExp)
+	})
+	if err != nil {
+		return ForgeResult{}, storeErr(err, "record forge %s of %s", ev.Type, id)
+	}
+	if ev.Type != "" {
+		s.log.InfoContext(ctx, "forge event recorded", slog.String("installation_id", id), slog.String("event", ev.Type),
+			slog.Bool("duplicate", res.Duplicate), slog.Bool("created", res.Created), slog.Bool("applied", res.Applied),
+			slog.Any("changes", res.Changes), slog.String("client_key", res.Installation.ClientKey))
+	}
+	return res, nil
+}
+
+func (s *Store) recordForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev ForgeEvent, fc forgeClaims,
+	iat time.Time, sealed *Sealed, tokenExp *time.Time) error {
+	id := ev.Claims.App.InstallationID
+	tag, err := tx.Exec(ctx, `INSERT INTO forge_installations (installation_id, app_id, environment_type, environment_id,
+		cloud_id, product, api_base_url, app_version, license_state, license, claims_iat, first_seen_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (installation_id) DO NOTHING`,
+		id, fc.appID, fc.envType, fc.envID, fc.cloudID, fc.product, fc.apiBaseURL, fc.appVersion, fc.licenseState,
+		nullJSON(fc.license), iat, ev.At)
+	if err != nil {
+		return fmt.Errorf("insert forge installation: %w", err)
+	}
+	res.Created = tag.RowsAffected() == 1
+	prev, err := scanForge(tx.QueryRow(ctx, `SELECT `+forgeColumns+` FROM forge_installations
+		WHERE installation_id = $1 FOR NO KEY UPDATE`, id))
+	if err != nil {
+		return fmt.Errorf("lock forge installation: %w", err)
+	}
+	if sealed != nil {
+		// The token that expires last wins; one of unknown expiry replaces
+		// only another of unknown expiry or none.
+		if _, err := tx.Exec(ctx, `UPDATE forge_installations SET token_key_id = $2, token_nonce = $3,
+			token_ciphertext = $4, token_expires_at = $5, token_received_at = $6
+			WHERE installation_id = $1 AND (token_ciphertext IS NULL
+				OR ($5::timestamptz IS NOT NULL AND (token_expires_at IS NULL OR token_expires_at <= $5))
+				OR ($5::timestamptz IS NULL AND token_expires_at IS NULL))`,
+			id, sealed.KeyID, sealed.Nonce, sealed.Ciphertext, tokenExp, ev.At); err != nil {
+			return fmt.Errorf("store system token: %w", err)
+		}
+	}
+	if ev.Type != "" {
+		err := tx.QueryRow(ctx, `INSERT INTO forge_events (installation_id, type, dedupe_key, at, issued_at, applied)
+			VALUES ($1, $2, $3, $4, $5, false) ON CONFLICT (installation_id, dedupe_key) DO NOTHING RETURNING id`,
+			id, ev.Type, ev.DedupeKey, ev.At, iat).Scan(&res.EventID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			res.Duplicate = true
+			if err := tx.QueryRow(ctx, `SELECT id, applied, changes FROM forge_events
+				WHERE installation_id = $1 AND dedupe_key = $2`, id, ev.DedupeKey).Scan(&res.EventID, &res.Applied, &res.Changes); err != nil {
+				return fmt.Errorf("read recorded forge event: %w", err)
+			}
+			res.Installation, err = s.forgeAfter(ctx, tx, id)
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("record forge event: %w", err)
+		}
+	}
+
+	var changes []string
+	clientKey := prev.ClientKey
+	if clientKey == "" {
+		err := tx.QueryRow(ctx, `SELECT client_key FROM tenants WHERE installation_id = $1 ORDER BY last_installed_at DESC LIMIT 1`, id).Scan(&clientKey)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("find connect-on-forge tenant: %w", err)
+		default:
+			if _, err := tx.Exec(ctx, `UPDATE forge_installations SET client_key = $2 WHERE installation_id = $1`, id, clientKey); err != nil {
+				return fmt.Errorf("link connect-on-forge tenant: %w", err)
+			}
+			changes = append(changes, "linked to Connect tenant "+clientKey)
+		}
+	}
+	if res.Created && fc.cloudID != "" {
+		var previous string
+		err := tx.QueryRow(ctx, `SELECT installation_id FROM forge_installations
+			WHERE cloud_id = $1 AND app_id = $2 AND installation_id <> $3 ORDER BY first_seen_at DESC, installation_id LIMIT 1`,
+			fc.cloudID, fc.appID, id).Scan(&previous)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return fmt.Errorf("find earlier installation: %w", err)
+		default:
+			if _, err := tx.Exec(ctx, `UPDATE forge_installations SET previous_installation_id = $2 WHERE installation_id = $1`, id, previous); err != nil {
+				return fmt.Errorf("link earlier installation: %w", err)
+			}
+			changes = append(changes, fmt.Sprintf("reinstall on cloudId %s: previous installation %s (kept, not merged)", fc.cloudID, previous))
+		}
+	}
+
+	res.Applied = res.Created || !iat.Before(prev.claimsIAT)
+	if !res.Applied {
+		res.Changes = []string{fmt.Sprintf("not applied: token iat %s is older than the stored claims (iat %s)",
+			fmtTime(iat), fmtTime(prev.claimsIAT))}
+		return s.finishForge(ctx, tx, res, ev, id)
+	}
+	if !res.Created {
+		changes = append(changes, claimChanges(prev, fc)...)
+	}
+	set := `app_id = $2, environment_type = $3, environment_id = $4, cloud_id = $5, product = $6, api_base_url = $7,
+		app_version = CASE WHEN $8 = '' THEN app_version ELSE $8 END, license_state = $9, license = COALESCE($10, license),
+		claims_iat = $11, updated_at = now()`
+	switch ev.Type {
+	case forge.EventInstalled:
+		set += `, installed = true, installed_at = $12`
+		switch {
+		case res.Created:
+			changes = append([]string{"installed (new installation)"}, changes...)
+		case !prev.Installed:
+			changes = append(changes, "installed again")
+		}
+	case forge.EventUpgraded:
+		set += `, installed = true, upgraded_at = $12`
+	case ForgePreUninstall:
+		set += `, pre_uninstalled_at = $12`
+		changes = append(changes, "uninstall announced (pre-uninstall)")
+	case forge.EventUninstalled:
+		set += `, installed = false, uninstalled_at = $12`
+		if prev.Installed || res.Created {
+			changes = append(changes, "uninstalled")
+		}
+	default:
+		set += `, first_seen_at = LEAST(first_seen_at, $12)`
+	}
+	if _, err := tx.Exec(ctx, `UPDATE forge_installations SET `+set+` WHERE installation_id = $1`,
+		id, fc.appID, fc.envType, fc.envID, fc.cloudID, fc.product, fc.apiBaseURL, fc.appVersion, fc.licenseState,
+		nullJSON(fc.license), iat, ev.At); err != nil {
+		return fmt.Errorf("update forge installation: %w", err)
+	}
+	res.Changes = changes
+	subject := clientKey
+	if subject == "" {
+		subject = id
+	}
+	if err := s.forgeLicense(ctx, tx, clientKey, subject, prev, fc, ev); err != nil {
+		return err
+	}
+	if typ, ok := forgeEventTypes[ev.Type]; ok {
+		if err := outbox.Append(ctx, tx, subject, typ, "", outbox.Data{Changes: res.Changes}); err != nil {
+			return err
+		}
+	}
+	return s.finishForge(ctx, tx, res, ev, id)
+}
+
+// forgeEventTypes are the feed's types of the recorded deliveries.
+var forgeEventTypes = map[string]connectrelay.EventType{
+	forge.EventInstalled:   connectrelay.EventForgeInstalled,
+	forge.EventUpgraded:    connectrelay.EventForgeUpgraded,
+	ForgePreUninstall:      connectrelay.EventForgePreUninstall,
+	forge.EventUninstalled: connectrelay.EventForgeUninstalled,
+}
+
+// forgeLicense records the license state of the token: on the linked Connect
+// tenant (whose state then follows Forge, not the License REST API) and, as a
+// tenant.license_changed event, when it changed. An unknown state (no
+// app.license) changes nothing.
+func (s *Store) forgeLicense(ctx context.Context, tx pgx.Tx, clientKey, subject string, prev forgeRow, fc forgeClaims, ev ForgeEvent) error {
+	if fc.licenseState == connectrelay.LicenseUnknown {
+		return nil
+	}
+	before := prev.licenseState
+	if clientKey != "" {
+		var st connectrelay.LicenseState
+		err := tx.QueryRow(ctx, `SELECT license_state FROM tenants WHERE client_key = $1`, clientKey).Scan(&st)
+		if err != nil {
+			return fmt.Errorf("read tenant license: %w", err)
+		}
+		before = st
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET license_state = $2, license_checked_at = $3, updated_at = now()
+			WHERE client_key = $1 AND (license_checked_at IS NULL OR license_checked_at <= $3)`,
+			clientKey, fc.licenseState, ev.At); err != nil {
+			return fmt.Errorf("record tenant license: %w", err)
+		}
+	}
+	if before == fc.licenseState {
+		return nil
+	}
+	changes := []string{fmt.Sprintf("license %s -> %s (Forge app.license)", before, fc.licenseState)}
+	if clientKey != "" {
+		if _, err := insertEvent(ctx, tx, clientKey, EventLicense, ev.At, time.Time{}, true, changes); err != nil {
+			return err
+		}
+	}
+	return outbox.Append(ctx, tx, subject, connectrelay.EventLicenseChanged, "", outbox.Data{Changes: changes})
+}
+
+// finishForge stores the outcome on the delivery's row and reads the
+// installation back.
+func (s *Store) finishForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev ForgeEvent, id string) error {
+	if res.Changes == nil {
+		res.Changes = []string{}
+	}
+	if res.EventID != 0 {
+		if _, err := tx.Exec(ctx, `UPDATE forge_events SET applied = $2, changes = $3 WHERE id = $1`,
+			res.EventID, res.Applied, res.Changes); err != nil {
+			return fmt.Errorf("record forge event outcome: %w", err)
+		}
+	}
+	var err error
+	res.Installation, err = s.forgeAfter(ctx, tx, id)
+	return err
+}
+
+func (s *Store) forgeAfter(ctx context.Context, tx pgx.Tx, id string) (connectrelay.ForgeInstallation, error) {
+	r, err := scanForge(tx.QueryRow(ctx, `SELECT `+forgeColumns+` FROM forge_installations WHERE installation_id = $1`, id))
+	if err != nil {
+		return connectrelay.ForgeInstallation{}, fmt.Errorf("read forge installation: %w", err)
+	}
+	return r.ForgeInstallation, nil
+}
+
+// claimChanges describes what a newer token changes of the stored claims.
+func claimChanges(prev forgeRow, fc forgeClaims) []string {
+	var out []string
+	for _, f := range []struct{ name, old, new string }{
+		{"app version", prev.AppVersion, fc.appVersion},
+		{"apiBaseUrl", prev.APIBaseURL, fc.apiBaseURL},
+		{"cloudId", prev.CloudID, fc.cloudID},
+		{"environment", prev.EnvironmentID, fc.envID},
+	} {
+		if f.new != "" && f.old != f.new {
+			out = append(out, fmt.Sprintf("%s %q -> %q", f.name, f.old, f.new))
+		}
+	}
+	return out
+}
+
+func nullJSON(b json.RawMessage) any {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil
+	}
+	return string(b)
+}
+
+// linkForgeTenant links the Forge installation installationID, if it is
+// known, to the Connect tenant clientKey, in tx: a Connect installed that
+// carries installationId makes the tenant Connect-on-Forge.
+func linkForgeTenant(ctx context.Context, tx pgx.Tx, clientKey, installationID string) error {
+	if installationID == "" {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE forge_installations SET client_key = $1, updated_at = now()
+		WHERE installation_id = $2 AND client_key IS DISTINCT FROM $1`, clientKey, installationID); err != nil {
+		return fmt.Errorf("link forge installation: %w", err)
+	}
+	// A license the Forge installation learnt before the link is the tenant's
+	// until the worker checks one.
+	if _, err := tx.Exec(ctx, `UPDATE tenants t SET license_state = f.license_state, license_checked_at = f.updated_at
+		FROM forge_installations f
+		WHERE t.client_key = $1 AND f.installation_id = $2 AND f.license_state <> 'unknown' AND t.license_checked_at IS NULL`,
+		clientKey, installationID); err != nil {
+		return fmt.Errorf("copy forge license: %w", err)
+	}
+	return nil
+}
+
+// ForgeInstallation returns the stored Forge installation. Errors wrap
+// ErrNotFound or ErrUnavailable.
+func (s *Store) ForgeInstallation(ctx context.Context, installationID string) (connectrelay.ForgeInstallation, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	r, err := scanForge(s.pool.QueryRow(ctx, `SELECT `+forgeColumns+` FROM forge_installations WHERE installation_id = $1`, installationID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return connectrelay.ForgeInstallation{}, fmt.Errorf("forge installation %s: %w", installationID, ErrNotFound)
+	}
+	if err != nil {
+		return connectrelay.ForgeInstallation{}, storeErr(err, "get forge installation %s", installationID)
+	}
+	return r.ForgeInstallation, nil
+}
+
+// getForge returns the tenant known by an installationId: the linked Connect
+// tenant when there is one (a Connect-on-Forge tenant is one tenant), else the
+// pure Forge installation as a PlatformForge tenant.
+func (s *Store) getForge(ctx context.Context, installationID string) (connectrelay.Tenant, error) {
+	fi, err := s.ForgeInstallation(ctx, installationID)
+	if errors.Is(err, ErrNotFound) {
+		var ck string
+		err := s.pool.QueryRow(ctx, `SELECT client_key FROM tenants WHERE installation_id = $1
+			ORDER BY last_installed_at DESC LIMIT 1`, installationID).Scan(&ck)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return connectrelay.Tenant{}, fmt.Errorf("get tenant %s: %w", installationID, ErrNotFound)
+		}
+		if err != nil {
+			return connectrelay.Tenant{}, storeErr(err, "get tenant %s", installationID)
+		}
+		return s.Get(ctx, ck)
+	}
+	if err != nil {
+		return connectrelay.Tenant{}, err
+	}
+	if fi.ClientKey != "" {
+		return s.Get(ctx, fi.ClientKey)
+	}
+	return forgeTenant(fi), nil
+}
+
+// forgeTenant is the tenant view of a pure Forge installation.
+func forgeTenant(fi connectrelay.ForgeInstallation) connectrelay.Tenant {
+	t := connectrelay.Tenant{
+		HostInfo: connectrelay.HostInfo{
+			BaseURL: fi.SiteURL, ProductType: fi.Product, InstallationID: fi.InstallationID, CloudID: fi.CloudID,
+		},
+		Platform:     connectrelay.PlatformForge,
+		Forge:        &fi,
+		Installed:    fi.Installed,
+		LicenseState: connectrelay.LicenseUnknown,
+	}
+	if fi.InstalledAt != nil {
+		t.FirstInstalledAt, t.LastInstalledAt = *fi.InstalledAt, *fi.InstalledAt
+	}
+	var l forge.License
+	if len(fi.License) > 0 && json.Unmarshal(fi.License, &l) == nil {
+		if active, known := l.State(); known {
+			t.LicenseState = connectrelay.LicenseInactive
+			if active {
+				t.LicenseState = connectrelay.LicenseActive
+			}
+		}
+	}
+	for _, tp := range []*time.Time{fi.InstalledAt, fi.UpgradedAt, fi.PreUninstalledAt, fi.UninstalledAt} {
+		if tp != nil && tp.After(t.LastLifecycleAt) {
+			t.LastLifecycleAt = *tp
+		}
+	}
+	return t
+}
+
+// attachForge adds the linked Forge installation to a Connect-on-Forge
+// tenant, when one was recorded.
+func (s *Store) attachForge(ctx context.Context, t *connectrelay.Tenant) error {
+	if t.InstallationID == "" {
+		return nil
+	}
+	fi, err := s.ForgeInstallation(ctx, t.InstallationID)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	t.Forge = &fi
+	return nil
+}
+
+// SetForgeSiteURL records the site URL the worker learnt for an
+// installation. Errors wrap ErrNotFound or ErrUnavailable.
+func (s *Store) SetForgeSiteURL(ctx context.Context, installationID, siteURL string) error {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	tag, err := s.pool.Exec(ctx, `UPDATE forge_installations SET site_url = $2, updated_at = now()
+		WHERE installation_id = $1`, installationID, siteURL)
+	if err != nil {
+		return storeErr(err, "set site url of %s", installationID)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("forge installation %s: %w", installationID, ErrNotFound)
+	}
+	return nil
+}
+
+// ForgeSystemToken returns the installation's stored app system token, for
+// a call to its APIBaseURL. Errors wrap ErrNotFound, ErrNoSystemToken (none,
+// expired, or sealed with a key no longer configured) or ErrUnavailable.
+func (s *Store) ForgeSystemToken(ctx context.Context, installationID string) (ForgeToken, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var (
+		ft     ForgeToken
+		keyID  *string
+		sealed Sealed
+	)
+	err := s.pool.QueryRow(ctx, `SELECT api_base_url, token_key_id, token_nonce, token_ciphertext, token_expires_at
+		FROM forge_installations WHERE installation_id = $1`, installationID).
+		Scan(&ft.APIBaseURL, &keyID, &sealed.Nonce, &sealed.Ciphertext, &ft.ExpiresAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ForgeToken{}, fmt.Errorf("forge installation %s: %w", installationID, ErrNotFound)
+	}
+	if err != nil {
+		return ForgeToken{}, storeErr(err, "read system token of %s", installationID)
+	}
+	if keyID == nil {
+		return ForgeToken{}, fmt.Errorf("forge installation %s: %w", installationID, ErrNoSystemToken)
+	}
+	if ft.ExpiresAt != nil && !ft.ExpiresAt.After(time.Now()) {
+		return ForgeToken{}, fmt.Errorf("forge installation %s: token expired at %s: %w", installationID, fmtTime(*ft.ExpiresAt), ErrNoSystemToken)
+	}
+	sealed.KeyID = *keyID
+	tok, err := s.box.Open(forgeTokenAAD(installationID), sealed)
+	if err != nil {
+		return ForgeToken{}, fmt.Errorf("forge installation %s: %w: %w", installationID, ErrNoSystemToken, err)
+	}
+	ft.Token = string(tok)
+	return ft, nil
+}

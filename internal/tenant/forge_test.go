@@ -1,0 +1,274 @@
+package tenant
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/forge/forgetest"
+)
+
+const testForgeApp = "ari:cloud:ecosystem::app/8db33809-1f32-48bb-8c52-5877dab48107"
+
+// forgeClaimsFor are verified claims of installation id on cloud, as the
+// receiver hands them to RecordForge.
+func forgeClaimsFor(id, cloud, version string) *forge.Claims {
+	api := "https://api.atlassian.com/ex/jira/" + cloud
+	return &forge.Claims{ID: forgetest.NewUUID(), App: forge.App{
+		ID: testForgeApp, InstallationID: id, APIBaseURL: api, AppVersion: version,
+		Installation: forge.Installation{ID: id, Contexts: []forge.InstallationContext{
+			{Name: "ari:cloud:jira::site/" + cloud, APIBaseURL: api, CloudID: cloud}}},
+		Environment: forge.Environment{Type: "PRODUCTION", ID: forge.EnvironmentARIPrefix + "8db33809-1f32-48bb-8c52-5877dab48107/env"},
+	}}
+}
+
+// systemToken is an opaque JWT-shaped token expiring at exp, unique per call.
+func systemToken(exp time.Time) string {
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"RS256"}`)) + "." +
+		enc(fmt.Appendf(nil, `{"exp":%d,"jti":%q}`, exp.Unix(), forgetest.NewUUID())) + ".c2lnbmF0dXJl"
+}
+
+func (b *testBundle) recordForge(t *testing.T, ev ForgeEvent) ForgeResult {
+	t.Helper()
+	if ev.Type != "" && ev.DedupeKey == "" {
+		ev.DedupeKey = forge.LifecycleDedupeKey(ev.Claims, ev.Type)
+	}
+	res, err := b.store.RecordForge(testCtx(t), ev)
+	if err != nil {
+		t.Fatalf("RecordForge(%s): %v", ev.Type, err)
+	}
+	return res
+}
+
+func (b *testBundle) feedTypes(t *testing.T, subject string) []string {
+	t.Helper()
+	rows, err := b.pool.Query(testCtx(t), `SELECT type FROM event_outbox WHERE client_key = $1 ORDER BY id`, subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestRecordForge_InstalledCreatesAForgeTenant(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+	active := true
+	c := forgeClaimsFor(id, cloud, "2.1.0")
+	c.App.License = &forge.License{Active: &active}
+	res := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: c, At: ts(0), IssuedAt: ts(0)})
+	if !res.Created || !res.Applied || res.Duplicate || res.EventID == 0 {
+		t.Fatalf("result = %+v, want created, applied, an event id", res)
+	}
+	tn := b.get(t, id)
+	if tn.Platform != connectrelay.PlatformForge || tn.ID() != id || !tn.Installed || tn.CloudID != cloud || tn.ProductType != "jira" {
+		t.Errorf("tenant = %+v", tn)
+	}
+	if tn.LicenseState != connectrelay.LicenseActive {
+		t.Errorf("license = %s, want active (from app.license.active)", tn.LicenseState)
+	}
+	if tn.Forge == nil || tn.Forge.AppVersion != "2.1.0" || tn.Forge.APIBaseURL != c.App.APIBaseURL || tn.Forge.AppID != testForgeApp {
+		t.Errorf("forge installation = %+v", tn.Forge)
+	}
+	if got := b.feedTypes(t, id); len(got) != 1 || got[0] != string(connectrelay.EventForgeInstalled) {
+		t.Errorf("feed = %v, want one forge.installed", got)
+	}
+}
+
+func TestRecordForge_RetriedDeliveryIsRecordedOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id := forgetest.NewInstallationID()
+	cloud := forgetest.NewCloudID()
+	first := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1.0.0"), At: ts(0), IssuedAt: ts(0)})
+	// Forge's retry: a new token (new jti, later iat), the same event.
+	again := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1.0.0"), At: ts(60), IssuedAt: ts(60)})
+	if !again.Duplicate || again.EventID != first.EventID {
+		t.Fatalf("retry = %+v, want a duplicate of event %d", again, first.EventID)
+	}
+	if n := b.count(t, `SELECT count(*) FROM forge_events WHERE installation_id = $1`, id); n != 1 {
+		t.Errorf("forge_events rows = %d, want 1", n)
+	}
+	if got := b.feedTypes(t, id); len(got) != 1 {
+		t.Errorf("feed = %v, want one event", got)
+	}
+}
+
+func TestRecordForge_UpgradeAndPreUninstall(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1.0.0"), At: ts(0), IssuedAt: ts(0)})
+	up := b.recordForge(t, ForgeEvent{Type: forge.EventUpgraded, Claims: forgeClaimsFor(id, cloud, "2.0.0"), At: ts(10), IssuedAt: ts(10)})
+	if !up.Applied || up.Duplicate || len(up.Changes) != 1 || up.Changes[0] != `app version "1.0.0" -> "2.0.0"` {
+		t.Errorf("upgrade = %+v", up)
+	}
+	pre := b.recordForge(t, ForgeEvent{Type: ForgePreUninstall, Claims: forgeClaimsFor(id, cloud, "2.0.0"), At: ts(20), IssuedAt: ts(20)})
+	if !pre.Applied || pre.Installation.PreUninstalledAt == nil || !pre.Installation.Installed {
+		t.Errorf("pre-uninstall = %+v; want recorded, still installed (Forge may still call)", pre)
+	}
+	want := []string{"forge.installed", "forge.upgraded", "forge.pre_uninstall"}
+	if got := b.feedTypes(t, id); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("feed = %v, want %v", got, want)
+	}
+	// A late copy of an older delivery (an installed issued before the
+	// pre-uninstall, with a dedupe key of its own) is recorded, not applied.
+	late := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "0.9.0"), At: ts(30), IssuedAt: ts(5)})
+	if late.Applied || late.Installation.AppVersion != "2.0.0" {
+		t.Errorf("late installed = %+v, want not applied, version still 2.0.0", late)
+	}
+	un := b.recordForge(t, ForgeEvent{Type: forge.EventUninstalled, Claims: forgeClaimsFor(id, cloud, "2.0.0"), At: ts(40), IssuedAt: ts(40)})
+	if un.Installation.Installed || b.get(t, id).Installed {
+		t.Errorf("after uninstalled: %+v, want not installed", un.Installation)
+	}
+}
+
+func TestRecordForge_ReinstallOnKnownCloudIDIsLinkedNotMerged(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cloud := forgetest.NewCloudID()
+	old, fresh := forgetest.NewInstallationID(), forgetest.NewInstallationID()
+	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(old, cloud, "1.0.0"), At: ts(0), IssuedAt: ts(0)})
+	res := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(fresh, cloud, "1.0.0"), At: ts(100), IssuedAt: ts(100)})
+	if !res.Created || res.Installation.PreviousInstallationID != old {
+		t.Fatalf("reinstall = %+v, want a new installation linked to %s", res.Installation, old)
+	}
+	if !strings.Contains(strings.Join(res.Changes, ";"), "previous installation "+old) {
+		t.Errorf("changes = %v", res.Changes)
+	}
+	if b.get(t, old).ID() != old || !b.get(t, old).Installed {
+		t.Errorf("earlier installation changed: %+v", b.get(t, old))
+	}
+	if n := b.count(t, `SELECT count(*) FROM forge_installations WHERE cloud_id = $1`, cloud); n != 2 {
+		t.Errorf("installations on the cloudId = %d, want 2", n)
+	}
+}
+
+func TestRecordForge_ConnectOnForgeStaysOneTenant(t *testing.T) {
+	t.Parallel()
+	for _, forgeFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forge event first=%v", forgeFirst), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+			ck := "cof-" + cloud[:8]
+			inactive := false
+			c := forgeClaimsFor(id, cloud, "3.0.0")
+			c.App.License = &forge.License{Active: &inactive}
+			ev := ForgeEvent{Type: forge.EventUpgraded, Claims: c, At: ts(10), IssuedAt: ts(10)}
+			if forgeFirst {
+				b.recordForge(t, ev)
+			}
+			b.install(t, payload(t, ck, map[string]any{"installationId": id, "cloudId": cloud}), ts(5), ts(5))
+			if !forgeFirst {
+				b.recordForge(t, ev)
+			}
+			byKey, byID := b.get(t, ck), b.get(t, id)
+			if byID.ClientKey != ck || byKey.Platform != connectrelay.PlatformConnectOnForge {
+				t.Fatalf("by installationId = %s (%s), want the Connect tenant %s", byID.ID(), byID.Platform, ck)
+			}
+			if byKey.Forge == nil || byKey.Forge.InstallationID != id || byKey.Forge.ClientKey != ck {
+				t.Errorf("tenant's forge installation = %+v", byKey.Forge)
+			}
+			if byKey.LicenseState != connectrelay.LicenseInactive {
+				t.Errorf("license = %s, want inactive (Forge app.license)", byKey.LicenseState)
+			}
+			if n := b.count(t, `SELECT count(*) FROM event_outbox WHERE client_key = $1`, id); n != 0 && !forgeFirst {
+				t.Errorf("%d events under the installationId of a linked installation, want them under %s", n, ck)
+			}
+			if got := b.feedTypes(t, ck); !strings.Contains(strings.Join(got, ","), "tenant.installed") {
+				t.Errorf("Connect feed = %v", got)
+			}
+		})
+	}
+}
+
+func TestRecordForge_SystemTokenSealedAndLatestExpiryKept(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+	now := time.Now().UTC().Truncate(time.Second)
+	long, short := systemToken(now.Add(4*time.Hour)), systemToken(now.Add(2*time.Hour))
+	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1"), At: ts(0), SystemToken: long})
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: ts(1), SystemToken: short})
+	got, err := b.store.ForgeSystemToken(testCtx(t), id)
+	if err != nil {
+		t.Fatalf("ForgeSystemToken: %v", err)
+	}
+	if got.Token != long || got.ExpiresAt == nil || !got.ExpiresAt.Equal(now.Add(4*time.Hour)) || got.APIBaseURL != "https://api.atlassian.com/ex/jira/"+cloud {
+		t.Errorf("token = %+v, want the one expiring last", got.ExpiresAt)
+	}
+	var dump string
+	if err := b.pool.QueryRow(testCtx(t), `SELECT string_agg(row_to_json(f)::text, '') FROM forge_installations f`).Scan(&dump); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{long, short, strings.Split(long, ".")[1]} {
+		if strings.Contains(dump, tok) {
+			t.Fatal("the system token is stored in plaintext")
+		}
+	}
+	if strings.Contains(fmt.Sprint(b.get(t, id)), long) {
+		t.Error("the tenant view carries the system token")
+	}
+
+	expired := forgetest.NewInstallationID()
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(expired, forgetest.NewCloudID(), "1"), At: ts(0), SystemToken: systemToken(now.Add(-time.Minute))})
+	if _, err := b.store.ForgeSystemToken(testCtx(t), expired); !errors.Is(err, ErrNoSystemToken) {
+		t.Errorf("expired token: err = %v, want ErrNoSystemToken", err)
+	}
+	none := forgetest.NewInstallationID()
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(none, forgetest.NewCloudID(), "1"), At: ts(0)})
+	if _, err := b.store.ForgeSystemToken(testCtx(t), none); !errors.Is(err, ErrNoSystemToken) {
+		t.Errorf("no token: err = %v, want ErrNoSystemToken", err)
+	}
+	if _, err := b.store.ForgeSystemToken(testCtx(t), forgetest.NewInstallationID()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown installation: err = %v, want ErrNotFound", err)
+	}
+}
+
+func TestRecordForge_RefusesWhatIsNotVerified(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := forgeClaimsFor(forgetest.NewInstallationID(), forgetest.NewCloudID(), "1")
+	bad := *c
+	bad.App.InstallationID = "installation-1"
+	for name, ev := range map[string]ForgeEvent{
+		"no claims":           {Type: forge.EventInstalled, DedupeKey: "k", At: ts(0)},
+		"not an installation": {Type: forge.EventInstalled, DedupeKey: "k", Claims: &bad, At: ts(0)},
+		"no dedupe key":       {Type: forge.EventInstalled, Claims: c, At: ts(0)},
+		"huge token":          {Type: forge.EventInstalled, DedupeKey: "k", Claims: c, At: ts(0), SystemToken: strings.Repeat("a", 17<<10)},
+	} {
+		if _, err := b.store.RecordForge(testCtx(t), ev); !errors.Is(err, ErrInvalidPayload) {
+			t.Errorf("%s: err = %v, want ErrInvalidPayload", name, err)
+		}
+	}
+}
+
+func TestSystemTokenExpiry_ReadsExpOfAJWTOnly(t *testing.T) {
+	t.Parallel()
+	exp := time.Unix(1900000000, 0).UTC()
+	if got := SystemTokenExpiry(systemToken(exp)); got == nil || !got.Equal(exp) {
+		t.Errorf("JWT: %v, want %v", got, exp)
+	}
+	for _, tok := range []string{"opaque", "a.b.c", "a." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":"soon"}`)) + ".c",
+		"a." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":-1}`)) + ".c"} {
+		if got := SystemTokenExpiry(tok); got != nil {
+			t.Errorf("%q: %v, want nil", tok, got)
+		}
+	}
+}
