@@ -20,6 +20,8 @@ import (
 
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/forge/forgetest"
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/internal/metrics"
@@ -50,6 +52,9 @@ type harness struct {
 	srv         *httptest.Server
 
 	pgProxy, redisProxy *testenv.Proxy
+
+	// forge signs Forge Invocation Tokens when harnessOpts.forge is set.
+	forge *forgetest.Issuer
 }
 
 type harnessOpts struct {
@@ -75,6 +80,11 @@ type harnessOpts struct {
 	descriptorFile string
 	// trustedProxies is TRUSTED_PROXIES.
 	trustedProxies []netip.Prefix
+	// forge enables the /forge/* routes for an app of a test issuer
+	// (h.forge) whose JWKS a loopback server serves; forgeModules binds
+	// /forge/lifecycle to module keys.
+	forge        bool
+	forgeModules []string
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -151,6 +161,24 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if o.productHosts != nil {
 		cfg.ProductHosts = o.productHosts
 	}
+	var forgeDeps handlers.ForgeDeps
+	if o.forge {
+		h.forge, err = forgetest.NewIssuer(forgetest.NewUUID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		jwks := httptest.NewServer(h.forge.Handler())
+		t.Cleanup(jwks.Close)
+		cfg.ForgeAppID, cfg.ForgeJWKSURL = h.forge.AppID(), jwks.URL
+		cfg.ForgeEnvironments, cfg.ForgeAPIHosts = []string{"PRODUCTION"}, []string{"api.atlassian.com"}
+		cfg.ForgeLifecycleModules = o.forgeModules
+		v, err := forge.NewVerifier(forge.Config{AppID: cfg.ForgeAppID, JWKSURL: jwks.URL, AllowInsecureJWKS: true,
+			Environments: cfg.ForgeEnvironments, APIHosts: cfg.ForgeAPIHosts, MinRefresh: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		forgeDeps = handlers.ForgeDeps{Verifier: v, Store: h.store}
+	}
 	hosts, err := connect.NewHostPolicy(cfg.ProductHosts)
 	if err != nil {
 		t.Fatal(err)
@@ -172,6 +200,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		Secrets: tenant.NewInvalidations(cache, h.rdb, tenant.InvalidationChannel(rdbOpts.DB, appKey), logger),
 		Replay:  replay.New(h.rdb),
 		Queue:   tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
+		Forge: forgeDeps,
 		API: handlers.APIDeps{Tenants: h.store, Targets: h.store, Hosts: hosts, Uploads: migration.NewReader(pool),
 			Data: o.data, Results: tasks.NewEnqueuer(aq)},
 		Ready: []handlers.Check{

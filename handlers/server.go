@@ -129,6 +129,9 @@ type Deps struct {
 	// before it is served. The lifecycle paths, signed-install flag and migration
 	// webhook path are set afterwards, so they cannot be broken by it.
 	Descriptor func(d map[string]any)
+	// Forge are the collaborators of the /forge/* routes, required when
+	// Config.ForgeAppID is set.
+	Forge ForgeDeps
 	// BodyLimit overrides DefaultBodyLimit when positive.
 	BodyLimit int64
 	// Now is the clock (time.Now when nil).
@@ -171,6 +174,11 @@ func New(d Deps) (*Server, error) {
 	e.POST(PathEnabled, s.lifecycle("enabled", s.enabledOrDisabled(true)))
 	e.POST(PathDisabled, s.lifecycle("disabled", s.enabledOrDisabled(false)))
 	e.POST(PathMigrationEvents, s.migrationEvent)
+	if d.Config.ForgeAppID != "" {
+		if err := s.mountForge(e); err != nil {
+			return nil, err
+		}
+	}
 	e.GET(PathDescriptor, s.serveDescriptor)
 	e.GET(PathHealth, s.health)
 	e.GET(PathReady, s.ready)
@@ -247,7 +255,10 @@ type httpError struct {
 	reason string
 	// field names the request field at fault, when one is.
 	field string
-	err   error
+	// bearer makes a 401 challenge for a bearer token (Forge) instead of a
+	// Connect JWT.
+	bearer bool
+	err    error
 }
 
 func (e *httpError) Error() string {
@@ -271,18 +282,21 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	status, reason, field := http.StatusServiceUnavailable, "temporarily unavailable", ""
+	status, reason, field, bearer := http.StatusServiceUnavailable, "temporarily unavailable", "", false
 	var he *httpError
 	var ee *echo.HTTPError
 	switch {
 	case errors.As(err, &he):
-		status, reason, field = he.status, he.reason, he.field
+		status, reason, field, bearer = he.status, he.reason, he.field, he.bearer
 	case errors.As(err, &ee):
 		status, reason = ee.Code, http.StatusText(ee.Code)
 	default:
 		s.d.Logger.ErrorContext(c.Request().Context(), "unclassified error", slog.String("route", c.Path()), slog.Any("error", err))
 	}
-	if status == http.StatusUnauthorized {
+	switch {
+	case status == http.StatusUnauthorized && bearer:
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="forge"`)
+	case status == http.StatusUnauthorized:
 		c.Response().Header().Set("WWW-Authenticate", `JWT realm="`+s.d.Config.AppKey+`"`)
 	}
 	if status == http.StatusServiceUnavailable {

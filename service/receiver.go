@@ -15,6 +15,7 @@ import (
 	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/forge"
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
@@ -138,6 +139,24 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		return fmt.Errorf("product client: %w", err)
 	}
 	queue := tasks.NewEnqueuer(r.queue)
+	var forgeDeps handlers.ForgeDeps
+	if cfg.ForgeAppID != "" {
+		v, err := forge.NewVerifier(forge.Config{
+			AppID: cfg.ForgeAppID, JWKSURL: cfg.ForgeJWKSURL, AllowInsecureJWKS: cfg.ForgeInsecure(),
+			Environments: cfg.ForgeEnvironments, APIHosts: cfg.ForgeAPIHosts, Logger: r.log,
+		})
+		if err != nil {
+			return fmt.Errorf("forge verifier: %w", err)
+		}
+		// Warm the key set so the first delivery does not wait for it; a
+		// failure is not fatal (the verifier fetches on demand, 503 until then).
+		wctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		if err := v.Warm(wctx); err != nil {
+			r.log.Warn("Forge JWKS not fetched at start-up; Forge deliveries answer 503 until it is", slog.String("error", err.Error()))
+		}
+		cancel()
+		forgeDeps = handlers.ForgeDeps{Verifier: v, Store: st.tenants}
+	}
 	srv, err := handlers.New(handlers.Deps{
 		Config:   cfg,
 		Install:  install,
@@ -158,6 +177,7 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 			Uploads: migration.NewReader(st.pool), Data: product.NewAMP(pc, nil, product.WithLogger(r.log)), Results: queue,
 		},
 		Descriptor: descriptor,
+		Forge:      forgeDeps,
 	})
 	if err != nil {
 		return err

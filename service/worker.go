@@ -154,6 +154,7 @@ func (w *Worker) build(opts WorkerOptions) error {
 		Tenants: st.tenants, Product: client, Webhooks: amp, WebhookURL: cfg.MigrationWebhookURL(),
 		Events: w.events, Transfers: machine,
 		Initializer: opts.Initializer, Listener: opts.Listener, MigrationListener: opts.MigrationListener, Logger: log,
+		Forge: lifecycle.ForgeConfig{Store: st.tenants, APIHosts: cfg.ForgeAPIHosts, AllowInsecure: cfg.ForgeInsecure()},
 	})
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 // Lifecycle is the tenant lifecycle logic the handlers call.
 type Lifecycle interface {
 	Initialize(ctx context.Context, clientKey string) error
+	ForgeInitialize(ctx context.Context, installationID string) error
 	Enabled(ctx context.Context, clientKey string) error
 	Deliver(ctx context.Context, eventID int64) error
 	RecheckLicense(ctx context.Context, clientKey string) error
@@ -102,6 +103,7 @@ func (h *Handlers) Mux() *asynq.ServeMux {
 	mux.Use(h.observe)
 	mux.HandleFunc(TypeTenantInit, h.tenantInit)
 	mux.HandleFunc(TypeTenantEnabled, h.tenantEnabled)
+	mux.HandleFunc(TypeForgeInit, h.forgeInit)
 	mux.HandleFunc(TypeEventDeliver, h.eventDeliver)
 	mux.HandleFunc(TypeLicenseCheck, h.licenseCheck)
 	mux.HandleFunc(TypeMigrationEvent, h.migrationEvent)

@@ -25,6 +25,9 @@ const (
 	// TypeTenantInit runs after a verified installed: license check, the
 	// vendor's Initializer, migration webhook registration when missing.
 	TypeTenantInit = "tenant:init"
+	// TypeForgeInit runs after a Forge installed or upgraded: learn the site's
+	// URL with the app system token, then the vendor's Initializer.
+	TypeForgeInit = "forge:init"
 	// TypeTenantEnabled registers the migration webhook.
 	TypeTenantEnabled = "tenant:enabled"
 	// TypeEventDeliver delivers one event of the event feed to the vendor's

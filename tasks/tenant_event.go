@@ -14,7 +14,7 @@ import (
 // task. It reports duplicate=true for such a re-delivery.
 func (e *Enqueuer) Lifecycle(ctx context.Context, typ, clientKey string, eventID int64) (duplicate bool, err error) {
 	switch typ {
-	case TypeTenantInit, TypeTenantEnabled:
+	case TypeTenantInit, TypeTenantEnabled, TypeForgeInit:
 	default:
 		return false, fmt.Errorf("enqueue: %q is not a lifecycle task type", typ)
 	}

@@ -36,6 +36,7 @@ type signingKey struct {
 // serves the JWKS. It is safe for concurrent use.
 type Issuer struct {
 	appID   string
+	envID   string
 	fetches atomic.Int64
 	down    atomic.Bool
 
@@ -55,11 +56,15 @@ func NewIssuer(appID string) (*Issuer, error) {
 		return nil, err
 	}
 	i := &Issuer{appID: ari}
+	i.envID = forge.EnvironmentARIPrefix + i.AppUUID() + "/" + newUUID()
 	if err := i.Rotate(); err != nil {
 		return nil, err
 	}
 	return i, nil
 }
+
+// EnvironmentID returns the environment ARI of the issuer's tokens.
+func (i *Issuer) EnvironmentID() string { return i.envID }
 
 // AppID returns the issuer's app ARI.
 func (i *Issuer) AppID() string { return i.appID }
@@ -163,7 +168,9 @@ type Token struct {
 	APIBaseURL string
 	// EnvironmentType defaults to PRODUCTION.
 	EnvironmentType string
-	// EnvironmentID defaults to ari:cloud:ecosystem::environment/<appUuid>/<uuid>.
+	// EnvironmentID defaults to the issuer's environment,
+	// ari:cloud:ecosystem::environment/<appUuid>/<uuid>, the same for every
+	// token of the issuer (EnvironmentID returns it).
 	EnvironmentID string
 	// ModuleKey defaults to "lifecycle-endpoint".
 	ModuleKey string
@@ -206,7 +213,7 @@ func (i *Issuer) Mint(t Token) (string, error) {
 		t.EnvironmentType = "PRODUCTION"
 	}
 	if t.EnvironmentID == "" {
-		t.EnvironmentID = forge.EnvironmentARIPrefix + i.AppUUID() + "/" + newUUID()
+		t.EnvironmentID = i.envID
 	}
 	if t.ModuleKey == "" {
 		t.ModuleKey = "lifecycle-endpoint"

@@ -79,6 +79,9 @@ type Config struct {
 	Listener connectrelay.LifecycleListener
 	// MigrationListener hears the transfer events; none when nil.
 	MigrationListener connectrelay.MigrationListener
+	// Forge configures the Forge installations' work; without its Store,
+	// ForgeInitialize fails.
+	Forge ForgeConfig
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now is the clock; time.Now when nil.

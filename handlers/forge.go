@@ -1,0 +1,181 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/internal/tenant"
+	"github.com/connectrelay/connectrelay/tasks"
+)
+
+// Forge route paths (docs/forge.md), served when FORGE_APP_ID is set. A Forge
+// manifest's endpoint points its remote's route.path at them.
+const (
+	PathForgeLifecycle    = "/forge/lifecycle"
+	PathForgePreUninstall = "/forge/pre-uninstall"
+	PathForgeMigration    = "/forge/migration"
+)
+
+// ForgeVerifier verifies the Forge Invocation Token of a request, bound to the
+// route's module keys (none = any); *forge.Verifier implements it.
+type ForgeVerifier interface {
+	Verify(ctx context.Context, r *http.Request, moduleKeys ...string) (*forge.Claims, error)
+}
+
+// ForgeStore records verified Forge deliveries; *tenant.Store implements it.
+type ForgeStore interface {
+	RecordForge(ctx context.Context, ev tenant.ForgeEvent) (tenant.ForgeResult, error)
+}
+
+// ForgeDeps are the collaborators of the /forge/* routes, mounted only when
+// Config.ForgeAppID is set.
+type ForgeDeps struct {
+	Verifier ForgeVerifier
+	Store    ForgeStore
+}
+
+var (
+	_ ForgeVerifier = (*forge.Verifier)(nil)
+	_ ForgeStore    = (*tenant.Store)(nil)
+)
+
+// mountForge adds the Forge routes to e.
+func (s *Server) mountForge(e *echo.Echo) error {
+	if s.d.Forge.Verifier == nil || s.d.Forge.Store == nil {
+		return errors.New("handlers: FORGE_APP_ID is set but Deps.Forge lacks Verifier or Store")
+	}
+	e.POST(PathForgeLifecycle, s.forgeRoute("forge_lifecycle", s.forgeLifecycle))
+	e.POST(PathForgePreUninstall, s.forgeRoute("forge_pre_uninstall", s.forgePreUninstall))
+	return nil
+}
+
+// forgeRoute counts the outcome of a Forge delivery, as lifecycle does for
+// Connect callbacks, and logs a refusal.
+func (s *Server) forgeRoute(event string, h echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if err := h(c); err != nil {
+			s.errorHandler(err, c)
+			s.logRejected(c, event, err)
+		}
+		s.d.Metrics.LifecycleCallbacks.WithLabelValues(event, outcome(c.Response().Status)).Inc()
+		return nil
+	}
+}
+
+// forgeRequest is a verified Forge delivery: its claims, its event object
+// (unwrapped from a {"payload": ...} envelope) and the request's budget.
+type forgeRequest struct {
+	claims *forge.Claims
+	event  []byte
+	retry  forge.RetryContext
+	ctx    context.Context
+}
+
+// verifyForge reads the body and verifies the token under the request budget:
+// 401 without detail for any token failure (with a Bearer challenge), 503 when
+// the key set cannot be fetched and no earlier one is held, 400 for a body
+// that is not a JSON object. The caller must call cancel.
+func (s *Server) verifyForge(c echo.Context, modules []string) (forgeRequest, context.CancelFunc, error) {
+	body, err := s.readBody(c)
+	if err != nil {
+		return forgeRequest{}, func() {}, err
+	}
+	ctx, cancel := budget(c)
+	claims, err := s.d.Forge.Verifier.Verify(ctx, c.Request(), modules...)
+	if err != nil {
+		if forge.HTTPStatus(err) == http.StatusServiceUnavailable {
+			return forgeRequest{}, cancel, fail(http.StatusServiceUnavailable, "authentication temporarily unavailable", err)
+		}
+		return forgeRequest{}, cancel, &httpError{status: http.StatusUnauthorized, reason: "unauthorized", err: err, bearer: true}
+	}
+	event, rc, err := forge.Unwrap(body)
+	if err != nil {
+		return forgeRequest{}, cancel, &httpError{status: http.StatusBadRequest, reason: "body is not a Forge event object", field: "body", err: err}
+	}
+	return forgeRequest{claims: claims, event: event, retry: rc, ctx: ctx}, cancel, nil
+}
+
+// forgeLifecycle handles avi:forge:installed:app, avi:forge:upgraded:app and
+// (tolerated, undocumented) avi:forge:uninstalled:app.
+func (s *Server) forgeLifecycle(c echo.Context) error {
+	fr, cancel, err := s.verifyForge(c, s.d.Config.ForgeLifecycleModules)
+	defer cancel()
+	if err != nil {
+		return err
+	}
+	ev, err := forge.ParseLifecycle(fr.event)
+	if err != nil {
+		return &httpError{status: http.StatusBadRequest, reason: "invalid lifecycle event", field: "body", err: err}
+	}
+	typ := ev.EventType
+	switch typ {
+	case "":
+		// The documented bodies carry eventType; an endpoint that receives
+		// installed only may see it without (UNCONFIRMED, forge/events.go).
+		typ = forge.EventInstalled
+	case forge.EventInstalled, forge.EventUpgraded, forge.EventUninstalled:
+	default:
+		return &httpError{status: http.StatusBadRequest, reason: "eventType is not a Forge lifecycle event (" + forge.EventInstalled +
+			", " + forge.EventUpgraded + ")", field: "eventType"}
+	}
+	s.logMismatches(fr, ev)
+	return s.recordForge(c, fr, typ, forge.LifecycleDedupeKey(fr.claims, typ))
+}
+
+// forgePreUninstall handles the preUninstall module: the uninstall is
+// announced, the installation may still be called for a while.
+func (s *Server) forgePreUninstall(c echo.Context) error {
+	fr, cancel, err := s.verifyForge(c, s.d.Config.ForgePreUninstallModules)
+	defer cancel()
+	if err != nil {
+		return err
+	}
+	if ev, err := forge.ParseLifecycle(fr.event); err == nil {
+		s.logMismatches(fr, ev)
+	}
+	return s.recordForge(c, fr, tenant.ForgePreUninstall, forge.LifecycleDedupeKey(fr.claims, tenant.ForgePreUninstall))
+}
+
+// logMismatches logs where the body's identity differs from the token's; the
+// token's is the one used.
+func (s *Server) logMismatches(fr forgeRequest, ev forge.LifecycleEvent) {
+	if m := ev.Mismatches(fr.claims); len(m) > 0 {
+		s.d.Logger.WarnContext(fr.ctx, "forge body identity differs from the verified token; the token's is used",
+			slog.String("installation_id", fr.claims.App.InstallationID), slog.Any("mismatches", m))
+	}
+}
+
+// recordForge stores the delivery with its system token, queues the
+// installation's initialization for installed and upgraded, and answers 204.
+// A copy of a recorded delivery (Forge's retry, with a new token) enqueues
+// the same task again, which the queue recognises by its TaskID: a retry
+// after a failed enqueue still gets its task, and never a second one.
+func (s *Server) recordForge(c echo.Context, fr forgeRequest, typ, dedupeKey string) error {
+	ctx := fr.ctx
+	res, err := s.d.Forge.Store.RecordForge(ctx, tenant.ForgeEvent{
+		Type: typ, DedupeKey: dedupeKey, Claims: fr.claims, IssuedAt: fr.claims.IssuedAt,
+		SystemToken: c.Request().Header.Get(forge.SystemTokenHeader), At: s.d.Now(),
+	})
+	if errors.Is(err, tenant.ErrInvalidPayload) {
+		return &httpError{status: http.StatusBadRequest, reason: "invalid Forge delivery", field: forge.SystemTokenHeader, err: err}
+	}
+	if err != nil {
+		return dependencyError("tenant store", err)
+	}
+	if res.Applied && (typ == forge.EventInstalled || typ == forge.EventUpgraded) {
+		if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeForgeInit, fr.claims.App.InstallationID, res.EventID); err != nil {
+			return dependencyError("task queue", err)
+		}
+	}
+	s.d.Logger.InfoContext(ctx, "forge event accepted",
+		slog.String("installation_id", fr.claims.App.InstallationID), slog.String("event", typ),
+		slog.String("client_key", res.Installation.ClientKey), slog.Bool("duplicate", res.Duplicate),
+		slog.Bool("applied", res.Applied), slog.Any("changes", res.Changes), slog.Int("retry_count", fr.retry.RetryCount),
+		slog.Int64("event_id", res.EventID))
+	return c.NoContent(http.StatusNoContent)
+}
