@@ -134,7 +134,9 @@ func TestForgeLifecycle_AcceptsBothEnvelopesAndATokenWithoutVersion(t *testing.T
 	active := true
 	for name, wrap := range map[string]func(map[string]any) any{
 		"top level": func(m map[string]any) any { return m },
-		"payload":   func(m map[string]any) any { return map[string]any{"payload": m, "retryContext": map[string]any{"retryCount": 1}} },
+		"payload": func(m map[string]any) any {
+			return map[string]any{"payload": m, "retryContext": map[string]any{"retryCount": 1}}
+		},
 	} {
 		tok := forgetest.Token{InstallationID: forgetest.NewInstallationID(), CloudID: forgetest.NewCloudID(),
 			License: &forge.License{Active: &active}, AppExtra: map[string]any{"appVersion": nil}}
