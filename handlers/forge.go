@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/labstack/echo/v4"
 
@@ -159,7 +160,7 @@ func (s *Server) recordForge(c echo.Context, fr forgeRequest, typ, dedupeKey str
 	ctx := fr.ctx
 	res, err := s.d.Forge.Store.RecordForge(ctx, tenant.ForgeEvent{
 		Type: typ, DedupeKey: dedupeKey, Claims: fr.claims, IssuedAt: fr.claims.IssuedAt,
-		SystemToken: c.Request().Header.Get(forge.SystemTokenHeader), At: s.d.Now(),
+		SystemToken: systemToken(c.Request()), At: s.d.Now(),
 	})
 	if errors.Is(err, tenant.ErrInvalidPayload) {
 		return &httpError{status: http.StatusBadRequest, reason: "invalid Forge delivery", field: forge.SystemTokenHeader, err: err}
@@ -178,4 +179,15 @@ func (s *Server) recordForge(c echo.Context, fr forgeRequest, typ, dedupeKey str
 		slog.Bool("applied", res.Applied), slog.Any("changes", res.Changes), slog.Int("retry_count", fr.retry.RetryCount),
 		slog.Int64("event_id", res.EventID))
 	return c.NoContent(http.StatusNoContent)
+}
+
+// systemToken is the request's app system token. Atlassian documents the
+// header's value bare; a "Bearer " prefix is tolerated (UNCONFIRMED either
+// way, docs/forge.md).
+func systemToken(r *http.Request) string {
+	v := strings.TrimSpace(r.Header.Get(forge.SystemTokenHeader))
+	if scheme, rest, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "Bearer") {
+		return strings.TrimSpace(rest)
+	}
+	return v
 }
