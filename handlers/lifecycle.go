@@ -170,6 +170,20 @@ func (s *Server) uninstalled(c echo.Context) error {
 	if err != nil {
 		return authError(err)
 	}
+	// Verified with a key of another environment's key server than the
+	// tenant's own (a staging key for a production tenant): not Atlassian's
+	// word about this tenant, as for installed.
+	env, err := s.d.Tenants.KeyEnvironment(ctx, lb.ClientKey)
+	switch {
+	case errors.Is(err, tenant.ErrNotFound):
+	case err != nil:
+		return dependencyError("tenant store", err)
+	case env != connect.KeyEnvironment(lb.BaseURL):
+		s.d.Logger.WarnContext(ctx, "uninstall refused: the key environment of its baseUrl is not the tenant's",
+			slog.String("client_key", lb.ClientKey), slog.String("base_url", lb.BaseURL),
+			slog.String("key_env", connect.KeyEnvironment(lb.BaseURL)), slog.String("tenant_key_env", env), slog.String("kid", claims.KeyID))
+		return fail(http.StatusUnauthorized, "unauthorized", tenant.ErrKeyEnvironmentMismatch)
+	}
 	bt, err := s.bindToken(ctx, c, body, claims)
 	if err != nil || bt.verdict == replay.Done {
 		return s.ackApplied(c, "uninstalled", lb.ClientKey, err)

@@ -622,3 +622,28 @@ func TestInstalled_RefusesAKeyEnvironmentChangeOfAnExistingTenant(t *testing.T) 
 		t.Errorf("new staging tenant = %d %s, want 204", code, body)
 	}
 }
+
+// TestUninstalled_RefusesAKeyEnvironmentOtherThanTheTenants: a genuinely
+// signed uninstalled whose baseUrl is a staging host (its key from the
+// staging CDN) does not uninstall a production tenant.
+func TestUninstalled_RefusesAKeyEnvironmentOtherThanTheTenants(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{productHosts: []string{"*.atlassian.net", "*.jira.com", "*.jira-dev.com"}})
+	if code, body := h.install("ck-prod", site, secretA); code != http.StatusNoContent {
+		t.Fatalf("production install = %d %s", code, body)
+	}
+	before := h.tenantRow("ck-prod")
+	req := h.atl.Request(t, h.baseURL, handlers.PathUninstalled, lifecycleBody("ck-prod", "https://acme.jira-dev.com", "uninstalled"),
+		atlassiantest.Token{Issuer: "ck-prod", IssuedAt: time.Now().Add(time.Second)})
+	if code, body := h.do(req); code != http.StatusUnauthorized {
+		t.Errorf("staging-signed uninstalled of a production tenant = %d %s, want 401", code, body)
+	}
+	if after := h.tenantRow("ck-prod"); after != before {
+		t.Errorf("tenant changed:\nbefore %s\nafter  %s", before, after)
+	}
+	req = h.atl.Request(t, h.baseURL, handlers.PathUninstalled, lifecycleBody("ck-prod", site, "uninstalled"),
+		atlassiantest.Token{Issuer: "ck-prod", IssuedAt: time.Now().Add(2 * time.Second)})
+	if code, body := h.do(req); code != http.StatusNoContent {
+		t.Errorf("production uninstalled = %d %s, want 204", code, body)
+	}
+}

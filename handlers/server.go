@@ -60,6 +60,7 @@ const RequestBudget = 950 * time.Millisecond
 type TenantStore interface {
 	Install(ctx context.Context, p tenant.InstallPayload, at, iat time.Time) (tenant.InstallResult, error)
 	Uninstall(ctx context.Context, clientKey string, at, iat time.Time) (int64, error)
+	KeyEnvironment(ctx context.Context, clientKey string) (string, error)
 	SetEnabled(ctx context.Context, clientKey string, enabled bool, at, iat time.Time) (int64, error)
 }
 

@@ -440,6 +440,23 @@ func (s *Store) Uninstall(ctx context.Context, clientKey string, at, iat time.Ti
 	})
 }
 
+// KeyEnvironment returns the install key environment (connect.KeyEnvironment)
+// the tenant was first installed from, which never changes. Errors wrap
+// ErrNotFound or ErrUnavailable.
+func (s *Store) KeyEnvironment(ctx context.Context, clientKey string) (string, error) {
+	ctx, cancel := bound(ctx)
+	defer cancel()
+	var env string
+	err := s.pool.QueryRow(ctx, `SELECT key_env FROM tenants WHERE client_key = $1`, clientKey).Scan(&env)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("key environment of %s: %w", clientKey, ErrNotFound)
+	}
+	if err != nil {
+		return "", storeErr(err, "key environment of %s", clientKey)
+	}
+	return env, nil
+}
+
 // SetEnabled records an enabled or disabled.
 //
 // Lifecycle events can be processed out of order: disabled and uninstalled arrive
