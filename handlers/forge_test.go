@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -297,5 +298,33 @@ func TestForgeRoutes_AbsentWithoutForgeAppID(t *testing.T) {
 		if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
 			t.Errorf("%s without FORGE_APP_ID: %d, want 404", p, resp.StatusCode)
 		}
+	}
+}
+
+func TestAPITenant_ShowsAForgeInstallationByItsInstallationID(t *testing.T) {
+	t.Parallel()
+	h := apiHarness(t, harnessOpts{forge: true})
+	tok := forgetest.Token{InstallationID: forgetest.NewInstallationID(), CloudID: forgetest.NewCloudID(), AppVersion: "4.0.0"}
+	if a := h.forgePost(handlers.PathForgeLifecycle, forgeDelivery{token: tok, body: installedBody(tok, forge.EventInstalled), systemToken: fakeSystemToken()}); a.status != 204 {
+		t.Fatalf("installed: %d %s", a.status, a.body)
+	}
+	code, out := h.api(http.MethodGet, "/v1/tenants/"+url.PathEscape(tok.InstallationID), nil)
+	if code != http.StatusOK {
+		t.Fatalf("GET tenant = %d %v", code, out)
+	}
+	tn, _ := out["tenant"].(map[string]any)
+	fi, _ := tn["forge"].(map[string]any)
+	if tn["platform"] != "forge" || tn["installationId"] != tok.InstallationID || fi["appVersion"] != "4.0.0" {
+		t.Errorf("tenant = %v", tn)
+	}
+	if hist, _ := out["history"].([]any); len(hist) != 1 {
+		t.Errorf("history = %v, want the installed delivery", out["history"])
+	}
+	b, _ := json.Marshal(out)
+	if strings.Contains(string(b), "systemToken\"") || strings.Contains(string(b), "c2ln") {
+		t.Errorf("the API answer carries the system token: %s", b)
+	}
+	if code, _ := h.api(http.MethodGet, "/v1/tenants/"+url.PathEscape(forgetest.NewInstallationID()), nil); code != http.StatusNotFound {
+		t.Errorf("unknown installation = %d, want 404", code)
 	}
 }

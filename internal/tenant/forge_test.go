@@ -272,3 +272,29 @@ func TestSystemTokenExpiry_ReadsExpOfAJWTOnly(t *testing.T) {
 		}
 	}
 }
+
+func TestHistory_OfForgeAndConnectOnForgeTenants(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	pure, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(pure, cloud, "1"), At: ts(0), IssuedAt: ts(0)})
+	b.recordForge(t, ForgeEvent{Type: ForgePreUninstall, Claims: forgeClaimsFor(pure, cloud, "1"), At: ts(5), IssuedAt: ts(5)})
+	h := b.history(t, pure)
+	if len(h) != 2 || h[0].Type != ForgePreUninstall || h[1].Type != forge.EventInstalled || h[0].ClientKey != pure {
+		t.Errorf("pure Forge history = %+v", h)
+	}
+
+	linked := forgetest.NewInstallationID()
+	b.install(t, payload(t, "cof", map[string]any{"installationId": linked}), ts(1), ts(1))
+	b.recordForge(t, ForgeEvent{Type: forge.EventUpgraded, Claims: forgeClaimsFor(linked, forgetest.NewCloudID(), "2"), At: ts(9), IssuedAt: ts(9)})
+	byKey, byID := b.history(t, "cof"), b.history(t, linked)
+	if len(byKey) != 2 || byKey[0].Type != forge.EventUpgraded || byKey[1].Type != EventInstalled {
+		t.Errorf("Connect-on-Forge history = %+v, want the upgrade then the Connect install", byKey)
+	}
+	if fmt.Sprint(byKey) != fmt.Sprint(byID) {
+		t.Errorf("history by installationId %+v differs from by clientKey %+v", byID, byKey)
+	}
+	if _, err := b.store.History(testCtx(t), forgetest.NewInstallationID(), 10); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown installation: %v, want ErrNotFound", err)
+	}
+}

@@ -620,16 +620,34 @@ func (s *Store) open(ctx context.Context, clientKey string, sealed Sealed) ([]by
 	return secret, nil
 }
 
-// History returns the newest limit events of clientKey, newest first (limit <= 0 means
-// 100). Errors wrap ErrNotFound or ErrUnavailable.
+// History returns the newest limit events of the tenant known by clientKey (a
+// clientKey or a Forge installationId, as Get takes), newest first (limit <= 0
+// means 100): its lifecycle history and the Forge deliveries of its
+// installation. Errors wrap ErrNotFound or ErrUnavailable.
 func (s *Store) History(ctx context.Context, clientKey string, limit int) ([]Event, error) {
 	if limit <= 0 {
 		limit = 100
 	}
 	ctx, cancel := bound(ctx)
 	defer cancel()
+	installationID := ""
+	if forge.IsInstallationID(clientKey) {
+		tn, err := s.getForge(ctx, clientKey)
+		if err != nil {
+			return nil, fmt.Errorf("history of %s: %w", clientKey, err)
+		}
+		clientKey = tn.ClientKey
+		if clientKey == "" {
+			installationID = tn.InstallationID
+		}
+	}
 	rows, err := s.pool.Query(ctx, `SELECT id, client_key, type, at, issued_at, applied, changes
-		FROM tenant_events WHERE client_key = $1 ORDER BY id DESC LIMIT $2`, clientKey, limit)
+		FROM tenant_events WHERE client_key = $1
+		UNION ALL
+		SELECT e.id, COALESCE(f.client_key, f.installation_id), e.type, e.at, e.issued_at, e.applied, e.changes
+		FROM forge_events e JOIN forge_installations f USING (installation_id)
+		WHERE (f.client_key = $1 AND $1 <> '') OR f.installation_id = $2
+		ORDER BY at DESC, id DESC LIMIT $3`, clientKey, installationID, limit)
 	if err != nil {
 		return nil, storeErr(err, "history of %s", clientKey)
 	}
@@ -648,7 +666,7 @@ func (s *Store) History(ctx context.Context, clientKey string, limit int) ([]Eve
 	if err != nil {
 		return nil, storeErr(err, "history of %s", clientKey)
 	}
-	if len(events) == 0 {
+	if len(events) == 0 && installationID == "" {
 		if err := s.mustExist(ctx, clientKey); err != nil {
 			return nil, fmt.Errorf("history of %s: %w", clientKey, err)
 		}
