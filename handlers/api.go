@@ -277,7 +277,7 @@ func signTarget(base *url.URL, raw string) (*url.URL, error) {
 // apiTenants lists tenants: ?state=installed|uninstalled|all (default all),
 // ?license=active|inactive|unknown, ?after=<cursor>, ?limit=1..1000.
 func (s *Server) apiTenants(c echo.Context) error {
-	var q tenant.Query
+	q := tenant.Query{IncludeForge: true}
 	switch st := c.QueryParam("state"); st {
 	case "", "all":
 	case "installed", "uninstalled":

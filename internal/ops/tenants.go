@@ -14,7 +14,12 @@ import (
 // TenantView is a tenant as the operator commands show it: no secret, the id
 // of the key that encrypts it.
 type TenantView struct {
+	// ID is the tenant's identity: its clientKey, or for a Forge
+	// installation without one its installationId.
+	ID                       string     `json:"id"`
+	Platform                 string     `json:"platform"`
 	ClientKey                string     `json:"clientKey"`
+	InstallationID           string     `json:"installationId,omitempty"`
 	BaseURL                  string     `json:"baseUrl"`
 	DisplayURL               string     `json:"displayUrl,omitempty"`
 	ProductType              string     `json:"productType"`
@@ -52,7 +57,7 @@ func viewOf(t connectrelay.Tenant) TenantView {
 		endpoints = []string{}
 	}
 	return TenantView{
-		ClientKey: t.ClientKey, BaseURL: t.BaseURL, DisplayURL: t.DisplayURL, ProductType: t.ProductType,
+		ID: t.ID(), Platform: string(t.Platform), InstallationID: t.InstallationID, ClientKey: t.ClientKey, BaseURL: t.BaseURL, DisplayURL: t.DisplayURL, ProductType: t.ProductType,
 		Description: t.Description, State: state, Enabled: t.Enabled, License: string(t.LicenseState),
 		LicenseCheckedAt: t.LicenseCheckedAt, ServerVersion: t.ServerVersion, PluginsVersion: t.PluginsVersion,
 		ServiceEntitlementNumber: t.ServiceEntitlementNumber, EntitlementNumber: t.EntitlementNumber,
@@ -89,7 +94,7 @@ func (d *DB) ListTenants(ctx context.Context, f TenantFilter) ([]TenantView, err
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
-	q := tenant.Query{License: connectrelay.LicenseState(f.License), Limit: 1000}
+	q := tenant.Query{License: connectrelay.LicenseState(f.License), Limit: 1000, IncludeForge: true}
 	if f.State == StateInstalled || f.State == StateUninstalled {
 		installed := f.State == StateInstalled
 		q.Installed = &installed
@@ -201,14 +206,19 @@ func (d *DB) ShowTenant(ctx context.Context, clientKey string, events int) (Tena
 		rep.Events = append(rep.Events, EventView{ID: e.ID, Type: e.Type, At: e.At, IssuedAt: e.IssuedAt,
 			Applied: e.Applied, Changes: changes})
 	}
-	links, err := d.tenants.Links(ctx, clientKey)
-	if err != nil {
-		return TenantReport{}, notFound(err)
+	// Site-import links and transfers are kept under the Connect clientKey;
+	// a Forge installation's transfers under its installationId.
+	id := t.ID()
+	var links []tenant.Link
+	if t.ClientKey != "" {
+		if links, err = d.tenants.Links(ctx, t.ClientKey); err != nil {
+			return TenantReport{}, notFound(err)
+		}
 	}
 	for _, l := range links {
 		rep.SiteImportLinks = append(rep.SiteImportLinks, LinkView(l))
 	}
-	ts, err := d.transfers.Transfers(ctx, clientKey, 10)
+	ts, err := d.transfers.Transfers(ctx, id, 10)
 	if err != nil {
 		return TenantReport{}, err
 	}

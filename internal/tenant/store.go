@@ -835,6 +835,10 @@ type Query struct {
 	After string
 	// Limit bounds the page: default 100, at most 1000.
 	Limit int
+	// IncludeForge adds the Forge installations that have no Connect tenant
+	// (PlatformForge, known by their installationId) to the page, in the
+	// same order by ID. Work that needs a Connect secret leaves it false.
+	IncludeForge bool
 }
 
 // Page returns the tenants selected by q in clientKey order, and the cursor of
@@ -852,10 +856,33 @@ func (s *Store) Page(ctx context.Context, q Query) ([]connectrelay.Tenant, strin
 	if err != nil {
 		return nil, "", storeErr(err, "page of tenants")
 	}
+	if q.IncludeForge {
+		fs, err := s.forgePage(ctx, q)
+		if err != nil {
+			return nil, "", storeErr(err, "page of forge installations")
+		}
+		ts = append(ts, fs...)
+		slices.SortFunc(ts, func(a, b connectrelay.Tenant) int { return strings.Compare(a.ID(), b.ID()) })
+	}
 	next := ""
 	if len(ts) > q.Limit {
 		ts = ts[:q.Limit]
-		next = ts[len(ts)-1].ClientKey
+		next = ts[len(ts)-1].ID()
 	}
 	return ts, next, nil
+}
+
+// forgePage is Page's selection among the pure Forge installations.
+func (s *Store) forgePage(ctx context.Context, q Query) ([]connectrelay.Tenant, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+forgeColumns+` FROM forge_installations
+		WHERE client_key IS NULL AND installation_id > $1 AND ($2::boolean IS NULL OR installed = $2)
+			AND ($3 = '' OR license_state = $3)
+		ORDER BY installation_id LIMIT $4`, q.After, q.Installed, string(q.License), q.Limit+1)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (connectrelay.Tenant, error) {
+		fr, err := scanForge(r)
+		return forgeTenant(fr.ForgeInstallation), err
+	})
 }

@@ -218,9 +218,9 @@ func (r *opsRun) tenantsList(args []string) int {
 		return r.fail(err)
 	}
 	r.print(list, func(w io.Writer) {
-		fmt.Fprintln(w, "CLIENTKEY\tSTATE\tENABLED\tLICENSE\tPRODUCT\tBASEURL\tLAST INSTALLED")
+		fmt.Fprintln(w, "ID\tPLATFORM\tSTATE\tENABLED\tLICENSE\tPRODUCT\tBASEURL\tLAST INSTALLED")
 		for _, t := range list {
-			fmt.Fprintf(w, "%s\t%s\t%t\t%s\t%s\t%s\t%s\n", t.ClientKey, t.State, t.Enabled, t.License, t.ProductType, t.BaseURL, ts(t.LastInstalledAt))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%t\t%s\t%s\t%s\t%s\n", t.ID, t.Platform, t.State, t.Enabled, t.License, t.ProductType, t.BaseURL, ts(t.LastInstalledAt))
 		}
 		fmt.Fprintf(w, "%d tenant(s)\n", len(list))
 	})
@@ -257,7 +257,7 @@ func (r *opsRun) tenantsShow(args []string) int {
 		if t.Enabled {
 			enabled = "enabled"
 		}
-		fmt.Fprintf(w, "tenant %s\n", t.ClientKey)
+		fmt.Fprintf(w, "tenant %s (%s)\n", t.ID, t.Platform)
 		fmt.Fprintf(w, "  state:\t%s (%s)\n", t.State, enabled)
 		fmt.Fprintf(w, "  license:\t%s (checked %s)\n", t.License, tsPtr(t.LicenseCheckedAt))
 		fmt.Fprintf(w, "  baseUrl:\t%s\n", t.BaseURL)

@@ -181,7 +181,7 @@ func TestTenantsList_FiltersByStateAndLicense(t *testing.T) {
 		})
 	}
 	code, out, _ := run(t, e.env, e.now, "tenants", "list", "--state", "uninstalled")
-	if code != ExitOK || !strings.Contains(out, "CLIENTKEY") || !strings.Contains(out, "b  ") ||
+	if code != ExitOK || !strings.Contains(out, "PLATFORM") || !strings.Contains(out, "b  ") ||
 		!strings.Contains(out, "uninstalled") || !strings.Contains(out, "1 tenant(s)") {
 		t.Errorf("text list = %d\n%s", code, out)
 	}
