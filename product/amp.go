@@ -205,7 +205,13 @@ func requireArg(name, v string) error {
 // disabled app) must not be taken for "settled": our own settle call would
 // never be made and the transfer's data would be dropped.
 func transferErr(op, transferID string, err error) error {
-	if settledAnswer(err) {
+	return wrapTransfer(op, transferID, err, settledAnswer(err))
+}
+
+// wrapTransfer wraps the failed transfer-scoped call op, adding
+// ErrTransferSettled when settled says the platform answered so.
+func wrapTransfer(op, transferID string, err error, settled bool) error {
+	if settled {
 		return fmt.Errorf("%s of transfer %s: %w: %w", op, transferID, ErrTransferSettled, err)
 	}
 	return fmt.Errorf("%s of transfer %s: %w", op, transferID, err)
