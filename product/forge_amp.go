@@ -176,15 +176,15 @@ func (c *ForgeAMP) endpoint(ctx context.Context, installationID string) (endpoin
 		return endpoint{}, fmt.Errorf("load Forge installation %s: %w", installationID, err)
 	}
 	if cr.Token == "" {
-		return endpoint{}, fmt.Errorf("Forge installation %s: %w: none stored", installationID, ErrNoSystemToken)
+		return endpoint{}, fmt.Errorf("forge installation %s: %w: none stored", installationID, ErrNoSystemToken)
 	}
 	if !cr.ExpiresAt.IsZero() && time.Until(cr.ExpiresAt) < forgeTokenMargin {
-		return endpoint{}, fmt.Errorf("Forge installation %s: %w: it expired at %s", installationID, ErrNoSystemToken,
+		return endpoint{}, fmt.Errorf("forge installation %s: %w: it expired at %s", installationID, ErrNoSystemToken,
 			cr.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	base, err := c.checkAPIBaseURL(cr.APIBaseURL)
 	if err != nil {
-		return endpoint{}, fmt.Errorf("Forge installation %s: %w", installationID, err)
+		return endpoint{}, fmt.Errorf("forge installation %s: %w", installationID, err)
 	}
 	token := cr.Token
 	return endpoint{base: base, authorize: func(req *http.Request) (string, error) {
