@@ -69,7 +69,14 @@ const DefaultStallTimeout = 2 * time.Minute
 // AMP calls one app's migration API (App Migration Platform) on any tenant. It is safe for
 // concurrent use.
 type AMP struct {
-	p        *Client
+	p *Client
+	*downloader
+}
+
+// downloader fetches presigned data URLs: the SSRF-safe client, its stall
+// timeout and its logger, shared by the Connect (AMP) and the Forge
+// (ForgeAMP) clients.
+type downloader struct {
 	dl       *http.Client
 	guard    addressGuard
 	resolver *net.Resolver
@@ -77,13 +84,14 @@ type AMP struct {
 	log      *slog.Logger
 }
 
-// AMPOption adjusts an AMP client built by NewAMP.
-type AMPOption func(*AMP)
+// AMPOption adjusts the data downloads of an AMP client built by NewAMP or
+// of a ForgeAMP built by NewForgeAMP.
+type AMPOption func(*downloader)
 
 // WithStallTimeout sets how long a download may receive nothing before it is
 // abandoned with ErrDownloadStalled (default DefaultStallTimeout).
 func WithStallTimeout(d time.Duration) AMPOption {
-	return func(c *AMP) {
+	return func(c *downloader) {
 		if d > 0 {
 			c.stall = d
 		}
@@ -93,7 +101,7 @@ func WithStallTimeout(d time.Duration) AMPOption {
 // WithLogger sets the logger for download re-requests (default slog.Default).
 // Presigned URLs are credentials and are never logged.
 func WithLogger(l *slog.Logger) AMPOption {
-	return func(c *AMP) {
+	return func(c *downloader) {
 		if l != nil {
 			c.log = l
 		}
@@ -104,7 +112,7 @@ func WithLogger(l *slog.Logger) AMPOption {
 // net.DefaultResolver). Whatever it answers, the address guard checks the
 // address actually dialled.
 func WithResolver(r *net.Resolver) AMPOption {
-	return func(c *AMP) { c.resolver = r }
+	return func(c *downloader) { c.resolver = r }
 }
 
 // New returns a Client calling the migration API through p and fetching
@@ -126,7 +134,13 @@ func WithResolver(r *net.Resolver) AMPOption {
 // cloned and given the guarded dialer, without proxy); any other RoundTripper
 // cannot be guarded and every download fails.
 func NewAMP(p *Client, download *http.Client, opts ...AMPOption) *AMP {
-	c := &AMP{p: p, stall: DefaultStallTimeout, log: slog.Default(), guard: addressGuard{allowLoopback: allowsLoopback(p.cfg.Hosts)}}
+	return &AMP{p: p, downloader: newDownloader(download, allowsLoopback(p.cfg.Hosts), opts)}
+}
+
+// newDownloader builds the download client NewAMP documents; allowLoopback
+// lets data come from loopback, over http too (tests).
+func newDownloader(download *http.Client, allowLoopback bool, opts []AMPOption) *downloader {
+	c := &downloader{stall: DefaultStallTimeout, log: slog.Default(), guard: addressGuard{allowLoopback: allowLoopback}}
 	for _, o := range opts {
 		o(c)
 	}
@@ -191,7 +205,13 @@ func requireArg(name, v string) error {
 // disabled app) must not be taken for "settled": our own settle call would
 // never be made and the transfer's data would be dropped.
 func transferErr(op, transferID string, err error) error {
-	if settledAnswer(err) {
+	return wrapTransfer(op, transferID, err, settledAnswer(err))
+}
+
+// wrapTransfer wraps the failed transfer-scoped call op, adding
+// ErrTransferSettled when settled says the platform answered so.
+func wrapTransfer(op, transferID string, err error, settled bool) error {
+	if settled {
 		return fmt.Errorf("%s of transfer %s: %w: %w", op, transferID, ErrTransferSettled, err)
 	}
 	return fmt.Errorf("%s of transfer %s: %w", op, transferID, err)
@@ -229,7 +249,7 @@ func (c *AMP) DataURL(ctx context.Context, clientKey, s3Key string) (string, err
 // checkDataURL accepts only absolute https URLs without userinfo (http only
 // on loopback, when the host policy allows loopback); the addresses are
 // checked when dialled.
-func (c *AMP) checkDataURL(raw string) (*url.URL, error) {
+func (c *downloader) checkDataURL(raw string) (*url.URL, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("%w: empty url", ErrBadDataURL)
 	}
@@ -367,7 +387,7 @@ const maxDownloadRedirects = 5
 // checkDownloadRedirect keeps a presigned download on TLS once it started
 // there, holds every hop to the data URL rules (the dialer checks its
 // address) and stops redirect loops.
-func (c *AMP) checkDownloadRedirect(req *http.Request, via []*http.Request) error {
+func (c *downloader) checkDownloadRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxDownloadRedirects {
 		return fmt.Errorf("stopped after %d redirects", maxDownloadRedirects)
 	}

@@ -55,8 +55,15 @@ func (e *DownloadError) Is(target error) bool {
 // (cancel it to abort) and fails with ErrDownloadStalled when no data arrives
 // for the stall timeout, but has no overall deadline.
 func (c *AMP) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadCloser, error) {
+	return c.openData(ctx, clientKey, s3Key, c.DataURL)
+}
+
+// openData is OpenData with the product's data URL call dataURL: it
+// downloads what dataURL answers and asks once more when that URL expired.
+func (c *downloader) openData(ctx context.Context, clientKey, s3Key string,
+	dataURL func(ctx context.Context, clientKey, s3Key string) (string, error)) (io.ReadCloser, error) {
 	for try := 1; ; try++ {
-		raw, err := c.DataURL(ctx, clientKey, s3Key)
+		raw, err := dataURL(ctx, clientKey, s3Key)
 		if err != nil {
 			return nil, err
 		}
@@ -75,7 +82,7 @@ func (c *AMP) OpenData(ctx context.Context, clientKey, s3Key string) (io.ReadClo
 
 // download GETs a presigned URL and returns its body wrapped in a stall
 // watchdog. It sets no credentials: the URL carries its own.
-func (c *AMP) download(ctx context.Context, raw string) (io.ReadCloser, error) {
+func (c *downloader) download(ctx context.Context, raw string) (io.ReadCloser, error) {
 	u, err := c.checkDataURL(raw)
 	if err != nil {
 		return nil, err

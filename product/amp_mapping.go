@@ -44,6 +44,18 @@ func cloudID(raw json.RawMessage) string {
 // early fetches no further pages. Within a page, mappings come in server ID
 // order. An error is yielded once, as the last element.
 func (c *AMP) Mappings(ctx context.Context, clientKey, transferID, namespace string, pageSize int) iter.Seq2[Mapping, error] {
+	return mappings(ctx, c.p.Do, clientKey, transferID, namespace, pageSize, MaxPageSize,
+		ampBase+"/mapping/"+url.PathEscape(transferID)+"/page", RouteMappingPage, transferErr)
+}
+
+// doFunc is Client.Do, or a platform's wrapper of it.
+type doFunc func(ctx context.Context, key string, req Request, out any) error
+
+// mappings is the paging loop of the mapping API, shared by the Connect and
+// Forge clients, whose page path, route, largest page and transfer error
+// wrapping differ.
+func mappings(ctx context.Context, do doFunc, clientKey, transferID, namespace string, pageSize, maxPage int,
+	path, route string, wrap func(op, transferID string, err error) error) iter.Seq2[Mapping, error] {
 	return func(yield func(Mapping, error) bool) {
 		if err := requireArg("transferId", transferID); err != nil {
 			yield(Mapping{}, err)
@@ -53,10 +65,9 @@ func (c *AMP) Mappings(ctx context.Context, clientKey, transferID, namespace str
 			yield(Mapping{}, err)
 			return
 		}
-		if pageSize <= 0 || pageSize > MaxPageSize {
-			pageSize = MaxPageSize
+		if pageSize <= 0 || pageSize > maxPage {
+			pageSize = maxPage
 		}
-		path := ampBase + "/mapping/" + url.PathEscape(transferID) + "/page"
 		last := ""
 		for {
 			q := url.Values{"namespace": {namespace}, "pageSize": {strconv.Itoa(pageSize)}}
@@ -64,9 +75,9 @@ func (c *AMP) Mappings(ctx context.Context, clientKey, transferID, namespace str
 				q.Set("lastEntity", last)
 			}
 			var page mappingPage
-			req := Request{Path: path, Query: q, Route: RouteMappingPage}
-			if err := c.p.Do(ctx, clientKey, req, &page); err != nil {
-				yield(Mapping{}, transferErr("mappings "+namespace, transferID, err))
+			req := Request{Path: path, Query: q, Route: route}
+			if err := do(ctx, clientKey, req, &page); err != nil {
+				yield(Mapping{}, wrap("mappings "+namespace, transferID, err))
 				return
 			}
 			for _, k := range slices.Sorted(maps.Keys(page.Items)) {
@@ -89,6 +100,13 @@ func (c *AMP) Mappings(ctx context.Context, clientKey, transferID, namespace str
 // FindMappings looks up the cloud IDs of specific server keys. Keys the
 // platform does not know are absent from the result.
 func (c *AMP) FindMappings(ctx context.Context, clientKey, transferID, namespace string, keys []string) (map[string]string, error) {
+	return findMappings(ctx, c.p.Do, clientKey, transferID, namespace, keys,
+		ampBase+"/mapping/"+url.PathEscape(transferID)+"/find", RouteMappingFind, transferErr)
+}
+
+// findMappings is FindMappings of either platform (see mappings).
+func findMappings(ctx context.Context, do doFunc, clientKey, transferID, namespace string, keys []string,
+	path, route string, wrap func(op, transferID string, err error) error) (map[string]string, error) {
 	if err := requireArg("transferId", transferID); err != nil {
 		return nil, err
 	}
@@ -96,12 +114,11 @@ func (c *AMP) FindMappings(ctx context.Context, clientKey, transferID, namespace
 		return nil, err
 	}
 	found := make(map[string]string, len(keys))
-	path := ampBase + "/mapping/" + url.PathEscape(transferID) + "/find"
 	for batch := range slices.Chunk(keys, findBatch) {
 		var out map[string]json.RawMessage
-		req := Request{Method: http.MethodPost, Path: path, Query: url.Values{"namespace": {namespace}}, Body: batch, Route: RouteMappingFind}
-		if err := c.p.Do(ctx, clientKey, req, &out); err != nil {
-			return nil, transferErr("find mappings "+namespace, transferID, err)
+		req := Request{Method: http.MethodPost, Path: path, Query: url.Values{"namespace": {namespace}}, Body: batch, Route: route}
+		if err := do(ctx, clientKey, req, &out); err != nil {
+			return nil, wrap("find mappings "+namespace, transferID, err)
 		}
 		for k, v := range out {
 			found[k] = cloudID(v)

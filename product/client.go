@@ -132,6 +132,21 @@ type Client struct {
 	targets TargetSource
 	hc      *http.Client
 	log     *slog.Logger
+	// resolve says where and how each attempt is sent: the tenant's baseUrl
+	// with a Connect JWT (connectEndpoint), or a Forge installation's API
+	// host with its system token (ForgeAMP).
+	resolve func(ctx context.Context, key string) (endpoint, error)
+}
+
+// endpoint is where one attempt of a call goes and how it is authorised.
+type endpoint struct {
+	// base is the checked URL that Request.Path is relative to; redirects
+	// are followed only within its origin and path.
+	base *url.URL
+	// authorize sets the credentials of one request (every redirect hop is
+	// authorised afresh) and returns the token it set, which is scrubbed from
+	// error bodies.
+	authorize func(req *http.Request) (token string, err error)
 }
 
 const (
@@ -158,6 +173,21 @@ func New(cfg Config, targets TargetSource) (*Client, error) {
 		return nil, errors.New("product: Hosts is required")
 	case targets == nil:
 		return nil, errors.New("product: a TargetSource is required")
+	}
+	c, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	c.targets = targets
+	c.resolve = c.connectEndpoint
+	return c, nil
+}
+
+// newClient validates and defaults the HTTP behaviour of cfg (everything but
+// AppKey, Hosts and the tenant source) and returns a Client without a
+// resolver.
+func newClient(cfg Config) (*Client, error) {
+	switch {
 	case cfg.AttemptTimeout < 0:
 		return nil, errors.New("product: AttemptTimeout cannot be negative")
 	case cfg.MaxAttempts < 0:
@@ -199,7 +229,7 @@ func New(cfg Config, targets TargetSource) (*Client, error) {
 		cfg.MaxResponseBytes = defaultMaxResponseBytes
 	}
 	if cfg.UserAgent == "" {
-		cfg.UserAgent = "connectrelay/" + moduleVersion() + " " + cfg.AppKey
+		cfg.UserAgent = strings.TrimSpace("connectrelay/" + moduleVersion() + " " + cfg.AppKey)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -217,7 +247,7 @@ func New(cfg Config, targets TargetSource) (*Client, error) {
 	// Do follows redirects itself so that it can refuse other origins and
 	// re-sign for the new path; net/http would forward the old token.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Client{cfg: cfg, targets: targets, hc: &hc, log: log}, nil
+	return &Client{cfg: cfg, hc: &hc, log: log}, nil
 }
 
 // moduleVersion is this module's version as recorded in the binary, so the
@@ -371,20 +401,11 @@ func (c *Client) attempt(ctx context.Context, clientKey string, req Request, bod
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("product: %s %s: "+format, append([]any{req.Method, req.Route}, args...)...)
 	}
-	target, err := c.targets.Target(ctx, clientKey)
+	ep, err := c.resolve(ctx, clientKey)
 	if err != nil {
-		return 0, false, fail("load tenant %s: %w", clientKey, err)
+		return 0, false, fail("%w", err)
 	}
-	if target.ClientKey != "" && target.ClientKey != clientKey {
-		return 0, false, fail("tenant source returned tenant %s for %s", target.ClientKey, clientKey)
-	}
-	if len(target.Secret) == 0 {
-		return 0, false, fail("tenant %s: %w", clientKey, ErrNoSecret)
-	}
-	base, err := c.cfg.Hosts.CheckBaseURL(target.BaseURL)
-	if err != nil {
-		return 0, false, fail("tenant %s: %w: %w", clientKey, ErrHostNotAllowed, err)
-	}
+	base := ep.base
 	u, err := joinURL(base, req.Path, req.Query)
 	if err != nil {
 		return 0, false, fail("build URL: %w", err)
@@ -407,10 +428,10 @@ func (c *Client) attempt(ctx context.Context, clientKey string, req Request, bod
 		}
 		hreq.Header.Set("Accept", "application/json")
 		hreq.Header.Set("User-Agent", c.cfg.UserAgent)
-		if err := connect.SignRequest(hreq, base.String(), c.cfg.AppKey, target.Secret, c.cfg.Now()); err != nil {
+		token, err := ep.authorize(hreq)
+		if err != nil {
 			return 0, false, fail("sign: %w", err)
 		}
-		token := strings.TrimPrefix(hreq.Header.Get("Authorization"), "JWT ")
 
 		resp, err := c.hc.Do(hreq)
 		if err != nil {
@@ -442,6 +463,31 @@ func (c *Client) attempt(ctx context.Context, clientKey string, req Request, bod
 		}
 		return c.readResponse(ctx, resp, req, token, out)
 	}
+}
+
+// connectEndpoint resolves a Connect tenant: its current baseUrl, checked
+// against the host policy, and a JWT signed with its shared secret.
+func (c *Client) connectEndpoint(ctx context.Context, clientKey string) (endpoint, error) {
+	target, err := c.targets.Target(ctx, clientKey)
+	if err != nil {
+		return endpoint{}, fmt.Errorf("load tenant %s: %w", clientKey, err)
+	}
+	if target.ClientKey != "" && target.ClientKey != clientKey {
+		return endpoint{}, fmt.Errorf("tenant source returned tenant %s for %s", target.ClientKey, clientKey)
+	}
+	if len(target.Secret) == 0 {
+		return endpoint{}, fmt.Errorf("tenant %s: %w", clientKey, ErrNoSecret)
+	}
+	base, err := c.cfg.Hosts.CheckBaseURL(target.BaseURL)
+	if err != nil {
+		return endpoint{}, fmt.Errorf("tenant %s: %w: %w", clientKey, ErrHostNotAllowed, err)
+	}
+	return endpoint{base: base, authorize: func(req *http.Request) (string, error) {
+		if err := connect.SignRequest(req, base.String(), c.cfg.AppKey, target.Secret, c.cfg.Now()); err != nil {
+			return "", err
+		}
+		return strings.TrimPrefix(req.Header.Get("Authorization"), "JWT "), nil
+	}}, nil
 }
 
 func isRedirect(code int) bool {

@@ -57,6 +57,13 @@ type WorkerOptions struct {
 	// bundled importer records each upload's label, size and SHA-256 in the
 	// migration_imported_data table.
 	Importer connectrelay.Importer
+	// ForgeCredentials gives the worker the apiBaseUrl and app system token
+	// of Forge installations (the tenant store implements it), so that the
+	// migrations of Forge installations run through the same machine as
+	// Connect's, calling the Forge migration API on the apiBaseUrl's host
+	// (checked against FORGE_API_HOSTS). When nil, the calls of a Forge
+	// migration fail with migration.ErrForgeNotConfigured.
+	ForgeCredentials product.ForgeCredentialSource
 	// Test holds settings for tests; production leaves it zero.
 	Test WorkerTest
 }
@@ -144,7 +151,26 @@ func (w *Worker) build(opts WorkerOptions) error {
 	if importer == nil {
 		importer = migration.NewRecordingImporter(st.pool)
 	}
-	machine, err := migration.NewMachine(st.pool, amp, importer, enq,
+	router := migration.Router{Connect: amp}
+	if opts.ForgeCredentials != nil {
+		fa, err := product.NewForgeAMP(product.ForgeAMPConfig{
+			Credentials: opts.ForgeCredentials,
+			APIHosts:    cfg.ForgeAPIHosts,
+			HTTP: product.Config{
+				UserAgent:   "connectrelay/" + connectrelay.Version + " " + cfg.AppKey,
+				HTTPClient:  w.test.HTTPClient,
+				MaxAttempts: w.test.ProductAttempts,
+				Logger:      log,
+				Observe:     func(method, route string, status int, _ error) { m.ObserveOutbound(method, route, status) },
+			},
+			Download: w.test.HTTPClient,
+		}, product.WithLogger(log))
+		if err != nil {
+			return fmt.Errorf("forge migration client: %w", err)
+		}
+		router.Forge = fa
+	}
+	machine, err := migration.NewMachine(st.pool, router, importer, enq,
 		migration.Options{FinalLabel: cfg.MigrationFinalLabel, Logger: log})
 	if err != nil {
 		return fmt.Errorf("migration machine: %w", err)

@@ -16,7 +16,9 @@ import (
 
 // migrationEventPayload is the payload of migration:event.
 type migrationEventPayload struct {
-	// ClientKey is the tenant whose JWT authenticated the event.
+	// ClientKey is the tenant whose JWT authenticated the event: a Connect
+	// clientKey, or the installation ARI of a Forge installation whose
+	// invocation token did.
 	ClientKey string `json:"clientKey"`
 	// Event is the event body as received; migration events carry no secret.
 	Event json.RawMessage `json:"event"`
@@ -47,7 +49,9 @@ func (h *Handlers) migrationEvent(ctx context.Context, t *asynq.Task) error {
 	if h.d.Migration == nil || h.d.Dedupe == nil {
 		return notConfigured(t)
 	}
-	ev, err := migration.ParseEvent(p.Event)
+	// A Forge installation (its installation ARI as the tenant) sends Forge
+	// events, any other tenant Connect webhooks.
+	ev, err := migration.ParseEventOf(p.ClientKey, p.Event)
 	if err != nil {
 		return fmt.Errorf("%s: %w: %w", t.Type(), err, asynq.SkipRetry)
 	}

@@ -77,4 +77,17 @@
 // including those of a worker that died mid-call. A settle call is claimed in
 // one short statement before it is made, so racing workers make it once, and no
 // lock is held while it runs.
+//
+// # Forge
+//
+// Forge installations run through the same machine, keyed by their
+// installation ARI (ParseForgeEvent maps the avi:ecosystem.migration:* events
+// onto the types above; Router sends their calls to the Forge client). The
+// Forge platform settles a transfer itself and wants a status per message
+// instead: each triggered:listener and uploaded:app_data message is recorded
+// with its transfer, and its status is derived from the state above when it
+// is sent (acknowledge): SUCCESS once handled or imported, FAILED once the
+// upload is skipped or failed or its transfer closed without it. Statuses are
+// claimed before their call, like settle calls, so each is sent once, and
+// SettlePending sends those still owed. docs/forge-migrations.md has the rest.
 package migration

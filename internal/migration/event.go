@@ -71,7 +71,13 @@ type Event struct {
 	S3Key   string
 	Label   string
 	Details connectrelay.MigrationDetails
-	// Raw is the body as received, recorded in migration_events.
+	// ForgeType is the Forge eventType as received (ForgeEventAppDataUploaded,
+	// ...) when the event came from Forge (ParseForgeEvent), "" for a Connect
+	// webhook. Type is then the machine's name for it, or the Forge name for
+	// a type without behaviour.
+	ForgeType string
+	// Raw is the body as received (a Forge event unwrapped from its
+	// envelope), recorded in migration_events.
 	Raw json.RawMessage
 }
 
@@ -202,7 +208,9 @@ func (e Event) ClientKeys() []string {
 
 // DedupeKey identifies the event across re-deliveries: "msg:" + messageId when the
 // platform sent one, otherwise "content:" + the hex SHA-256 of a length-prefixed
-// encoding of eventType, transferId, s3Key, label and migrationId. Length prefixes
+// encoding of eventType (ForgeType for a Forge event), transferId, s3Key, label
+// and migrationId. It is never derived from the delivery's credentials (a Forge
+// retry carries a new token, and so a new jti). Length prefixes
 // make the encoding injective, so two different events never share a content key
 // by concatenation ("ab"+"c" vs "a"+"bc").
 func (e Event) DedupeKey() string {
@@ -211,7 +219,11 @@ func (e Event) DedupeKey() string {
 	}
 	h := sha256.New()
 	var n [8]byte
-	for _, f := range []string{string(e.Type), e.TransferID, e.S3Key, e.Label, e.Details.MigrationID} {
+	typ := string(e.Type)
+	if e.ForgeType != "" {
+		typ = e.ForgeType
+	}
+	for _, f := range []string{typ, e.TransferID, e.S3Key, e.Label, e.Details.MigrationID} {
 		binary.BigEndian.PutUint64(n[:], uint64(len(f)))
 		h.Write(n[:])
 		h.Write([]byte(f))

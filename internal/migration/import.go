@@ -87,8 +87,9 @@ func (m *Machine) Import(ctx context.Context, ref UploadRef) error {
 	if c.done {
 		// The retry of an import that committed: completing the transfer may still
 		// be owed (the product could not list its data) and so may a settle call
-		// (it failed); this retry is what makes them.
-		return m.completeTransfer(ctx, log, ref.TransferID)
+		// (it failed), and so may the upload's Forge message status; this retry
+		// is what makes them.
+		return errors.Join(m.acknowledge(ctx, ref.TransferID), m.completeTransfer(ctx, log, ref.TransferID))
 	}
 	log = log.With(slog.String("client_key", c.transfer.ClientKey), slog.String("label", c.label),
 		slog.Int("attempt", c.attempt))
@@ -361,6 +362,9 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 		return fmt.Errorf("migration: import upload %q of transfer %s: record imported: %w", ref.S3Key, ref.TransferID, err)
 	}
 	log.InfoContext(ctx, "upload imported", slog.Int("imported", imported), slog.Int("remaining", remaining))
+	// A Forge upload's SUCCESS is owed now, within the platform's 15 minutes,
+	// whatever completion decides.
+	ackErr := m.acknowledge(ctx, ref.TransferID)
 	if report > 0 {
 		m.reportProgress(ctx, log, c.transfer.ClientKey, ref.TransferID, product.Progress{
 			Status: product.StatusInProgress, Percent: report,
@@ -369,11 +373,11 @@ func (m *Machine) finishImport(ctx context.Context, log *slog.Logger, ref Upload
 	}
 	switch {
 	case complete:
-		return m.completeTransfer(ctx, log, ref.TransferID)
+		return errors.Join(ackErr, m.completeTransfer(ctx, log, ref.TransferID))
 	case settle:
-		return m.settle(ctx, ref.TransferID)
+		return errors.Join(ackErr, m.settle(ctx, ref.TransferID))
 	}
-	return nil
+	return ackErr
 }
 
 // rowQuerier is what completion reads through: the pool, or a transaction.

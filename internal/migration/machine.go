@@ -338,8 +338,14 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 			errs = append(errs, fmt.Errorf("migration: schedule import of upload %q of transfer %s: %w", ref.S3Key, ref.TransferID, err))
 		}
 	}
-	if ac.settle {
+	switch {
+	case ac.settle:
+		// Sends the Forge message statuses owed too.
 		if err := m.settle(ctx, ev.TransferID); err != nil {
+			errs = append(errs, err)
+		}
+	case ev.ForgeType != "":
+		if err := m.acknowledge(ctx, ev.TransferID); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -381,6 +387,9 @@ func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, t conn
 		ac  afterCommit
 		err error
 	)
+	if err := recordForgeMessage(ctx, tx, ev); err != nil {
+		return ac, err
+	}
 	switch ev.Type {
 	case EventListenerTriggered:
 		ac, err = m.onListenerTriggered(ctx, tx, log, t)

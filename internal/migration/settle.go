@@ -38,7 +38,16 @@ const (
 // statement records the result and clears the claim. Workers racing to settle one
 // transfer (an import completing it while a duplicate event arrives) therefore make
 // one call between them: the others find it claimed, or settled, and return nil.
+//
+// A Forge transfer's owed message statuses are sent first (acknowledge): the
+// platform settles a Forge transfer itself once every message has one, and
+// the settle call is then only a line of its progress log.
 func (m *Machine) settle(ctx context.Context, transferID string) error {
+	return errors.Join(m.acknowledge(ctx, transferID), m.settleCall(ctx, transferID))
+}
+
+// settleCall makes the settle call itself (see settle).
+func (m *Machine) settleCall(ctx context.Context, transferID string) error {
 	var (
 		clientKey, status string
 		percent           int
@@ -145,7 +154,9 @@ func (m *Machine) markSettledByProduct(ctx context.Context, transferID string) e
 // oldest first. It reports how
 // many were attempted; failures are recorded on each transfer and joined into err.
 // The worker runs it periodically so a transfer is never left open at the product
-// because of a transient outage.
+// because of a transient outage. It then sends the Forge message statuses still
+// owed (AcknowledgePending, limit transfers more), and counts those transfers
+// too.
 func (m *Machine) SettlePending(ctx context.Context, limit int) (int, error) {
 	if limit <= 0 {
 		limit = 100
@@ -179,7 +190,13 @@ func (m *Machine) SettlePending(ctx context.Context, limit int) (int, error) {
 			errs = append(errs, err)
 		}
 	}
-	return len(ids), errors.Join(errs...)
+	// Forge message statuses still owed, of transfers that may owe no settle
+	// call yet.
+	n, err := m.AcknowledgePending(ctx, limit)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return len(ids) + n, errors.Join(errs...)
 }
 
 // markExpired records that the product answered the transfer is past AMP's 14-day

@@ -407,3 +407,72 @@ const (
 	sqlListImportedData = `SELECT transfer_id, s3_key, client_key, label, size_bytes, sha256, imported_at
 		FROM migration_imported_data WHERE transfer_id = $1 ORDER BY imported_at, s3_key`
 )
+
+// Forge message acknowledgements (migration_forge_messages, forge_ack.go).
+const (
+	// sqlRecordForgeMessage records, once, a Forge message that owes a status.
+	// $1 transfer id, $2 message id, $3 kind (the machine's event type), $4 s3Key
+	// or ''.
+	sqlRecordForgeMessage = `
+		INSERT INTO migration_forge_messages (transfer_id, message_id, kind, s3_key)
+		VALUES ($1, $2, $3, $4)
+		ON CONFLICT (transfer_id, message_id) DO NOTHING`
+
+	// forgeAckDecided is the condition under which a message's status is known,
+	// and forgeAckStatus that status (see 0008_forge_migration.sql), over m
+	// (the message), t (its transfer) and u (its upload, or NULLs).
+	forgeAckDecided = `(m.kind = 'listener-triggered' OR u.state IN ('imported', 'skipped', 'failed')
+		OR t.state IN ('cancelled', 'failed') OR t.settled_at IS NOT NULL)`
+	forgeAckStatus = `CASE WHEN m.kind = 'listener-triggered' OR u.state = 'imported' THEN 'SUCCESS' ELSE 'FAILED' END`
+	forgeAckJoin   = `migration_forge_messages m
+		JOIN migration_transfers t ON t.transfer_id = m.transfer_id
+		LEFT JOIN migration_uploads u ON u.transfer_id = m.transfer_id AND u.s3_key = m.s3_key`
+
+	// sqlClaimForgeAcks claims, for a claim TTL, the transfer's messages whose
+	// status is known and not sent, that no live claim holds, and returns the
+	// tenant, each message and its status. $1 transfer id, $2 claim TTL in
+	// milliseconds, $3 limit.
+	sqlClaimForgeAcks = `
+		WITH due AS (
+			SELECT m.message_id, ` + forgeAckStatus + ` AS status, t.client_key
+			FROM ` + forgeAckJoin + `
+			WHERE m.transfer_id = $1 AND m.acked_at IS NULL
+				AND (m.ack_claimed_until IS NULL OR m.ack_claimed_until <= now())
+				AND ` + forgeAckDecided + `
+			ORDER BY m.message_id
+			LIMIT $3
+			FOR UPDATE OF m SKIP LOCKED
+		)
+		UPDATE migration_forge_messages m
+		SET ack_claimed_until = now() + $2 * interval '1 millisecond', ack_attempts = m.ack_attempts + 1, updated_at = now()
+		FROM due
+		WHERE m.transfer_id = $1 AND m.message_id = due.message_id
+		RETURNING due.client_key, m.message_id, due.status`
+
+	// sqlMarkForgeAcked records the platform's answer to a status call.
+	// $1 transfer id, $2 message ids, $3 status, $4 result (reported,
+	// already_settled).
+	sqlMarkForgeAcked = `UPDATE migration_forge_messages
+		SET acked_at = now(), acked_status = $3, ack_result = $4, ack_claimed_until = NULL, last_error = NULL, updated_at = now()
+		WHERE transfer_id = $1 AND message_id = ANY($2) AND acked_at IS NULL`
+
+	// sqlReleaseForgeAcks records a failed status call and gives its claims
+	// back. $1 transfer id, $2 message ids, $3 error.
+	sqlReleaseForgeAcks = `UPDATE migration_forge_messages
+		SET ack_claimed_until = NULL, last_error = $3, updated_at = now()
+		WHERE transfer_id = $1 AND message_id = ANY($2) AND acked_at IS NULL`
+
+	// sqlListForgeAckOwed lists transfers with messages whose status is known
+	// and not sent, that no live claim holds, oldest message first. $1 limit.
+	sqlListForgeAckOwed = `
+		SELECT m.transfer_id FROM ` + forgeAckJoin + `
+		WHERE m.acked_at IS NULL AND (m.ack_claimed_until IS NULL OR m.ack_claimed_until <= now())
+			AND ` + forgeAckDecided + `
+		GROUP BY m.transfer_id ORDER BY min(m.created_at) LIMIT $1`
+
+	// sqlForgeMessages lists a transfer's Forge messages and what was sent for
+	// them, for status queries and tests. $1 transfer id.
+	sqlForgeMessages = `SELECT message_id, kind, s3_key, coalesce(acked_status, ''), coalesce(ack_result, ''),
+		acked_at, ack_attempts, coalesce(last_error, '')
+		FROM migration_forge_messages WHERE transfer_id = $1 ORDER BY created_at, message_id`
+)
