@@ -10,6 +10,8 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/internal/metrics"
+	"github.com/connectrelay/connectrelay/internal/migration"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -52,6 +54,7 @@ func (s *Server) mountForge(e *echo.Echo) error {
 	}
 	e.POST(PathForgeLifecycle, s.forgeRoute("forge_lifecycle", s.forgeLifecycle))
 	e.POST(PathForgePreUninstall, s.forgeRoute("forge_pre_uninstall", s.forgePreUninstall))
+	e.POST(PathForgeMigration, s.forgeMigration)
 	return nil
 }
 
@@ -190,4 +193,63 @@ func systemToken(r *http.Request) string {
 		return strings.TrimSpace(rest)
 	}
 	return v
+}
+
+// forgeMigration handles the App Migration Platform's Forge events
+// (avi:ecosystem.migration:*): verify, store the installation's claims and
+// system token (the worker calls the Forge migration API with it), enqueue
+// under the installation and a key derived from the event (a re-sent event
+// finds its task), answer 204. The platform re-sends an event it did not see
+// acknowledged.
+func (s *Server) forgeMigration(c echo.Context) error {
+	err := s.handleForgeMigration(c)
+	if err != nil {
+		s.errorHandler(err, c)
+		s.d.Logger.WarnContext(c.Request().Context(), "forge migration event rejected",
+			slog.Int("status", c.Response().Status), slog.String("reason", err.Error()))
+	}
+	s.d.Metrics.WebhookSLI.WithLabelValues(metrics.SLIResult(c.Response().Status)).Inc()
+	return nil
+}
+
+func (s *Server) handleForgeMigration(c echo.Context) error {
+	fr, cancel, err := s.verifyForge(c, s.d.Config.ForgeMigrationModules)
+	defer cancel()
+	if err != nil {
+		return err
+	}
+	ev, err := migration.ParseForgeEvent(fr.event)
+	if err != nil {
+		s.d.Metrics.MigrationEvents.WithLabelValues("invalid", "rejected").Inc()
+		return &httpError{status: http.StatusBadRequest, reason: "invalid Forge migration event", field: "body", err: err}
+	}
+	typeLabel := string(ev.Type)
+	if !ev.Known() {
+		typeLabel = "unknown"
+	}
+	ctx := fr.ctx
+	if _, err := s.d.Forge.Store.RecordForge(ctx, tenant.ForgeEvent{
+		Claims: fr.claims, IssuedAt: fr.claims.IssuedAt, SystemToken: systemToken(c.Request()), At: s.d.Now(),
+	}); err != nil {
+		if errors.Is(err, tenant.ErrInvalidPayload) {
+			return &httpError{status: http.StatusBadRequest, reason: "invalid Forge delivery", field: forge.SystemTokenHeader, err: err}
+		}
+		return dependencyError("tenant store", err)
+	}
+	id := fr.claims.App.InstallationID
+	key := ev.DedupeKey()
+	dup, err := s.d.Queue.MigrationEvent(ctx, id, key, fr.event)
+	if err != nil {
+		return dependencyError("task queue", err)
+	}
+	result := "enqueued"
+	if dup {
+		result = "duplicate"
+	}
+	s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, result).Inc()
+	s.d.Logger.InfoContext(ctx, "forge migration event accepted",
+		slog.String("installation_id", id), slog.String("event_type", ev.ForgeType),
+		slog.String("transfer_id", ev.TransferID), slog.String("dedupe_key", key), slog.Bool("duplicate", dup),
+		slog.Int("retry_count", fr.retry.RetryCount))
+	return c.NoContent(http.StatusNoContent)
 }

@@ -328,3 +328,39 @@ func TestAPITenant_ShowsAForgeInstallationByItsInstallationID(t *testing.T) {
 		t.Errorf("unknown installation = %d, want 404", code)
 	}
 }
+
+func TestForgeMigration_EnqueuesOncePerMessageUnderTheInstallation(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{forge: true})
+	tok := forgetest.Token{InstallationID: forgetest.NewInstallationID(), ModuleKey: "migration-endpoint"}
+	ev := map[string]any{"eventType": "avi:ecosystem.migration:uploaded:app_data", "transferId": forgetest.NewUUID(),
+		"key": "s3/key-1", "messageId": "msg-1",
+		"migrationDetails": map[string]any{"migrationId": "m", "migrationScopeId": "s", "createdAt": 1, "cloudUrl": "https://x.atlassian.net", "name": "n"}}
+	for i, body := range []any{ev, map[string]any{"payload": ev}} {
+		if a := h.forgePost(handlers.PathForgeMigration, forgeDelivery{token: tok, body: body, systemToken: fakeSystemToken()}); a.status != http.StatusNoContent {
+			t.Fatalf("delivery %d: %d %s", i, a.status, a.body)
+		}
+	}
+	list := h.tasksIn(tasks.QueueMigration)
+	if len(list) != 1 || !bytes.Contains(list[0].Payload, []byte(tok.InstallationID)) {
+		t.Fatalf("migration tasks = %d, want one under the installation", len(list))
+	}
+	if bytes.Contains(list[0].Payload, []byte("c2ln")) {
+		t.Error("the system token is in the task")
+	}
+	if _, err := h.store.ForgeCredentials(context.Background(), tok.InstallationID); err != nil {
+		t.Errorf("system token not stored for the worker: %v", err)
+	}
+	for name, body := range map[string]any{
+		"not an object":        []byte(`"x"`),
+		"no transferId":        map[string]any{"eventType": "avi:ecosystem.migration:triggered:listener", "messageId": "m"},
+		"connect event shaped": map[string]any{"eventType": "listener-triggered", "transferId": "t"},
+	} {
+		if a := h.forgePost(handlers.PathForgeMigration, forgeDelivery{token: tok, body: body}); a.status != http.StatusBadRequest || !strings.Contains(a.body, `"field"`) {
+			t.Errorf("%s: %d %s, want 400 naming the field", name, a.status, a.body)
+		}
+	}
+	if a := h.forgePost(handlers.PathForgeMigration, forgeDelivery{token: forgetest.Token{Alg: "none"}, body: ev}); a.status != http.StatusUnauthorized {
+		t.Errorf("unsigned: %d, want 401", a.status)
+	}
+}

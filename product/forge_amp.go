@@ -243,6 +243,14 @@ func (c *ForgeAMP) do(ctx context.Context, installationID string, req Request, o
 	return err
 }
 
+// Do calls the product as the installation, with its app system token:
+// req.Path is relative to the origin of the installation's apiBaseUrl, so it
+// starts with the apiBaseUrl's own path (/ex/jira/<cloudId>/rest/api/3/...).
+// Errors are Client.Do's, except that a 401 wraps ErrNoSystemToken.
+func (c *ForgeAMP) Do(ctx context.Context, installationID string, req Request, out any) error {
+	return c.do(ctx, installationID, req, out)
+}
+
 // forgePath is forgeAMPBase followed by the escaped segments.
 func forgePath(segments ...string) string {
 	var b strings.Builder

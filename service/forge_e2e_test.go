@@ -103,13 +103,16 @@ func (w *forgeWorld) installation() forgetest.Token {
 
 // deliver POSTs a Forge delivery with a freshly minted token, as Forge
 // (and its retries) do, and returns the status.
-func (w *forgeWorld) deliver(e *e2e, path string, tok forgetest.Token, body map[string]any, systemToken string) int {
+func (w *forgeWorld) deliver(e *e2e, path string, tok forgetest.Token, body any, systemToken string) int {
 	w.t.Helper()
 	fit, err := w.issuer.Mint(tok)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	b, _ := json.Marshal(body)
+	b, ok := body.([]byte)
+	if !ok {
+		b, _ = json.Marshal(body)
+	}
 	req, _ := http.NewRequest(http.MethodPost, e.cfg.BaseURL+path, bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+fit)
 	req.Header.Set("Content-Type", "application/json")

@@ -13,13 +13,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/hibiken/asynq"
 
-	"github.com/connectrelay/connectrelay/config"
-	"github.com/connectrelay/connectrelay/internal/migration"
-	"github.com/connectrelay/connectrelay/product"
+	"github.com/connectrelay/connectrelay/forge/forgetest"
+	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/service"
-	"github.com/connectrelay/connectrelay/tasks"
 )
 
 const (
@@ -101,47 +98,29 @@ func (s *forgeAMPSite) snapshot() (map[string][]string, []string, int) {
 	return st, slices.Clone(s.logs), s.badAuth
 }
 
-// forgeCredentialSource is what the Forge tenant store will be.
-type forgeCredentialSource struct{ apiBaseURL string }
-
-func (f forgeCredentialSource) ForgeCredentials(_ context.Context, id string) (product.ForgeCredentials, error) {
-	if id != e2eInstallation {
-		return product.ForgeCredentials{}, product.ErrNoSystemToken
-	}
-	return product.ForgeCredentials{APIBaseURL: f.apiBaseURL, Token: e2eSystemToken, ExpiresAt: time.Now().Add(time.Hour)}, nil
-}
-
-// A Forge migration queued as the /forge/migration route will queue it (the
-// installation ARI as the tenant), with an upload before triggered:listener
-// and duplicates: every upload imported once, every message acknowledged
-// SUCCESS once, settled once, and the system token in no log line.
-func TestWorker_ForgeMigrationAcknowledgesEveryMessageOnce(t *testing.T) {
+// A Forge migration through the receiver's /forge/migration and a worker, the
+// system token stored by the receiver from the deliveries' header, with an
+// upload before triggered:listener and duplicates (Forge's re-sends carry new
+// tokens): every upload imported once, every message acknowledged SUCCESS
+// once, settled once, and the system token in no log line.
+func TestForge_MigrationThroughTheReceiverAcknowledgesEveryMessageOnce(t *testing.T) {
+	t.Parallel()
 	site := newForgeAMPSite(t)
-	e := newE2EWith(t, "", func(c *config.Config) { c.ForgeAPIHosts = []string{"127.0.0.1"} })
-	e.startWorker(service.WorkerOptions{
-		ForgeCredentials: forgeCredentialSource{apiBaseURL: site.srv.URL + "/ex/jira/d0d52620-3203-4cfa-8db5-f2587155f0dd"},
-	})
+	w := newForgeWorld(t)
+	e := newE2EWith(t, "", w.configure)
+	defer e.startWorker(service.WorkerOptions{})()
 	site.mu.Lock()
 	site.data["s3/a"], site.data["s3/b"] = "first part", "final part"
 	site.mu.Unlock()
 
-	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rdb.Close() })
-	client := asynq.NewClientFromRedisClient(rdb)
-	enq := tasks.NewEnqueuer(client)
+	cloud := "d0d52620-3203-4cfa-8db5-f2587155f0dd"
+	tok := forgetest.Token{InstallationID: e2eInstallation, CloudID: cloud, APIBaseURL: site.srv.URL + "/ex/jira/" + cloud, ModuleKey: "migration-endpoint"}
 	const tid = "9e0c1d2e-1a8b-4b1c-9f0e-5b1f6f0f2c1a"
 	details := `"migrationDetails":{"migrationId":"m","migrationScopeId":"s","createdAt":1,"cloudUrl":"https://x.atlassian.net","name":"n"}`
 	deliver := func(body string) {
 		t.Helper()
-		ev, err := migration.ParseForgeEvent([]byte(body))
-		if err != nil {
-			t.Fatalf("ParseForgeEvent(%s): %v", body, err)
-		}
-		if _, err := enq.MigrationEvent(context.Background(), e2eInstallation, ev.DedupeKey(), json.RawMessage(body)); err != nil {
-			t.Fatalf("enqueue: %v", err)
+		if code := w.deliver(e, handlers.PathForgeMigration, tok, []byte(body), e2eSystemToken); code != http.StatusNoContent {
+			t.Fatalf("POST %s = %d", body, code)
 		}
 	}
 	upA := `{"eventType":"avi:ecosystem.migration:uploaded:app_data","transferId":"` + tid + `","key":"s3/a","label":"part","messageId":"m-a",` + details + `}`

@@ -139,6 +139,10 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		return fmt.Errorf("product client: %w", err)
 	}
 	queue := tasks.NewEnqueuer(r.queue)
+	forgeAPI, err := forgeClient(cfg, st.tenants, nil, 0, r.log, r.test.Metrics)
+	if err != nil {
+		return err
+	}
 	var forgeDeps handlers.ForgeDeps
 	if cfg.ForgeAppID != "" {
 		v, err := forge.NewVerifier(forge.Config{
@@ -174,7 +178,8 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		Monitoring: monitoring,
 		API: handlers.APIDeps{
 			Tenants: st.tenants, Targets: st.tenants, Hosts: st.hosts,
-			Uploads: migration.NewReader(st.pool), Data: product.NewAMP(pc, nil, product.WithLogger(r.log)), Results: queue,
+			Uploads: migration.NewReader(st.pool), Results: queue,
+			Data: migration.Router{Connect: product.NewAMP(pc, nil, product.WithLogger(r.log)), Forge: forgeAPI},
 		},
 		Descriptor: descriptor,
 		Forge:      forgeDeps,

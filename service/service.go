@@ -29,11 +29,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/tenant"
+	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
 )
 
@@ -148,6 +150,29 @@ func openStores(ctx context.Context, cfg config.Config, logger **slog.Logger, m 
 		return nil, err
 	}
 	return &stores{pool: pool, redis: rdb, tenants: tenant.NewStore(pool, box, *logger), hosts: hosts}, nil
+}
+
+// forgeClient is the client both processes call Forge installations with:
+// the product and the Forge migration API on each installation's verified
+// apiBaseUrl (host in FORGE_API_HOSTS), with the system token creds hold.
+func forgeClient(cfg config.Config, creds product.ForgeCredentialSource, hc *http.Client, attempts int,
+	log *slog.Logger, m *metrics.Metrics) (*product.ForgeAMP, error) {
+	fa, err := product.NewForgeAMP(product.ForgeAMPConfig{
+		Credentials: creds,
+		APIHosts:    cfg.ForgeAPIHosts,
+		HTTP: product.Config{
+			UserAgent:   "connectrelay/" + connectrelay.Version + " " + cfg.AppKey,
+			HTTPClient:  hc,
+			MaxAttempts: attempts,
+			Logger:      log,
+			Observe:     func(method, route string, status int, _ error) { m.ObserveOutbound(method, route, status) },
+		},
+		Download: hc,
+	}, product.WithLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("forge client: %w", err)
+	}
+	return fa, nil
 }
 
 func (s *stores) close() {

@@ -58,11 +58,10 @@ type WorkerOptions struct {
 	// migration_imported_data table.
 	Importer connectrelay.Importer
 	// ForgeCredentials gives the worker the apiBaseUrl and app system token
-	// of Forge installations (the tenant store implements it), so that the
-	// migrations of Forge installations run through the same machine as
-	// Connect's, calling the Forge migration API on the apiBaseUrl's host
-	// (checked against FORGE_API_HOSTS). When nil, the calls of a Forge
-	// migration fail with migration.ErrForgeNotConfigured.
+	// of Forge installations, for its calls to the product and the Forge
+	// migration API on the apiBaseUrl's host (checked against
+	// FORGE_API_HOSTS). When nil, the tenant store's, which holds what the
+	// receiver stored from verified Forge deliveries.
 	ForgeCredentials product.ForgeCredentialSource
 	// Test holds settings for tests; production leaves it zero.
 	Test WorkerTest
@@ -151,25 +150,15 @@ func (w *Worker) build(opts WorkerOptions) error {
 	if importer == nil {
 		importer = migration.NewRecordingImporter(st.pool)
 	}
-	router := migration.Router{Connect: amp}
-	if opts.ForgeCredentials != nil {
-		fa, err := product.NewForgeAMP(product.ForgeAMPConfig{
-			Credentials: opts.ForgeCredentials,
-			APIHosts:    cfg.ForgeAPIHosts,
-			HTTP: product.Config{
-				UserAgent:   "connectrelay/" + connectrelay.Version + " " + cfg.AppKey,
-				HTTPClient:  w.test.HTTPClient,
-				MaxAttempts: w.test.ProductAttempts,
-				Logger:      log,
-				Observe:     func(method, route string, status int, _ error) { m.ObserveOutbound(method, route, status) },
-			},
-			Download: w.test.HTTPClient,
-		}, product.WithLogger(log))
-		if err != nil {
-			return fmt.Errorf("forge migration client: %w", err)
-		}
-		router.Forge = fa
+	creds := opts.ForgeCredentials
+	if creds == nil {
+		creds = st.tenants
 	}
+	forgeAPI, err := forgeClient(cfg, creds, w.test.HTTPClient, w.test.ProductAttempts, log, m)
+	if err != nil {
+		return err
+	}
+	router := migration.Router{Connect: amp, Forge: forgeAPI}
 	machine, err := migration.NewMachine(st.pool, router, importer, enq,
 		migration.Options{FinalLabel: cfg.MigrationFinalLabel, Logger: log})
 	if err != nil {
@@ -180,7 +169,7 @@ func (w *Worker) build(opts WorkerOptions) error {
 		Tenants: st.tenants, Product: client, Webhooks: amp, WebhookURL: cfg.MigrationWebhookURL(),
 		Events: w.events, Transfers: machine,
 		Initializer: opts.Initializer, Listener: opts.Listener, MigrationListener: opts.MigrationListener, Logger: log,
-		Forge: lifecycle.ForgeConfig{Store: st.tenants, APIHosts: cfg.ForgeAPIHosts, AllowInsecure: cfg.ForgeInsecure()},
+		Forge: lifecycle.ForgeConfig{Store: st.tenants, API: forgeAPI},
 	})
 	if err != nil {
 		return err

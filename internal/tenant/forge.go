@@ -17,6 +17,7 @@ import (
 	"github.com/connectrelay/connectrelay"
 	"github.com/connectrelay/connectrelay/forge"
 	"github.com/connectrelay/connectrelay/internal/outbox"
+	"github.com/connectrelay/connectrelay/product"
 )
 
 // Forge installations live in forge_installations (schema 0007), keyed by
@@ -32,12 +33,6 @@ const ForgePreUninstall = "preUninstall"
 
 // maxSystemToken bounds the app system token stored; Atlassian's are a few KiB.
 const maxSystemToken = 16 << 10
-
-// ErrNoSystemToken means no usable app system token is stored for a Forge
-// installation: none was ever received (the endpoint lacks
-// auth.appSystemToken), it expired, or it was sealed with a key no longer
-// configured. The next Forge delivery brings a fresh one, so it is transient.
-var ErrNoSystemToken = errors.New("no app system token stored for the Forge installation")
 
 // ForgeEvent is one verified Forge delivery to record.
 type ForgeEvent struct {
@@ -75,15 +70,6 @@ type ForgeResult struct {
 	Changes []string
 	// Installation is the installation as stored afterwards.
 	Installation connectrelay.ForgeInstallation
-}
-
-// ForgeToken is the stored app system token of an installation, for the
-// worker's calls to its APIBaseURL.
-type ForgeToken struct {
-	APIBaseURL string
-	Token      string
-	// ExpiresAt is the token's exp; nil when unknown.
-	ExpiresAt *time.Time
 }
 
 const forgeColumns = `installation_id, app_id, environment_type, environment_id, cloud_id, product, api_base_url,
@@ -608,37 +594,40 @@ func (s *Store) SetForgeSiteURL(ctx context.Context, installationID, siteURL str
 	return nil
 }
 
-// ForgeSystemToken returns the installation's stored app system token, for
-// a call to its APIBaseURL. Errors wrap ErrNotFound, ErrNoSystemToken (none,
-// expired, or sealed with a key no longer configured) or ErrUnavailable.
-func (s *Store) ForgeSystemToken(ctx context.Context, installationID string) (ForgeToken, error) {
+// ForgeCredentials returns the installation's verified apiBaseUrl and stored
+// app system token, for the worker's calls there (product.ForgeAMP checks
+// the host and the expiry before sending it). Errors wrap ErrNotFound,
+// product.ErrNoSystemToken (none stored, or sealed with a key no longer
+// configured) or ErrUnavailable.
+func (s *Store) ForgeCredentials(ctx context.Context, installationID string) (product.ForgeCredentials, error) {
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	var (
-		ft     ForgeToken
+		cr     product.ForgeCredentials
 		keyID  *string
+		exp    *time.Time
 		sealed Sealed
 	)
 	err := s.pool.QueryRow(ctx, `SELECT api_base_url, token_key_id, token_nonce, token_ciphertext, token_expires_at
 		FROM forge_installations WHERE installation_id = $1`, installationID).
-		Scan(&ft.APIBaseURL, &keyID, &sealed.Nonce, &sealed.Ciphertext, &ft.ExpiresAt)
+		Scan(&cr.APIBaseURL, &keyID, &sealed.Nonce, &sealed.Ciphertext, &exp)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return ForgeToken{}, fmt.Errorf("forge installation %s: %w", installationID, ErrNotFound)
+		return product.ForgeCredentials{}, fmt.Errorf("forge installation %s: %w", installationID, ErrNotFound)
 	}
 	if err != nil {
-		return ForgeToken{}, storeErr(err, "read system token of %s", installationID)
+		return product.ForgeCredentials{}, storeErr(err, "read system token of %s", installationID)
 	}
 	if keyID == nil {
-		return ForgeToken{}, fmt.Errorf("forge installation %s: %w", installationID, ErrNoSystemToken)
+		return product.ForgeCredentials{}, fmt.Errorf("forge installation %s: %w", installationID, product.ErrNoSystemToken)
 	}
-	if ft.ExpiresAt != nil && !ft.ExpiresAt.After(time.Now()) {
-		return ForgeToken{}, fmt.Errorf("forge installation %s: token expired at %s: %w", installationID, fmtTime(*ft.ExpiresAt), ErrNoSystemToken)
+	if exp != nil {
+		cr.ExpiresAt = exp.UTC()
 	}
 	sealed.KeyID = *keyID
 	tok, err := s.box.Open(forgeTokenAAD(installationID), sealed)
 	if err != nil {
-		return ForgeToken{}, fmt.Errorf("forge installation %s: %w: %w", installationID, ErrNoSystemToken, err)
+		return product.ForgeCredentials{}, fmt.Errorf("forge installation %s: %w: %w", installationID, product.ErrNoSystemToken, err)
 	}
-	ft.Token = string(tok)
-	return ft, nil
+	cr.Token = string(tok)
+	return cr, nil
 }
