@@ -180,7 +180,7 @@ func (s *Server) recordForge(c echo.Context, fr forgeRequest, typ, dedupeKey str
 		slog.String("installation_id", fr.claims.App.InstallationID), slog.String("event", typ),
 		slog.String("client_key", res.Installation.ClientKey), slog.Bool("duplicate", res.Duplicate),
 		slog.Bool("applied", res.Applied), slog.Any("changes", res.Changes), slog.Int("retry_count", fr.retry.RetryCount),
-		slog.Int64("event_id", res.EventID))
+		slog.Int64("event_id", res.EventID), slog.String("b3_trace_id", traceID(c.Request())))
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -250,6 +250,22 @@ func (s *Server) handleForgeMigration(c echo.Context) error {
 	s.d.Logger.InfoContext(ctx, "forge migration event accepted",
 		slog.String("installation_id", id), slog.String("event_type", ev.ForgeType),
 		slog.String("transfer_id", ev.TransferID), slog.String("dedupe_key", key), slog.Bool("duplicate", dup),
-		slog.Int("retry_count", fr.retry.RetryCount))
+		slog.Int("retry_count", fr.retry.RetryCount), slog.String("b3_trace_id", traceID(c.Request())))
 	return c.NoContent(http.StatusNoContent)
+}
+
+// traceID is Forge's x-b3-traceid, for finding a delivery in Atlassian's
+// developer console; anything but 16 or 32 hex digits is dropped (it is
+// logged, so a caller must not be able to write arbitrary text there).
+func traceID(r *http.Request) string {
+	v := r.Header.Get("X-B3-Traceid")
+	if len(v) != 16 && len(v) != 32 {
+		return ""
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return ""
+		}
+	}
+	return v
 }

@@ -299,3 +299,17 @@ func TestHistory_OfForgeAndConnectOnForgeTenants(t *testing.T) {
 		t.Errorf("unknown installation: %v, want ErrNotFound", err)
 	}
 }
+
+func FuzzSystemTokenExpiry(f *testing.F) {
+	f.Add(systemToken(time.Unix(1900000000, 0)))
+	f.Add("a.eyJleHAiOjF9.c")
+	f.Add("a.eyJleHAiOjFlMzAwfQ.c")
+	f.Add("..")
+	f.Add("opaque-token")
+	f.Fuzz(func(t *testing.T, tok string) {
+		exp := SystemTokenExpiry(tok)
+		if exp != nil && (exp.Unix() <= 0 || exp.Location() != time.UTC) {
+			t.Fatalf("expiry %v for %q", exp, tok)
+		}
+	})
+}
