@@ -488,28 +488,42 @@ func sameStamp(a, b *time.Time) bool {
 	return a != nil && b != nil && a.Equal(*b)
 }
 
+// expectRetryHarmless delivers fs, checks through the internal API that the
+// app recorded it (recorded), then sends Forge's retried copy (a new token)
+// and checks it changed nothing: the time the app recorded for the delivery
+// (stamp) stays the first copy's. It returns whether both copies answered 204.
+func (r *run) expectRetryHarmless(ctx context.Context, fi *forgeInstallation, fs forgeSend, name, expected string,
+	recorded func(*forgeView) bool, stamp func(*forgeView) *time.Time) bool {
+	if !r.expectStatus(name+" answered", r.deliverForge(ctx, fi, fs), http.StatusNoContent) {
+		return false
+	}
+	before, _ := r.expectForgeTenant(ctx, "the app records the "+name, fi.id, expected,
+		func(v tenantView) bool { return v.Tenant.Forge != nil && recorded(v.Tenant.Forge) })
+	fs.retry, fs.what = 1, fs.what+" (retried copy, a new token)"
+	if !r.expectStatus(name+"'s retried copy answered", r.deliverForge(ctx, fi, fs), http.StatusNoContent) {
+		return false
+	}
+	r.quiet()
+	r.expectForgeTenant(ctx, "the retried "+name+" changed nothing", fi.id, "the first copy's time, still installed",
+		func(v tenantView) bool {
+			f, b := v.Tenant.Forge, before.Tenant.Forge
+			return f != nil && f.Installed && b != nil && sameStamp(stamp(f), stamp(b))
+		})
+	return true
+}
+
 func scForgeInstall(ctx context.Context, r *run) {
 	fi := r.newForgeInstallation("")
-	first := forgeSend{path: appForgeLifecycle, module: moduleLifecycle, body: r.lifecycleBody(fi, forge.EventInstalled), what: forge.EventInstalled}
-	if !r.expectStatus("installed answered", r.deliverForge(ctx, fi, first), http.StatusNoContent) {
-		return
-	}
-	before, _ := r.expectForgeTenant(ctx, "the app records the Forge installation", fi.id, "platform forge, installed, installedAt set",
-		func(v tenantView) bool {
-			return v.Tenant.Platform == "forge" && v.Tenant.Forge != nil && v.Tenant.Forge.Installed && v.Tenant.Forge.InstalledAt != nil
-		})
-	retry := first
-	retry.retry, retry.what = 1, first.what+" (retried copy, a new token)"
-	if !r.expectStatus("installed's retried copy answered", r.deliverForge(ctx, fi, retry), http.StatusNoContent) {
+	if !r.expectRetryHarmless(ctx, fi, forgeSend{path: appForgeLifecycle, module: moduleLifecycle,
+		body: r.lifecycleBody(fi, forge.EventInstalled), what: forge.EventInstalled}, "Forge installed",
+		"platform forge, installed, installedAt set",
+		func(f *forgeView) bool { return f.Installed && f.InstalledAt != nil }, func(f *forgeView) *time.Time { return f.InstalledAt }) {
 		return
 	}
 	r.expectServerInfo(ctx, fi)
-	r.expectForgeTenant(ctx, "the app records the site URL serverInfo answered, and the retry changed nothing", fi.id,
-		"siteUrl "+fi.siteURL+", installedAt of the first delivery",
+	r.expectForgeTenant(ctx, "the app records the site URL serverInfo answered", fi.id, "platform forge, siteUrl "+fi.siteURL,
 		func(v tenantView) bool {
-			f := v.Tenant.Forge
-			return f != nil && f.SiteURL == fi.siteURL && v.Tenant.BaseURL == fi.siteURL &&
-				(before.Tenant.Forge == nil || sameStamp(f.InstalledAt, before.Tenant.Forge.InstalledAt))
+			return v.Tenant.Platform == "forge" && v.Tenant.Forge != nil && v.Tenant.Forge.SiteURL == fi.siteURL && v.Tenant.BaseURL == fi.siteURL
 		})
 
 	other, err := forgetest.NewIssuer(r.s.ForgeAppID())
@@ -543,24 +557,10 @@ func scForgeUpgrade(ctx context.Context, r *run) {
 	}
 	fi.version = "2.0.0"
 	r.note("the vendor publishes a major version: Forge sends " + forge.EventUpgraded + " with appVersion " + fi.version)
-	up := forgeSend{path: appForgeLifecycle, module: moduleLifecycle, body: r.lifecycleBody(fi, forge.EventUpgraded), what: forge.EventUpgraded}
-	if !r.expectStatus("upgraded answered", r.deliverForge(ctx, fi, up), http.StatusNoContent) {
-		return
-	}
-	before, _ := r.expectForgeTenant(ctx, "the app records the new app version", fi.id, "appVersion 2.0.0, upgradedAt set",
-		func(v tenantView) bool {
-			return v.Tenant.Forge != nil && v.Tenant.Forge.AppVersion == fi.version && v.Tenant.Forge.UpgradedAt != nil
-		})
-	up.retry, up.what = 1, up.what+" (retried copy, a new token)"
-	if !r.expectStatus("upgraded's retried copy answered", r.deliverForge(ctx, fi, up), http.StatusNoContent) {
-		return
-	}
-	r.quiet()
-	r.expectForgeTenant(ctx, "the retried copy changed nothing", fi.id, "upgradedAt of the first delivery, still installed",
-		func(v tenantView) bool {
-			f := v.Tenant.Forge
-			return f != nil && f.Installed && before.Tenant.Forge != nil && sameStamp(f.UpgradedAt, before.Tenant.Forge.UpgradedAt)
-		})
+	r.expectRetryHarmless(ctx, fi, forgeSend{path: appForgeLifecycle, module: moduleLifecycle,
+		body: r.lifecycleBody(fi, forge.EventUpgraded), what: forge.EventUpgraded}, "Forge upgraded", "appVersion 2.0.0, upgradedAt set",
+		func(f *forgeView) bool { return f.AppVersion == fi.version && f.UpgradedAt != nil },
+		func(f *forgeView) *time.Time { return f.UpgradedAt })
 	r.expectForgeAPIClean()
 }
 
@@ -570,26 +570,10 @@ func scForgePreUninstall(ctx context.Context, r *run) {
 		return
 	}
 	r.note("an admin uninstalls the app: Forge calls the preUninstall module's endpoint")
-	pre := forgeSend{path: appForgePreUninstall, module: modulePreUninstall, body: preUninstallBody(fi), what: "preUninstall"}
-	if !r.expectStatus("pre-uninstall answered", r.deliverForge(ctx, fi, pre), http.StatusNoContent) {
-		return
-	}
-	before, _ := r.expectForgeTenant(ctx, "the app records the announced uninstall", fi.id,
-		"preUninstalledAt set, still installed (Forge may still call the app)",
-		func(v tenantView) bool {
-			f := v.Tenant.Forge
-			return f != nil && f.PreUninstalledAt != nil && f.Installed
-		})
-	pre.retry, pre.what = 1, pre.what+" (retried copy, a new token)"
-	if !r.expectStatus("pre-uninstall's retried copy answered", r.deliverForge(ctx, fi, pre), http.StatusNoContent) {
-		return
-	}
-	r.quiet()
-	r.expectForgeTenant(ctx, "the retried copy changed nothing", fi.id, "preUninstalledAt of the first delivery",
-		func(v tenantView) bool {
-			f := v.Tenant.Forge
-			return f != nil && before.Tenant.Forge != nil && sameStamp(f.PreUninstalledAt, before.Tenant.Forge.PreUninstalledAt)
-		})
+	r.expectRetryHarmless(ctx, fi, forgeSend{path: appForgePreUninstall, module: modulePreUninstall, body: preUninstallBody(fi),
+		what: "preUninstall"}, "pre-uninstall", "preUninstalledAt set, still installed (Forge may still call the app)",
+		func(f *forgeView) bool { return f.PreUninstalledAt != nil && f.Installed },
+		func(f *forgeView) *time.Time { return f.PreUninstalledAt })
 	r.expectForgeAPIClean()
 }
 

@@ -121,6 +121,18 @@ func TestSite_VerifiesEveryWorkerCall(t *testing.T) {
 	}
 }
 
+// roundTrip sends req and returns the answer's status and body.
+func roundTrip(t *testing.T, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 func TestSite_AnswersTheProductAPI(t *testing.T) {
 	s := newTestSimulator(t)
 	si, st := s.newSite("ck-1", "the-current-secret-0123456789abcdef")
@@ -131,13 +143,7 @@ func TestSite_AnswersTheProductAPI(t *testing.T) {
 		u, _ := url.Parse(base + rel)
 		req, _ := http.NewRequest(method, u.String(), strings.NewReader(body))
 		req.Header.Set("Authorization", "JWT "+token(t, method, u, base, st.secret, nil))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return roundTrip(t, req)
 	}
 	if code, body := call("GET", pathAddons+testAppKey, ""); code != 200 || !strings.Contains(body, `"active":true`) {
 		t.Errorf("license = %d %s", code, body)
@@ -259,13 +265,7 @@ func TestForgeAPI_AnswersServerInfoOnlyToTheSystemTokensItIssued(t *testing.T) {
 		if auth != "" {
 			req.Header.Set("Authorization", auth)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return roundTrip(t, req)
 	}
 	serverInfo := "/ex/jira/" + fi.cloudID + pathServerInfo
 	if !strings.HasPrefix(s.forgeAPIBase(fi.cloudID)+pathServerInfo, s.Origin()+pathForgeAPI) {
