@@ -491,9 +491,9 @@ func sameStamp(a, b *time.Time) bool {
 // expectRetryHarmless delivers fs, checks through the internal API that the
 // app recorded it (recorded), then sends Forge's retried copy (a new token)
 // and checks it changed nothing: the time the app recorded for the delivery
-// (stamp) stays the first copy's. It returns whether both copies answered 204.
+// (stampOf) stays the first copy's. It returns whether both copies answered 204.
 func (r *run) expectRetryHarmless(ctx context.Context, fi *forgeInstallation, fs forgeSend, name, expected string,
-	recorded func(*forgeView) bool, stamp func(*forgeView) *time.Time) bool {
+	recorded func(*forgeView) bool, stampOf func(*forgeView) *time.Time) bool {
 	if !r.expectStatus(name+" answered", r.deliverForge(ctx, fi, fs), http.StatusNoContent) {
 		return false
 	}
@@ -504,10 +504,14 @@ func (r *run) expectRetryHarmless(ctx context.Context, fi *forgeInstallation, fs
 		return false
 	}
 	r.quiet()
-	r.expectForgeTenant(ctx, "the retried "+name+" changed nothing", fi.id, "the first copy's time, still installed",
+	first := "-"
+	if before.Tenant.Forge != nil {
+		first = stamp(stampOf(before.Tenant.Forge))
+	}
+	r.expectForgeTenant(ctx, "the retried "+name+" changed nothing", fi.id, "the first copy's time "+first+", still installed",
 		func(v tenantView) bool {
 			f, b := v.Tenant.Forge, before.Tenant.Forge
-			return f != nil && f.Installed && b != nil && sameStamp(stamp(f), stamp(b))
+			return f != nil && f.Installed && b != nil && sameStamp(stampOf(f), stampOf(b))
 		})
 	return true
 }
