@@ -26,7 +26,8 @@ import (
 // forge-migration (issue 13 item 6) is not played yet: it comes with the
 // receiver's /forge/migration route. It will send avi:ecosystem.migration:*
 // events with deliverForge, and the App Migration Platform's Forge endpoints
-// (/app/migration/forge/v1/..., FORGE.md section 4) go into serveForgeAPI.
+// (https://api.atlassian.com/app/migration/forge/v1/...) go into
+// serveForgeAPI.
 
 // DefaultForgeAppID is the Forge app the simulator plays unless told
 // another (--forge-app-id): the app under test must have it as FORGE_APP_ID.

@@ -145,7 +145,7 @@ func (s *Simulator) Run(ctx context.Context, names []string, opts Options, p *Pr
 	}
 	p.Message("simulating Atlassian at %s for app %q (baseUrl %s, requests to %s)", s.origin, d.Key, d.BaseURL, s.cfg.App)
 	if !s.internalEnabled() {
-		p.Message("note: no INTERNAL_TOKEN/--internal: checks of the app's own records (license-lapse) cannot run")
+		p.Message("note: no INTERNAL_TOKEN/--internal: checks of the app's own records (license-lapse, Forge installations) cannot run")
 	}
 	var sum Summary
 	for _, st := range steps {
