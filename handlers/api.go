@@ -316,18 +316,23 @@ func (s *Server) apiTenants(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-// apiTenant answers one tenant with its recent history.
+// apiTenant answers one tenant, named by its clientKey or by a Forge
+// installationId, with its recent history: the Connect tenant's (a
+// Connect-on-Forge tenant is one tenant under either name), none for a pure
+// Forge installation, whose deliveries are not in the tenant history.
 func (s *Server) apiTenant(c echo.Context) error {
-	ck := pathParam(c, "clientKey")
+	id := pathParam(c, "clientKey")
 	ctx, cancel := budget(c)
 	defer cancel()
-	tn, err := s.d.API.Tenants.Get(ctx, ck)
+	tn, err := s.d.API.Tenants.Get(ctx, id)
 	if err != nil {
 		return tenantError(err)
 	}
-	hist, err := s.d.API.Tenants.History(ctx, ck, 50)
-	if err != nil {
-		return tenantError(err)
+	var hist []tenant.Event
+	if tn.ClientKey != "" {
+		if hist, err = s.d.API.Tenants.History(ctx, tn.ClientKey, 50); err != nil {
+			return tenantError(err)
+		}
 	}
 	type event struct {
 		Type     string    `json:"type"`

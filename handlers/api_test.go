@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/forge/forgetest"
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/product"
@@ -299,5 +301,46 @@ func TestAPIUploads_StreamTheDataAndQueueResults(t *testing.T) {
 	list := h.tasksIn(tasks.QueueMigration)
 	if len(list) != 1 || list[0].Type != tasks.TypeMigrationResult {
 		t.Errorf("queued tasks = %v, want one migration:result (a repeated report is one task)", taskTypes(list))
+	}
+}
+
+func TestAPITenant_AnswersForgeTenantsByInstallationID(t *testing.T) {
+	t.Parallel()
+	h := apiHarness(t, harnessOpts{forge: true})
+	pure := forgetest.Token{InstallationID: forgetest.NewInstallationID(), CloudID: forgetest.NewCloudID(), AppVersion: "1.0.0"}
+	if a := h.forgePost(handlers.PathForgeLifecycle, forgeDelivery{token: pure, body: installedBody(pure, forge.EventInstalled)}); a.status != 204 {
+		t.Fatalf("forge installed: %d %s", a.status, a.body)
+	}
+	code, out := h.api(http.MethodGet, "/v1/tenants/"+url.PathEscape(pure.InstallationID), nil)
+	tn, _ := out["tenant"].(map[string]any)
+	fi, _ := tn["forge"].(map[string]any)
+	if code != http.StatusOK || tn["platform"] != "forge" || fi["installationId"] != pure.InstallationID || tn["installed"] != true {
+		t.Errorf("pure Forge tenant = %d %v", code, out)
+	}
+	if hist, ok := out["history"].([]any); !ok || len(hist) != 0 {
+		t.Errorf("pure Forge history = %v, want an empty list", out["history"])
+	}
+
+	cof := forgetest.Token{InstallationID: forgetest.NewInstallationID(), CloudID: forgetest.NewCloudID(), AppVersion: "1.0.0"}
+	body := atlassiantest.InstallBody("ck-cof", site, secretA, appKey)
+	body["installationId"] = cof.InstallationID
+	if code, b := h.do(h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-cof"})); code != http.StatusNoContent {
+		t.Fatalf("Connect installed: %d %s", code, b)
+	}
+	if a := h.forgePost(handlers.PathForgeLifecycle, forgeDelivery{token: cof, body: installedBody(cof, forge.EventUpgraded)}); a.status != 204 {
+		t.Fatalf("forge upgraded: %d %s", a.status, a.body)
+	}
+	for _, id := range []string{"ck-cof", cof.InstallationID} {
+		code, out := h.api(http.MethodGet, "/v1/tenants/"+url.PathEscape(id), nil)
+		tn, _ := out["tenant"].(map[string]any)
+		fi, _ := tn["forge"].(map[string]any)
+		hist, _ := out["history"].([]any)
+		if code != http.StatusOK || tn["clientKey"] != "ck-cof" || tn["platform"] != "connect-on-forge" || fi["installationId"] != cof.InstallationID ||
+			len(hist) == 0 || hist[0].(map[string]any)["type"] != "installed" {
+			t.Errorf("Connect-on-Forge tenant by %s = %d %v", id, code, out)
+		}
+	}
+	if code, _ := h.api(http.MethodGet, "/v1/tenants/"+url.PathEscape(forgetest.NewInstallationID()), nil); code != http.StatusNotFound {
+		t.Errorf("unknown installation = %d, want 404", code)
 	}
 }

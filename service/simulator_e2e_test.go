@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/forge"
 	"github.com/connectrelay/connectrelay/internal/simulator"
 	"github.com/connectrelay/connectrelay/service"
 )
@@ -37,7 +38,7 @@ func (s *syncBuffer) String() string {
 
 // simE2E is a real receiver and the simulator that plays Atlassian for it;
 // the caller starts the worker it wants.
-func simE2E(t *testing.T, timeout time.Duration) (*e2e, *simulator.Simulator) {
+func simE2E(t *testing.T, timeout time.Duration, edits ...func(*config.Config)) (*e2e, *simulator.Simulator) {
 	t.Helper()
 	var sim *simulator.Simulator
 	e := newE2EWith(t, "", func(c *config.Config) {
@@ -55,9 +56,36 @@ func simE2E(t *testing.T, timeout time.Duration) (*e2e, *simulator.Simulator) {
 			defer cancel()
 			_ = sim.Close(ctx)
 		})
-		c.KeysCDNURL = sim.Origin() + "/keys"
+		applySimEnv(t, c, sim.Env())
+		for _, edit := range edits {
+			edit(c)
+		}
 	})
 	return e, sim
+}
+
+// applySimEnv configures c as the printed environment of the simulator
+// (connectctl simulate --print-env) configures the service: through
+// config.Load, so that what is printed is what the service reads.
+func applySimEnv(t *testing.T, c *config.Config, lines []string) {
+	t.Helper()
+	env := map[string]string{"DEV_MODE": "true", "CONNECT_APP_KEY": c.AppKey, "CONNECT_BASE_URL": c.BaseURL}
+	for _, l := range lines {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok {
+			t.Fatalf("simulator env line %q is not NAME=value", l)
+		}
+		env[k] = v
+	}
+	loaded, err := config.Load(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatalf("the simulator's environment does not load: %v", err)
+	}
+	c.KeysCDNURL, c.ProductHosts = loaded.KeysCDNURL, loaded.ProductHosts
+	c.ForgeAppID, c.ForgeJWKSURL, c.ForgeAPIHosts, c.ForgeEnvironments = loaded.ForgeAppID, loaded.ForgeJWKSURL, loaded.ForgeAPIHosts, loaded.ForgeEnvironments
+	if c.ForgeAppID == "" || !c.ForgeInsecure() {
+		t.Fatalf("the simulator's environment does not enable Forge on loopback: %+v", lines)
+	}
 }
 
 // play runs the scenarios and returns the results and the printed timeline.
@@ -93,6 +121,7 @@ func TestSimulator_EveryScenarioPassesAgainstARealReceiverAndWorker(t *testing.T
 		{"migration listener errored", simulator.Options{ListenerErrored: true}, []string{"migration"}},
 		{"migration big upload", simulator.Options{Uploads: 1, Big: 48 << 20}, []string{"migration"}},
 		{"storm", simulator.Options{Tenants: 12}, []string{"storm"}},
+		{"forge", simulator.Options{}, []string{"forge-install", "forge-upgrade", "forge-pre-uninstall", "connect-on-forge"}},
 		{"tour", simulator.Options{}, []string{"tour"}},
 	}
 	seen := map[string]bool{}
@@ -138,6 +167,7 @@ func TestSimulator_BrokenServicesFailTheMatchingScenario(t *testing.T) {
 	cases := []struct {
 		name     string
 		worker   *service.WorkerOptions // nil: no worker runs
+		edit     func(*config.Config)   // of the service's configuration
 		scenario string
 		reason   string
 	}{
@@ -146,7 +176,7 @@ func TestSimulator_BrokenServicesFailTheMatchingScenario(t *testing.T) {
 			Transport: refusingTransport{refuse: func(r *http.Request) bool {
 				return r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/migration/webhook")
 			}},
-		}}}, "install", "the worker registered the migration webhook: expected PUT /rest/atlassian-connect/1/migration/webhook"},
+		}}}, nil, "install", "the worker registered the migration webhook: expected PUT /rest/atlassian-connect/1/migration/webhook"},
 		{"a worker whose requests change after signing", &service.WorkerOptions{Test: service.WorkerTest{HTTPClient: &http.Client{
 			Timeout: 5 * time.Second,
 			Transport: refusingTransport{tamper: func(r *http.Request) {
@@ -154,13 +184,24 @@ func TestSimulator_BrokenServicesFailTheMatchingScenario(t *testing.T) {
 				q.Set("expand", "everything")
 				r.URL.RawQuery = q.Encode()
 			}},
-		}}}, "install", "qsh"},
-		{"no worker", nil, "install", "the worker read the license: expected 1 call of GET /rest/atlassian-connect/1/addons/"},
+		}}}, nil, "install", "qsh"},
+		{"no worker", nil, nil, "install", "the worker read the license: expected 1 call of GET /rest/atlassian-connect/1/addons/"},
+		{"no worker for a Forge install", nil, nil, "forge-install",
+			"the worker asked serverInfo with the installation's system token: expected GET http://"},
+		{"a service without FORGE_APP_ID", &service.WorkerOptions{}, func(c *config.Config) { c.ForgeAppID = "" },
+			"forge-install", "installed answered: expected 204, seen 404"},
+		{"a service trusting another Forge app", &service.WorkerOptions{}, func(c *config.Config) {
+			c.ForgeAppID = forge.AppARIPrefix + "0badf00d-0000-4000-8000-000000000000"
+		}, "connect-on-forge", "the Forge upgraded answered: expected 204, seen 401"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			e, sim := simE2E(t, 2*time.Second)
+			var edits []func(*config.Config)
+			if c.edit != nil {
+				edits = append(edits, c.edit)
+			}
+			e, sim := simE2E(t, 2*time.Second, edits...)
 			if c.worker != nil {
 				e.startWorker(*c.worker)
 			}

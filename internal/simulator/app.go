@@ -126,25 +126,38 @@ func (s *Simulator) targetURL(d descriptor, path string) string {
 
 // send posts body to path of the app, signed as sg says.
 func (s *Simulator) send(ctx context.Context, d descriptor, path string, body any, sg signing) reply {
+	return s.post(ctx, s.targetURL(d, path), body, func(req *http.Request) (string, error) {
+		tok := sg.token
+		if tok == "" && sg.alg != "" {
+			var err error
+			if tok, err = s.sign(req, d, sg); err != nil {
+				return "", err
+			}
+		}
+		if tok != "" {
+			req.Header.Set("Authorization", "JWT "+tok)
+		}
+		return tok, nil
+	})
+}
+
+// post sends body as JSON to target, after auth has authenticated the
+// request (and returned the token it used), and reads the answer.
+func (s *Simulator) post(ctx context.Context, target string, body any, auth func(*http.Request) (string, error)) reply {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return reply{err: err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.targetURL(d, path), bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(b))
 	if err != nil {
 		return reply{err: err}
 	}
 	req.Header.Set("Content-Type", "application/json")
-	tok := sg.token
-	if tok == "" && sg.alg != "" {
-		if tok, err = s.sign(req, d, sg); err != nil {
-			return reply{err: err}
-		}
-	}
-	if tok != "" {
-		req.Header.Set("Authorization", "JWT "+tok)
+	tok, err := auth(req)
+	if err != nil {
+		return reply{err: err}
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
@@ -240,6 +253,10 @@ type tenantView struct {
 		Installed bool   `json:"installed"`
 		Enabled   bool   `json:"enabled"`
 		License   string `json:"license"`
+		// Platform is connect, connect-on-forge or forge.
+		Platform       string     `json:"platform"`
+		InstallationID string     `json:"installationId"`
+		Forge          *forgeView `json:"forge"`
 	} `json:"tenant"`
 	History []struct {
 		Type    string   `json:"type"`
@@ -248,10 +265,23 @@ type tenantView struct {
 	} `json:"history"`
 }
 
+// forgeView is what the internal API says of a tenant's Forge installation.
+type forgeView struct {
+	InstallationID   string     `json:"installationId"`
+	AppVersion       string     `json:"appVersion"`
+	SiteURL          string     `json:"siteUrl"`
+	ClientKey        string     `json:"clientKey"`
+	Installed        bool       `json:"installed"`
+	InstalledAt      *time.Time `json:"installedAt"`
+	UpgradedAt       *time.Time `json:"upgradedAt"`
+	PreUninstalledAt *time.Time `json:"preUninstalledAt"`
+}
+
 // internalEnabled reports whether the checks through the internal API run.
 func (s *Simulator) internalEnabled() bool { return s.cfg.Internal != "" && s.cfg.InternalToken != "" }
 
-// tenantState reads a tenant through the app's internal API.
+// readTenant reads a tenant through the app's internal API, by its clientKey
+// or a Forge installationId.
 func (s *Simulator) readTenant(ctx context.Context, clientKey string) (tenantView, error) {
 	var v tenantView
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

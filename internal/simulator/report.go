@@ -17,6 +17,9 @@ const (
 	actorProduct   = "product"
 	actorStorage   = "storage"
 	actorSim       = "simulator"
+	actorForge     = "forge"
+	actorForgeJWKS = "forge jwks"
+	actorForgeAPI  = "forge api"
 )
 
 // Event is one line of a scenario's timeline.

@@ -78,6 +78,11 @@ func catalogue() []scenario {
 		{"forged-install", "unsigned, wrong-key and replayed installs are refused and the tenant is unharmed", scForgedInstall},
 		{"migration", "an App Migration Platform transfer: events, uploads downloaded once, the transfer settled", scMigration},
 		{"storm", "many installs at once, then re-installs with rotated secrets", scStorm},
+		{"forge-install", "Forge installs (FIT-signed, retried): the worker asks serverInfo with the system token; forged FITs get 401", scForgeInstall},
+		{"forge-upgrade", "a Forge installation is upgraded to a major version; the retried copy changes nothing", scForgeUpgrade},
+		{"forge-pre-uninstall", "Forge announces the uninstall (preUninstall); the retried copy changes nothing", scForgePreUninstall},
+		{"connect-on-forge", "a Connect installed carrying installationId, then Forge events for it: one tenant", scConnectOnForge},
+		// forge-migration comes with the receiver's /forge/migration (see forge.go).
 	}
 }
 
@@ -93,6 +98,8 @@ var tourSteps = []struct {
 	{"license-lapse", nil},
 	{"migration", func(o Options) Options { o.Uploads, o.OutOfOrder, o.Duplicates = 3, true, true; return o }},
 	{"storm", func(o Options) Options { o.Tenants = 5; return o }},
+	{"forge-install", nil},
+	{"connect-on-forge", nil},
 }
 
 // Run plays the named scenarios ("tour" expands to the tour) against the app
@@ -138,7 +145,7 @@ func (s *Simulator) Run(ctx context.Context, names []string, opts Options, p *Pr
 	}
 	p.Message("simulating Atlassian at %s for app %q (baseUrl %s, requests to %s)", s.origin, d.Key, d.BaseURL, s.cfg.App)
 	if !s.internalEnabled() {
-		p.Message("note: no INTERNAL_TOKEN/--internal: checks of the app's own records (license-lapse) cannot run")
+		p.Message("note: no INTERNAL_TOKEN/--internal: checks of the app's own records (license-lapse, Forge installations) cannot run")
 	}
 	var sum Summary
 	for _, st := range steps {
@@ -171,6 +178,9 @@ type tenant struct {
 	clientKey string
 	site      *site
 	st        *tenantState
+	// forge is the Forge installation of a Connect-on-Forge tenant; its
+	// installeds carry its installationId. Nil for a Connect app.
+	forge *forgeInstallation
 }
 
 // newTenant creates a tenant with a fresh site and secret.
@@ -267,6 +277,11 @@ func (r *run) send(ctx context.Context, path string, body any, sg signing, what 
 // installed sends a signed installed for t with baseUrl base and secret.
 func (r *run) installed(ctx context.Context, t *tenant, base, secret, what string) reply {
 	body := installBody("installed", r.d.Key, t.clientKey, base, secret)
+	if fi := t.forge; fi != nil {
+		// Connect-on-Forge: the installed names the Forge installation.
+		body["installationId"], body["cloudId"] = fi.id, fi.cloudID
+		what = "installationId " + fi.id + prefixed(what)
+	}
 	return r.send(ctx, r.d.Lifecycle.Installed, body, signing{alg: "RS256", issuer: t.clientKey},
 		fmt.Sprintf("clientKey=%s, RS256 signed install%s", t.clientKey, prefixed(what)))
 }

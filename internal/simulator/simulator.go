@@ -12,6 +12,8 @@
 //	/keys/{kid}                           the install public key (PEM)
 //	/sites/{site}/rest/...                a tenant's product REST API (its baseUrl is http://ADDR/sites/{site})
 //	/s3/{site}/{s3Key}                    the presigned download of an upload's data
+//	/forge/jwks.json                      the JWKS of the key signing Forge Invocation Tokens
+//	/api/ex/jira/{cloudId}/rest/...       api.atlassian.com for a Forge installation's system token
 //
 // The simulator sees the app the way Atlassian does: through HTTP. Checks that
 // need the app's own view (a tenant's recorded license, for one) read the
@@ -34,6 +36,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/forge/forgetest"
 )
 
 // DefaultListen is the simulator's default listen address.
@@ -65,6 +70,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// Logger receives the simulator's own diagnostics; discarded when nil.
 	Logger *slog.Logger
+	// ForgeAppID is the Forge app the simulator signs FITs for (a bare
+	// UUID or the app ARI, --forge-app-id): the app's FORGE_APP_ID.
+	// DefaultForgeAppID when empty.
+	ForgeAppID string
 }
 
 // Simulator is a running local Atlassian. It is safe for concurrent use.
@@ -79,6 +88,9 @@ type Simulator struct {
 	runID  string
 	client *http.Client
 	log    *slog.Logger
+	// forge signs the FITs of Forge deliveries with this run's key.
+	forge *forgetest.Issuer
+	fapi  forgeAPI
 
 	mu    sync.Mutex
 	sites map[string]*site // by site name (the path segment)
@@ -90,16 +102,46 @@ type Simulator struct {
 }
 
 // Env returns the environment the app needs to trust a simulator listening
-// on listen: its key server and its host.
-func Env(listen string) ([]string, error) {
+// on listen and playing the Forge app forgeAppID (DefaultForgeAppID when
+// empty): its key server and its host for Connect; for Forge the app id, the
+// JWKS and the host of the simulated api.atlassian.com.
+func Env(listen, forgeAppID string) ([]string, error) {
 	origin, host, err := originOf(listen)
+	if err != nil {
+		return nil, err
+	}
+	app, err := forgeApp(forgeAppID)
 	if err != nil {
 		return nil, err
 	}
 	return []string{
 		"CONNECT_KEYS_CDN_URL=" + origin + "/keys",
 		"CONNECT_PRODUCT_HOSTS=" + host,
+		"FORGE_APP_ID=" + app,
+		"FORGE_JWKS_URL=" + origin + pathForgeJWKS,
+		"FORGE_API_HOSTS=" + host,
 	}, nil
+}
+
+// Env returns the environment the app needs to trust s (see Env).
+func (s *Simulator) Env() []string {
+	lines, err := Env(strings.TrimPrefix(s.origin, "http://"), s.ForgeAppID())
+	if err != nil {
+		panic(err) // the origin and app id were checked by New
+	}
+	return lines
+}
+
+// forgeApp normalises a --forge-app-id value to the app ARI.
+func forgeApp(id string) (string, error) {
+	if id == "" {
+		return DefaultForgeAppID, nil
+	}
+	app, err := forge.NormalizeAppID(id)
+	if err != nil {
+		return "", fmt.Errorf("%w: --forge-app-id %q: want the app ARI (%s<uuid>) or its lowercase UUID", ErrConfig, id, forge.AppARIPrefix)
+	}
+	return app, nil
 }
 
 // originOf turns a listen address into the origin the simulator's URLs use:
@@ -136,6 +178,14 @@ func New(cfg Config, ln net.Listener) (*Simulator, error) {
 	if err != nil {
 		return nil, err
 	}
+	app, err := forgeApp(cfg.ForgeAppID)
+	if err != nil {
+		return nil, err
+	}
+	fit, err := forgetest.NewIssuer(app)
+	if err != nil {
+		return nil, fmt.Errorf("simulator: forge issuer: %w", err)
+	}
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, fmt.Errorf("simulator: generate install key: %w", err)
@@ -147,7 +197,7 @@ func New(cfg Config, ln net.Listener) (*Simulator, error) {
 	s := &Simulator{
 		cfg: cfg, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}),
 		origin: origin, runID: randomHex(3), sites: map[string]*site{}, lastIAT: map[string]int64{}, served: make(chan struct{}),
-		client: cfg.HTTPClient, log: cfg.Logger,
+		client: cfg.HTTPClient, log: cfg.Logger, forge: fit, fapi: forgeAPI{tokens: map[string]*forgeInstallation{}},
 	}
 	s.kid = "connectctl-simulate/" + s.runID
 	if s.client == nil {
@@ -160,6 +210,8 @@ func New(cfg Config, ln net.Listener) (*Simulator, error) {
 	mux.HandleFunc("GET /keys/{kid...}", s.serveKey)
 	mux.HandleFunc("/sites/{site}/{rest...}", s.serveSite)
 	mux.HandleFunc("GET /s3/{site}/{key...}", s.serveDownload)
+	mux.HandleFunc("GET "+pathForgeJWKS, s.serveJWKS)
+	mux.HandleFunc(pathForgeAPI+"/", s.serveForgeAPI)
 	// No write timeout: a --big download streams for as long as it takes.
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {

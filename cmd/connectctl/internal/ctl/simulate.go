@@ -22,10 +22,10 @@ const InternalTokenEnv = "INTERNAL_TOKEN"
 
 const simulateUsage = `usage:
   connectctl simulate [SCENARIO...] [flags]
-      run a local Atlassian (install-key server and product sites on --listen)
-      and play scenarios against the app at --app; SCENARIO is tour (the
-      default) or one of: %s
-  connectctl simulate --print-env [--listen ADDR]
+      run a local Atlassian (install-key server, product sites, and Forge's
+      JWKS and api on --listen) and play scenarios against the app at --app;
+      SCENARIO is tour (the default) or one of: %s
+  connectctl simulate --print-env [--listen ADDR] [--forge-app-id ID]
       print the environment the app needs to trust the simulator
 flags:
 `
@@ -33,6 +33,7 @@ flags:
 // simulateFlags are the parsed flags of connectctl simulate.
 type simulateFlags struct {
 	listen, app, internal, big string
+	forgeApp                   string
 	json, printEnv, keep       bool
 	timeout                    time.Duration
 	opts                       simulator.Options
@@ -45,6 +46,7 @@ func parseSimulate(args []string, stderr io.Writer) (*simulateFlags, []string, e
 	fs.StringVar(&f.listen, "listen", simulator.DefaultListen, "address of the simulator (key server and product sites)")
 	fs.StringVar(&f.app, "app", simulator.DefaultApp, "base URL the app (receiver) answers on")
 	fs.StringVar(&f.internal, "internal", "http://127.0.0.1:8081", "the receiver's internal listener, for the checks reading its /v1 API (with $"+InternalTokenEnv+")")
+	fs.StringVar(&f.forgeApp, "forge-app-id", simulator.DefaultForgeAppID, "the Forge app the simulator signs tokens for (the app's FORGE_APP_ID)")
 	fs.BoolVar(&f.json, "json", false, "print the timeline and results as JSON lines")
 	fs.BoolVar(&f.printEnv, "print-env", false, "print the environment the app needs to trust the simulator, and exit")
 	fs.BoolVar(&f.keep, "keep-serving", false, "after the scenarios, keep serving the key server and sites until interrupted")
@@ -109,7 +111,7 @@ func runSimulate(args []string, env Env, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	if f.printEnv {
-		lines, err := simulator.Env(f.listen)
+		lines, err := simulator.Env(f.listen, f.forgeApp)
 		if err != nil {
 			fmt.Fprintf(stderr, "connectctl simulate: %v\n", settingError(err))
 			return ExitUsage
@@ -117,7 +119,7 @@ func runSimulate(args []string, env Env, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, strings.Join(lines, "\n"))
 		return ExitOK
 	}
-	if _, err := simulator.Env(f.listen); err != nil {
+	if _, err := simulator.Env(f.listen, f.forgeApp); err != nil {
 		fmt.Fprintf(stderr, "connectctl simulate: %v\n", settingError(err))
 		return ExitUsage
 	}
@@ -126,7 +128,7 @@ func runSimulate(args []string, env Env, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "connectctl simulate: --listen %s: %v\n", f.listen, err)
 		return ExitFailed
 	}
-	sim, err := simulator.New(simulator.Config{App: f.app, Internal: f.internal, InternalToken: env(InternalTokenEnv), Timeout: f.timeout}, ln)
+	sim, err := simulator.New(simulator.Config{App: f.app, Internal: f.internal, InternalToken: env(InternalTokenEnv), Timeout: f.timeout, ForgeAppID: f.forgeApp}, ln)
 	if err != nil {
 		ln.Close()
 		fmt.Fprintf(stderr, "connectctl simulate: %v\n", settingError(err))
@@ -158,7 +160,7 @@ func runSimulate(args []string, env Env, stdout, stderr io.Writer) int {
 		code = ExitFailed
 	}
 	if f.keep {
-		fmt.Fprintf(stderr, "connectctl simulate: still serving the key server and sites on %s (Ctrl-C to stop)\n", sim.Origin())
+		fmt.Fprintf(stderr, "connectctl simulate: still serving the key server, sites and Forge on %s (Ctrl-C to stop)\n", sim.Origin())
 		<-ctx.Done()
 	}
 	return code

@@ -6,18 +6,28 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/connectrelay/connectrelay/internal/simulator"
 )
 
-func TestSimulate_PrintEnvNamesTheKeyServerAndTheHost(t *testing.T) {
-	for _, c := range []struct{ listen, want string }{
-		{"", "CONNECT_KEYS_CDN_URL=http://127.0.0.1:8090/keys\nCONNECT_PRODUCT_HOSTS=127.0.0.1\n"},
-		{"0.0.0.0:9000", "CONNECT_KEYS_CDN_URL=http://127.0.0.1:9000/keys\nCONNECT_PRODUCT_HOSTS=127.0.0.1\n"},
-		{"localhost:8095", "CONNECT_KEYS_CDN_URL=http://localhost:8095/keys\nCONNECT_PRODUCT_HOSTS=localhost\n"},
+func TestSimulate_PrintEnvNamesTheKeyServerTheHostAndForge(t *testing.T) {
+	forgeEnv := func(origin, host, app string) string {
+		return "FORGE_APP_ID=" + app + "\nFORGE_JWKS_URL=" + origin + "/forge/jwks.json\nFORGE_API_HOSTS=" + host + "\n"
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "CONNECT_KEYS_CDN_URL=http://127.0.0.1:8090/keys\nCONNECT_PRODUCT_HOSTS=127.0.0.1\n" +
+			forgeEnv("http://127.0.0.1:8090", "127.0.0.1", simulator.DefaultForgeAppID)},
+		{[]string{"--listen", "0.0.0.0:9000"}, "CONNECT_KEYS_CDN_URL=http://127.0.0.1:9000/keys\nCONNECT_PRODUCT_HOSTS=127.0.0.1\n" +
+			forgeEnv("http://127.0.0.1:9000", "127.0.0.1", simulator.DefaultForgeAppID)},
+		{[]string{"--listen", "localhost:8095"}, "CONNECT_KEYS_CDN_URL=http://localhost:8095/keys\nCONNECT_PRODUCT_HOSTS=localhost\n" +
+			forgeEnv("http://localhost:8095", "localhost", simulator.DefaultForgeAppID)},
+		{[]string{"--forge-app-id", "8db33809-1f32-48bb-8c52-5877dab48107"}, "CONNECT_KEYS_CDN_URL=http://127.0.0.1:8090/keys\nCONNECT_PRODUCT_HOSTS=127.0.0.1\n" +
+			forgeEnv("http://127.0.0.1:8090", "127.0.0.1", "ari:cloud:ecosystem::app/8db33809-1f32-48bb-8c52-5877dab48107")},
 	} {
-		args := []string{"simulate", "--print-env"}
-		if c.listen != "" {
-			args = append(args, "--listen", c.listen)
-		}
+		args := append([]string{"simulate", "--print-env"}, c.args...)
 		code, out, errOut := run(t, nil, today, args...)
 		if code != ExitOK || out != c.want {
 			t.Errorf("%v: code %d, stdout %q (stderr %q), want %q", args, code, out, errOut, c.want)
@@ -41,6 +51,8 @@ func TestSimulate_BadInputIsAUsageErrorNamingTheArgument(t *testing.T) {
 		{[]string{"--app", "ftp://x", "install"}, `--app "ftp://x"`},
 		{[]string{"--print-env", "--listen", "nohost"}, `--listen "nohost"`},
 		{[]string{"--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"--forge-app-id", "my-app", "forge-install"}, `--forge-app-id "my-app"`},
+		{[]string{"--print-env", "--forge-app-id", "ari:cloud:ecosystem::app/NOT-A-UUID"}, `--forge-app-id "ari:cloud:ecosystem::app/NOT-A-UUID"`},
 	} {
 		code, _, errOut := run(t, nil, today, append([]string{"simulate"}, c.args...)...)
 		if code != ExitUsage || !strings.Contains(errOut, c.want) {
