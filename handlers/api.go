@@ -317,9 +317,8 @@ func (s *Server) apiTenants(c echo.Context) error {
 }
 
 // apiTenant answers one tenant, named by its clientKey or by a Forge
-// installationId, with its recent history: the Connect tenant's (a
-// Connect-on-Forge tenant is one tenant under either name), none for a pure
-// Forge installation, whose deliveries are not in the tenant history.
+// installationId (a Connect-on-Forge tenant is one tenant under either name),
+// with its recent history, the Forge deliveries of its installation included.
 func (s *Server) apiTenant(c echo.Context) error {
 	id := pathParam(c, "clientKey")
 	ctx, cancel := budget(c)
@@ -328,11 +327,9 @@ func (s *Server) apiTenant(c echo.Context) error {
 	if err != nil {
 		return tenantError(err)
 	}
-	var hist []tenant.Event
-	if tn.ClientKey != "" {
-		if hist, err = s.d.API.Tenants.History(ctx, tn.ClientKey, 50); err != nil {
-			return tenantError(err)
-		}
+	hist, err := s.d.API.Tenants.History(ctx, tn.ID(), 50)
+	if err != nil {
+		return tenantError(err)
 	}
 	type event struct {
 		Type     string    `json:"type"`

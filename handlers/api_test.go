@@ -317,8 +317,8 @@ func TestAPITenant_AnswersForgeTenantsByInstallationID(t *testing.T) {
 	if code != http.StatusOK || tn["platform"] != "forge" || fi["installationId"] != pure.InstallationID || tn["installed"] != true {
 		t.Errorf("pure Forge tenant = %d %v", code, out)
 	}
-	if hist, ok := out["history"].([]any); !ok || len(hist) != 0 {
-		t.Errorf("pure Forge history = %v, want an empty list", out["history"])
+	if hist, ok := out["history"].([]any); !ok || len(hist) != 1 || hist[0].(map[string]any)["type"] != forge.EventInstalled {
+		t.Errorf("pure Forge history = %v, want its installed delivery", out["history"])
 	}
 
 	cof := forgetest.Token{InstallationID: forgetest.NewInstallationID(), CloudID: forgetest.NewCloudID(), AppVersion: "1.0.0"}
@@ -336,7 +336,7 @@ func TestAPITenant_AnswersForgeTenantsByInstallationID(t *testing.T) {
 		fi, _ := tn["forge"].(map[string]any)
 		hist, _ := out["history"].([]any)
 		if code != http.StatusOK || tn["clientKey"] != "ck-cof" || tn["platform"] != "connect-on-forge" || fi["installationId"] != cof.InstallationID ||
-			len(hist) == 0 || hist[0].(map[string]any)["type"] != "installed" {
+			len(hist) != 2 || hist[0].(map[string]any)["type"] != forge.EventUpgraded || hist[1].(map[string]any)["type"] != "installed" {
 			t.Errorf("Connect-on-Forge tenant by %s = %d %v", id, code, out)
 		}
 	}

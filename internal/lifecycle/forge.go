@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 
@@ -96,7 +97,7 @@ const serverInfoRoute = "/rest/api/3/serverInfo"
 
 // forgeSiteURL asks the product, as the installation, for the site's base
 // URL. "" without error: the product has no known endpoint for it, or its
-// answer is not an https URL. A 401 right after install (the grant may not be
+// answer is not an https URL (http only on a loopback host). A 401 right after install (the grant may not be
 // active yet) wraps product.ErrNoSystemToken; a 403 is retried.
 func (s *Service) forgeSiteURL(ctx context.Context, fi connectrelay.ForgeInstallation) (string, error) {
 	if fi.Product != "jira" {
@@ -115,12 +116,23 @@ func (s *Service) forgeSiteURL(ctx context.Context, fi connectrelay.ForgeInstall
 		return "", fmt.Errorf("serverInfo of %s: %w", fi.InstallationID, err)
 	}
 	site, err := url.Parse(info.BaseURL)
-	if err != nil || site.Scheme != "https" || site.Host == "" || site.User != nil || len(info.BaseURL) > 2048 {
+	if err != nil || !(site.Scheme == "https" || site.Scheme == "http" && loopbackHost(site.Hostname())) ||
+		site.Host == "" || site.User != nil || len(info.BaseURL) > 2048 {
 		s.log.WarnContext(ctx, "forge serverInfo baseUrl is not an absolute https URL; not recorded",
 			slog.String("installation_id", fi.InstallationID), slog.String("base_url", truncateLog(info.BaseURL)))
 		return "", nil
 	}
 	return strings.TrimRight(info.BaseURL, "/"), nil
+}
+
+// loopbackHost reports a loopback host: a site URL may be plain http there
+// (the simulator's sites).
+func loopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 func truncateLog(s string) string {
