@@ -119,20 +119,21 @@ func (r reply) text() string {
 	return fmt.Sprintf("%d", r.status)
 }
 
-// targetURL maps an app URL of the descriptor's baseUrl onto --app.
-func (s *Simulator) targetURL(d descriptor, path string) string {
-	return s.cfg.App + path
+// send posts body to path of the app at --app, signed as sg says.
+func (s *Simulator) send(ctx context.Context, d descriptor, path string, body any, sg signing) reply {
+	return s.sendTo(ctx, s.cfg.App, d, path, body, sg)
 }
 
-// send posts body to path of the app, signed as sg says.
-func (s *Simulator) send(ctx context.Context, d descriptor, path string, body any, sg signing) reply {
+// sendTo is send to the app at base URL app: one replica of several, all
+// serving the descriptor's baseUrl (the tokens are minted for that).
+func (s *Simulator) sendTo(ctx context.Context, app string, d descriptor, path string, body any, sg signing) reply {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return reply{err: err}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.targetURL(d, path), bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, app+path, bytes.NewReader(b))
 	if err != nil {
 		return reply{err: err}
 	}
