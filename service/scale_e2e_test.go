@@ -119,7 +119,7 @@ type scaleSend struct {
 type scaleCounts struct{ ok, c4xx, c5xx, conn int }
 
 // scalePhases name the phases of the run, by when an attempt started.
-var scalePhases = []string{"before the faults", "worker killed, receiver restarting", "after the restart"}
+var scalePhases = []string{"before the restart", "during the restart", "after the restart"}
 
 // scaleLoad is the load generator: it sends, retries on the other
 // receiver, and classifies every attempt by phase and by whether it met the
@@ -129,7 +129,6 @@ type scaleLoad struct {
 	receivers []string
 
 	mu          sync.Mutex
-	killAt      time.Time
 	restartFrom time.Time
 	restartTo   time.Time
 	restarting  string
@@ -143,7 +142,7 @@ type scaleLoad struct {
 
 func (g *scaleLoad) phase(at time.Time) int {
 	switch {
-	case g.killAt.IsZero() || at.Before(g.killAt):
+	case g.restartFrom.IsZero() || at.Before(g.restartFrom):
 		return 0
 	case g.restartTo.IsZero() || at.Before(g.restartTo):
 		return 1
@@ -486,35 +485,43 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		stormFailed = failed
 		stormMu.Unlock()
 	})
-	// The faults: a worker SIGKILLed at a quarter of the events, a receiver
-	// SIGTERMed and started again at half.
-	var faultErr error
-	importingAtKill := -1
-	var restartTook time.Duration
-	wg.Go(func() {
-		waitAcked := func(frac float64) bool {
-			for float64(migAcked.Load()) < frac*float64(len(plan)) {
-				if ctx.Err() != nil {
-					return false
-				}
-				time.Sleep(5 * time.Millisecond)
+	// The faults: a worker SIGKILLed once a quarter of the events is in and
+	// uploads are being imported (the lifecycle queue goes first, so that may
+	// be after the last event is sent); a receiver SIGTERMed and started
+	// again at half the events.
+	var (
+		faultMu         sync.Mutex
+		faultErr        error
+		importingAtKill = -1
+		killAt          time.Time
+		restartTook     time.Duration
+	)
+	waitAcked := func(frac float64) bool {
+		for float64(migAcked.Load()) < frac*float64(len(plan)) {
+			if ctx.Err() != nil {
+				return false
 			}
-			return true
+			time.Sleep(5 * time.Millisecond)
 		}
+		return true
+	}
+	wg.Go(func() {
 		if !waitAcked(0.25) {
 			return
 		}
-		// Mid-import: wait (a little) until uploads are being imported.
-		poll(10*time.Second, 5*time.Millisecond, func() bool {
+		importing := 0
+		poll(time.Until(deadlineOf(ctx))/2, 5*time.Millisecond, func() bool {
 			qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
 			defer qcancel()
-			return pool.QueryRow(qctx, `SELECT count(*) FROM migration_uploads WHERE state = 'importing'`).Scan(&importingAtKill) == nil && importingAtKill > 0
+			return pool.QueryRow(qctx, `SELECT count(*) FROM migration_uploads WHERE state = 'importing'`).Scan(&importing) == nil && importing > 0
 		})
-		g.mu.Lock()
-		g.killAt = time.Now()
-		g.mu.Unlock()
+		faultMu.Lock()
+		killAt, importingAtKill = time.Now(), importing
+		faultMu.Unlock()
 		workers[2].Kill()
-		out("+%s SIGKILL %s (pid %d); %d uploads importing fleet-wide", time.Since(runStart).Round(time.Millisecond), workers[2].name, workers[2].Pid(), importingAtKill)
+		out("+%s SIGKILL %s (pid %d); %d uploads importing fleet-wide", time.Since(runStart).Round(time.Millisecond), workers[2].name, workers[2].Pid(), importing)
+	})
+	wg.Go(func() {
 		if !waitAcked(0.5) {
 			return
 		}
@@ -523,23 +530,32 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		g.restarting, g.restartFrom = receivers[1], time.Now()
 		g.mu.Unlock()
 		out("+%s SIGTERM %s (pid %d)", time.Since(runStart).Round(time.Millisecond), old.name, old.Pid())
+		var errs []error
+		defer func() {
+			faultMu.Lock()
+			faultErr = errors.Join(append(errs, faultErr)...)
+			faultMu.Unlock()
+		}()
 		if err := old.Stop(30 * time.Second); err != nil {
-			faultErr = fmt.Errorf("graceful stop of %s: %w", old.name, err)
+			errs = append(errs, fmt.Errorf("graceful stop of %s: %w", old.name, err))
 		}
 		again, err := start(old.name+"-restarted", bins["receiver"], old.env, old.ready)
 		if err != nil {
-			faultErr = errors.Join(faultErr, err)
+			errs = append(errs, err)
 			return
 		}
 		if !waitReady(again, 60*time.Second) {
-			faultErr = errors.Join(faultErr, fmt.Errorf("%s not ready again within 60 s", again.name))
+			errs = append(errs, fmt.Errorf("%s not ready again within 60 s", again.name))
 			return
 		}
 		g.mu.Lock()
 		g.restartTo = time.Now()
-		restartTook = g.restartTo.Sub(g.restartFrom)
+		took := g.restartTo.Sub(g.restartFrom)
 		g.mu.Unlock()
-		out("+%s %s ready again (pid %d), %s after the SIGTERM", time.Since(runStart).Round(time.Millisecond), old.name, again.Pid(), restartTook.Round(time.Millisecond))
+		faultMu.Lock()
+		restartTook = took
+		faultMu.Unlock()
+		out("+%s %s ready again (pid %d), %s after the SIGTERM", time.Since(runStart).Round(time.Millisecond), old.name, again.Pid(), took.Round(time.Millisecond))
 	})
 	// Progress, every 10 s, until the load is sent.
 	sent := make(chan struct{})
@@ -583,6 +599,10 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	if st.err != nil {
 		t.Errorf("reading the outcome: %v", st.err)
 	}
+
+	// The killed worker's tasks: asynq's recoverer retries a task whose lease
+	// expired; when did they complete?
+	recovered, recoveredFirst, recoveredLast := leaseExpiredTasks(inspector, killAt)
 
 	// The product's view of every transfer and upload.
 	settleCalls, transfersOnce, redownloaded, neverDownloaded, refused := 0, 0, 0, 0, 0
@@ -654,6 +674,12 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 			out("  %-16s %-36s 2xx %6d  4xx %d  5xx %d  no answer %d", kind, ph, c[i].ok, c[i].c4xx, c[i].c5xx, c[i].conn)
 		}
 	}
+	if !killAt.IsZero() {
+		out("faults                         SIGKILL worker-3 at +%s with %d uploads importing; SIGTERM receiver-2 at +%s, ready again %s later",
+			killAt.Sub(runStart).Round(time.Millisecond), importingAtKill, g.restartFrom.Sub(runStart).Round(time.Millisecond), restartTook.Round(time.Millisecond))
+	}
+	out("  killed worker's tasks        %d completed after asynq's lease expiry, %s to %s after the SIGKILL",
+		recovered, recoveredFirst.Round(time.Second), recoveredLast.Round(time.Second))
 	out("5xx or no answer               %d during the restart of receiver-2 (%s), %d outside", g.inWindow, restartTook.Round(time.Millisecond), g.outside)
 	out("uploads imported               %d of %d distinct uploads, each once with the served bytes (%d wrong, %d records in all)",
 		importedOK, len(uploads), importedBad, len(st.imported))
@@ -678,8 +704,11 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	if faultErr != nil {
 		t.Error(faultErr)
 	}
-	if g.killAt.IsZero() || g.restartTo.IsZero() {
-		t.Errorf("the faults did not all happen (kill at %v, restart done at %v)", g.killAt, g.restartTo)
+	if importingAtKill <= 0 {
+		t.Errorf("the worker was not killed mid-import (%d uploads importing)", importingAtKill)
+	}
+	if killAt.IsZero() || g.restartTo.IsZero() {
+		t.Errorf("the faults did not all happen (kill at %v, restart done at %v)", killAt, g.restartTo)
 	}
 	if acked != len(plan) {
 		t.Errorf("%d of %d migration events acknowledged", acked, len(plan))
@@ -967,6 +996,37 @@ func readScaleState(ctx context.Context, pool *pgxpool.Pool, in *asynq.Inspector
 		s.tasks.scheduled += info.Scheduled
 	}
 	return s
+}
+
+// leaseExpiredTasks counts the completed tasks that asynq's recoverer had
+// retried (their lease expired: their worker died) and how long after since
+// the first and the last of them completed.
+func leaseExpiredTasks(in *asynq.Inspector, since time.Time) (n int, first, last time.Duration) {
+	queues, err := in.Queues()
+	if err != nil || since.IsZero() {
+		return 0, 0, 0
+	}
+	first = time.Duration(math.MaxInt64)
+	for _, q := range queues {
+		for page := 1; page <= 100; page++ {
+			infos, err := in.ListCompletedTasks(q, asynq.PageSize(1000), asynq.Page(page))
+			if err != nil || len(infos) == 0 {
+				break
+			}
+			for _, ti := range infos {
+				if !strings.Contains(ti.LastErr, "lease expired") {
+					continue
+				}
+				n++
+				d := ti.CompletedAt.Sub(since)
+				first, last = min(first, d), max(last, d)
+			}
+		}
+	}
+	if n == 0 {
+		first = 0
+	}
+	return n, first, last
 }
 
 func deadlineOf(ctx context.Context) time.Time {
