@@ -10,7 +10,6 @@ import (
 	"io"
 	"math"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/connectrelay/connectrelay/internal/simulator"
@@ -267,19 +267,7 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	client := &http.Client{Transport: transport, Timeout: 10 * time.Second}
 	recvPorts := []int{testenv.FreePort(t), testenv.FreePort(t)}
 	baseURL := fmt.Sprintf("http://127.0.0.1:%d", recvPorts[0])
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := simulator.New(simulator.Config{App: baseURL, HTTPClient: client}, ln)
-	if err != nil {
-		t.Fatalf("simulator.New: %v", err)
-	}
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		_ = sim.Close(sctx)
-	})
+	sim := startSimulator(t, simulator.Config{App: baseURL, HTTPClient: client})
 
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
@@ -878,17 +866,20 @@ func runBounded(ctx context.Context, conc, n int, each func(i int) bool) int {
 
 // scaleState is what the database and the queues say after the run.
 type scaleState struct {
-	err              error
-	transfersSettled int
-	initialized      int
-	stored           map[string]bool
-	imported         map[string]struct {
-		size int64
-		sha  string
-	}
+	err                        error
+	transfersSettled           int
+	initialized                int
+	stored                     map[string]bool
+	imported                   map[string]scaleImported // by transfer and s3Key
 	uploadStates               map[string]int
 	eventRows, eventDeliveries int
 	tasks                      struct{ active, pending, retry, archived, scheduled int }
+}
+
+// scaleImported is what the recording importer wrote of an upload.
+type scaleImported struct {
+	size int64
+	sha  string
 }
 
 func (s scaleState) stormStored(storm []*simulator.Tenant) int {
@@ -913,68 +904,47 @@ func readScaleState(ctx context.Context, pool *pgxpool.Pool, in *asynq.Inspector
 		WHERE state = 'succeeded' AND settle_status = 'SUCCESS' AND settled_at IS NOT NULL AND settle_result = 'reported'`).Scan(&s.transfersSettled); err != nil {
 		return fail("transfers", err)
 	}
+	s.stored = map[string]bool{}
+	var ck string
+	var init bool
 	rows, err := pool.Query(ctx, `SELECT client_key, license_checked_at IS NOT NULL AND webhook_endpoints = ARRAY[$2::text]
 		FROM tenants WHERE installed AND client_key = ANY($1)`, keys, webhookURL)
+	if err == nil {
+		_, err = pgx.ForEachRow(rows, []any{&ck, &init}, func() error {
+			s.stored[ck] = true
+			if init {
+				s.initialized++
+			}
+			return nil
+		})
+	}
 	if err != nil {
 		return fail("tenants", err)
 	}
-	s.stored = map[string]bool{}
-	for rows.Next() {
-		var ck string
-		var init bool
-		if err := rows.Scan(&ck, &init); err != nil {
-			rows.Close()
-			return fail("tenants", err)
-		}
-		s.stored[ck] = true
-		if init {
-			s.initialized++
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fail("tenants", err)
-	}
+	s.imported = map[string]scaleImported{}
+	var tr, key string
+	var rec scaleImported
 	rows, err = pool.Query(ctx, `SELECT transfer_id, s3_key, size_bytes, sha256 FROM migration_imported_data`)
+	if err == nil {
+		_, err = pgx.ForEachRow(rows, []any{&tr, &key, &rec.size, &rec.sha}, func() error {
+			s.imported[tr+" "+key] = rec
+			return nil
+		})
+	}
 	if err != nil {
 		return fail("imported data", err)
-	}
-	s.imported = map[string]struct {
-		size int64
-		sha  string
-	}{}
-	for rows.Next() {
-		var tr, key, sha string
-		var size int64
-		if err := rows.Scan(&tr, &key, &size, &sha); err != nil {
-			rows.Close()
-			return fail("imported data", err)
-		}
-		s.imported[tr+" "+key] = struct {
-			size int64
-			sha  string
-		}{size, sha}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fail("imported data", err)
-	}
-	rows, err = pool.Query(ctx, `SELECT state, count(*) FROM migration_uploads GROUP BY state`)
-	if err != nil {
-		return fail("uploads", err)
 	}
 	s.uploadStates = map[string]int{}
-	for rows.Next() {
-		var state string
-		var n int
-		if err := rows.Scan(&state, &n); err != nil {
-			rows.Close()
-			return fail("uploads", err)
-		}
-		s.uploadStates[state] = n
+	var state string
+	var n int
+	rows, err = pool.Query(ctx, `SELECT state, count(*) FROM migration_uploads GROUP BY state`)
+	if err == nil {
+		_, err = pgx.ForEachRow(rows, []any{&state, &n}, func() error {
+			s.uploadStates[state] = n
+			return nil
+		})
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	if err != nil {
 		return fail("uploads", err)
 	}
 	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(deliveries), 0) FROM migration_events`).Scan(&s.eventRows, &s.eventDeliveries); err != nil {

@@ -41,23 +41,30 @@ func simE2E(t *testing.T, timeout time.Duration) (*e2e, *simulator.Simulator) {
 	t.Helper()
 	var sim *simulator.Simulator
 	e := newE2EWith(t, "", func(c *config.Config) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
 		c.InternalToken = simInternalToken
-		sim, err = simulator.New(simulator.Config{App: c.BaseURL, Internal: c.InternalURL, InternalToken: simInternalToken, Timeout: timeout}, ln)
-		if err != nil {
-			t.Fatalf("simulator.New: %v", err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = sim.Close(ctx)
-		})
+		sim = startSimulator(t, simulator.Config{App: c.BaseURL, Internal: c.InternalURL, InternalToken: simInternalToken, Timeout: timeout})
 		c.KeysCDNURL = sim.Origin() + "/keys"
 	})
 	return e, sim
+}
+
+// startSimulator runs a simulator on a loopback port until the test ends.
+func startSimulator(t *testing.T, cfg simulator.Config) *simulator.Simulator {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := simulator.New(cfg, ln)
+	if err != nil {
+		t.Fatalf("simulator.New: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sim.Close(ctx)
+	})
+	return sim
 }
 
 // play runs the scenarios and returns the results and the printed timeline.
