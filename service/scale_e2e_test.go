@@ -497,17 +497,37 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		if !waitAcked(0.25) {
 			return
 		}
+		// Uploads are being imported, and the victim runs migration tasks
+		// (as its last asynq heartbeat, at most 5 s old, tells).
 		importing := 0
-		poll(time.Until(deadlineOf(ctx))/2, 5*time.Millisecond, func() bool {
+		var held []string
+		poll(time.Until(deadlineOf(ctx))/2, 10*time.Millisecond, func() bool {
 			qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
 			defer qcancel()
-			return pool.QueryRow(qctx, `SELECT count(*) FROM migration_uploads WHERE state = 'importing'`).Scan(&importing) == nil && importing > 0
+			if pool.QueryRow(qctx, `SELECT count(*) FROM migration_uploads WHERE state = 'importing'`).Scan(&importing) != nil || importing == 0 {
+				return false
+			}
+			servers, err := inspector.Servers()
+			if err != nil {
+				return false
+			}
+			held = held[:0]
+			for _, srv := range servers {
+				if srv.PID != workers[2].Pid() {
+					continue
+				}
+				for _, w := range srv.ActiveWorkers {
+					held = append(held, w.TaskType)
+				}
+			}
+			return slices.ContainsFunc(held, func(tt string) bool { return strings.HasPrefix(tt, "migration:") })
 		})
 		faultMu.Lock()
 		killAt, importingAtKill = time.Now(), importing
 		faultMu.Unlock()
 		workers[2].Kill()
-		out("+%s SIGKILL %s (pid %d); %d uploads importing fleet-wide", time.Since(runStart).Round(time.Millisecond), workers[2].name, workers[2].Pid(), importing)
+		out("+%s SIGKILL %s (pid %d) running %v; %d uploads importing fleet-wide", time.Since(runStart).Round(time.Millisecond),
+			workers[2].name, workers[2].Pid(), held, importing)
 	})
 	wg.Go(func() {
 		if !waitAcked(0.5) {
@@ -692,8 +712,8 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	if faultErr != nil {
 		t.Error(faultErr)
 	}
-	if importingAtKill <= 0 {
-		t.Errorf("the worker was not killed mid-import (%d uploads importing)", importingAtKill)
+	if importingAtKill <= 0 || recovered == 0 {
+		t.Errorf("the worker was not killed mid-import: %d uploads importing, %d of its tasks taken over after it", importingAtKill, recovered)
 	}
 	if killAt.IsZero() || g.restartTo.IsZero() {
 		t.Errorf("the faults did not all happen (kill at %v, restart done at %v)", killAt, g.restartTo)
