@@ -242,7 +242,7 @@ type scaleProc struct {
 // archived, and no 5xx or unanswered request outside the restart window.
 func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	if os.Getenv(scaleEnv) != "1" {
-		t.Skipf("the scale run is heavy (5 processes, 12,000 requests, minutes): run scripts/scale, or %s=1 go test -run TestScale -timeout 15m -v ./service/ (sized by %s, %s, %s)",
+		t.Skipf("the scale run is heavy (5 processes, 12,000 requests, minutes): run scripts/scale, or %s=1 go test -run TestScale -timeout 20m -v ./service/ (sized by %s, %s, %s)",
 			scaleEnv, scaleEventsEnv, scaleInstallsEnv, scaleDeadlineEnv)
 	}
 	p := scaleParamsFromEnv(t)
