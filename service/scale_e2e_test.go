@@ -672,6 +672,7 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		acked, len(plan), p.distinct, p.duplicates, 100*float64(p.duplicates)/float64(p.events))
 	out("  duplicates after the restart %d (re-deliveries of events acknowledged before the SIGTERM)", dupsAfterRestart)
 	out("  uploads acked before their listener-triggered  %d (of %d transfers x %d)", earlyAcked, p.transfers, scaleEarlyUploads)
+	out("  uploads parked by a worker before their listener-triggered  %d", st.parked)
 	out("install storm                  %d acknowledged of %d", stormAcked.Load(), p.installs)
 	for _, kind := range []string{"setup install", "migration event", "install storm"} {
 		c := g.counts[kind]
@@ -737,6 +738,9 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	}
 	if earlyAcked < p.transfers {
 		t.Errorf("%d uploads acknowledged before their listener-triggered, want at least one per transfer (%d)", earlyAcked, p.transfers)
+	}
+	if st.parked < p.transfers {
+		t.Errorf("%d uploads parked before their listener-triggered, want at least %d", st.parked, p.transfers)
 	}
 	if dupsAfterRestart == 0 {
 		t.Errorf("no duplicate of an event acknowledged before the restart was sent after it")
@@ -892,6 +896,7 @@ type scaleState struct {
 	stored                     map[string]bool
 	imported                   map[string]scaleImported // by transfer and s3Key
 	uploadStates               map[string]int
+	parked                     int
 	eventRows, eventDeliveries int
 	tasks                      struct{ active, pending, retry, archived, scheduled int }
 }
@@ -966,6 +971,12 @@ func readScaleState(ctx context.Context, pool *pgxpool.Pool, in *asynq.Inspector
 	}
 	if err != nil {
 		return fail("uploads", err)
+	}
+	// An upload recorded before its transfer was ready was parked until the
+	// listener-triggered.
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM migration_uploads u JOIN migration_transfers t USING (transfer_id)
+		WHERE t.ready_at IS NOT NULL AND u.created_at < t.ready_at`).Scan(&s.parked); err != nil {
+		return fail("parked uploads", err)
 	}
 	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(deliveries), 0) FROM migration_events`).Scan(&s.eventRows, &s.eventDeliveries); err != nil {
 		return fail("events", err)
