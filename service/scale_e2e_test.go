@@ -408,7 +408,7 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	// The run: migration events and the storm at once, the faults mid-way.
 	runStart := time.Now()
 	var migAcked, stormAcked atomic.Int64
-	var wg sync.WaitGroup
+	var wg, faults sync.WaitGroup // the load; the faults
 	queue := make(chan *scaleSend)
 	for w := range scaleMigrationSenders {
 		wg.Go(func() {
@@ -493,7 +493,7 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		}
 		return true
 	}
-	wg.Go(func() {
+	faults.Go(func() {
 		if !waitAcked(0.25) {
 			return
 		}
@@ -529,7 +529,7 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		out("+%s SIGKILL %s (pid %d) running %v; %d uploads importing fleet-wide", time.Since(runStart).Round(time.Millisecond),
 			workers[2].name, workers[2].Pid(), held, importing)
 	})
-	wg.Go(func() {
+	faults.Go(func() {
 		if !waitAcked(0.5) {
 			return
 		}
@@ -586,6 +586,7 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	close(sent)
 	loadTook := time.Since(runStart)
 	out("+%s load sent: %d/%d events, %d/%d installs acknowledged", loadTook.Round(time.Millisecond), migAcked.Load(), len(plan), stormAcked.Load(), p.installs)
+	faults.Wait()
 
 	// Settle: every transfer settled, every tenant initialized, no task left.
 	allKeys := make([]string, 0, len(storm)+len(migTenants))
