@@ -125,7 +125,6 @@ var scalePhases = []string{"before the restart", "during the restart", "after th
 // receiver, and classifies every attempt by phase and by whether it met the
 // restart window of the restarted receiver.
 type scaleLoad struct {
-	fleet     *simulator.Fleet
 	receivers []string
 
 	mu          sync.Mutex
@@ -369,7 +368,7 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &scaleLoad{fleet: fleet, receivers: receivers, counts: map[string]*[3]scaleCounts{}}
+	g := &scaleLoad{receivers: receivers, counts: map[string]*[3]scaleCounts{}}
 
 	// The migrating tenants are installed and initialized first: the
 	// platform sends a transfer's events to the webhook the app registered.
