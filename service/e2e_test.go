@@ -248,14 +248,22 @@ func (e *e2e) waitLicense(clientKey string, state connectrelay.LicenseState, wit
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !poll(within, 25*time.Millisecond, cond) {
+		t.Fatalf("timed out after %s waiting for %s", within, what)
+	}
+}
+
+// poll calls cond every interval until it holds (true) or within has passed
+// (false).
+func poll(within, interval time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		if cond() {
-			return
+			return true
 		}
-		time.Sleep(25 * time.Millisecond)
+		time.Sleep(interval)
 	}
-	t.Fatalf("timed out after %s waiting for %s", within, what)
+	return false
 }
 
 // site is a stateful fake product: it answers the License API and keeps the

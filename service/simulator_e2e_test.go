@@ -42,20 +42,8 @@ func simE2E(t *testing.T, timeout time.Duration, edits ...func(*config.Config)) 
 	t.Helper()
 	var sim *simulator.Simulator
 	e := newE2EWith(t, "", func(c *config.Config) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
 		c.InternalToken = simInternalToken
-		sim, err = simulator.New(simulator.Config{App: c.BaseURL, Internal: c.InternalURL, InternalToken: simInternalToken, Timeout: timeout}, ln)
-		if err != nil {
-			t.Fatalf("simulator.New: %v", err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = sim.Close(ctx)
-		})
+		sim = startSimulator(t, simulator.Config{App: c.BaseURL, Internal: c.InternalURL, InternalToken: simInternalToken, Timeout: timeout})
 		applySimEnv(t, c, sim.Env())
 		for _, edit := range edits {
 			edit(c)
@@ -86,6 +74,25 @@ func applySimEnv(t *testing.T, c *config.Config, lines []string) {
 	if c.ForgeAppID == "" || !c.ForgeInsecure() {
 		t.Fatalf("the simulator's environment does not enable Forge on loopback: %+v", lines)
 	}
+}
+
+// startSimulator runs a simulator on a loopback port until the test ends.
+func startSimulator(t *testing.T, cfg simulator.Config) *simulator.Simulator {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := simulator.New(cfg, ln)
+	if err != nil {
+		t.Fatalf("simulator.New: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sim.Close(ctx)
+	})
+	return sim
 }
 
 // play runs the scenarios and returns the results and the printed timeline.
@@ -216,5 +223,65 @@ func TestSimulator_BrokenServicesFailTheMatchingScenario(t *testing.T) {
 				t.Errorf("output lacks the FAIL line or the summary:\n%s", out)
 			}
 		})
+	}
+}
+
+// The simulator's Fleet, which the scale run drives, against two real
+// receivers and a worker: a tenant installed, an upload acknowledged before
+// its listener-triggered and re-sent to the other replica, the transfer
+// settled once, and the product's view (downloads, settles, digests) read back.
+func TestSimulator_FleetPlaysAMigrationAcrossTwoReceivers(t *testing.T) {
+	t.Parallel()
+	e, sim := simE2E(t, 10*time.Second)
+	e.startWorker(service.WorkerOptions{})
+	replicas := []string{e.cfg.BaseURL, e.startReceiver("receiver-b")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fleet, err := sim.Fleet(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := fleet.NewTenant("fleet")
+	if a := fleet.Install(ctx, replicas[1], tn); a.Err != nil || a.Status != http.StatusNoContent {
+		t.Fatalf("install = %+v, want 204", a)
+	}
+	eventually(t, 10*time.Second, "tenant initialized at the product", func() bool { return fleet.Initialized(tn) })
+	const tr = "tr-fleet"
+	sizes := map[string]int64{}
+	part := fleet.AddUpload(tn, tr, "part-1", 3000)
+	final := fleet.AddUpload(tn, tr, "final", 70<<10)
+	sizes[part], sizes[final] = 3000, 70<<10
+	for i, ev := range []simulator.MigrationEvent{
+		{Type: simulator.EventUploaded, TransferID: tr, S3Key: part, Label: "part-1", MessageID: "m-1"},
+		{Type: simulator.EventUploaded, TransferID: tr, S3Key: part, Label: "part-1", MessageID: "m-1"},
+		{Type: simulator.EventListenerTriggered, TransferID: tr, MessageID: "m-lt"},
+		{Type: simulator.EventUploaded, TransferID: tr, S3Key: final, Label: "final", MessageID: "m-2"},
+	} {
+		if a := fleet.SendMigrationEvent(ctx, replicas[i%2], tn, ev); a.Err != nil || a.Status != http.StatusOK {
+			t.Fatalf("event %d (%s) = %+v, want 200", i, ev.Type, a)
+		}
+	}
+	eventually(t, 15*time.Second, "transfer settled at the product", func() bool { return len(tn.Settles(tr)) > 0 })
+	time.Sleep(300 * time.Millisecond)
+	if got := tn.Settles(tr); len(got) != 1 || got[0] != "SUCCESS" {
+		t.Errorf("settles = %v, want [SUCCESS]", got)
+	}
+	for key, size := range sizes {
+		if all, complete := tn.Downloads(key); all != 1 || complete != 1 {
+			t.Errorf("%s: %d downloads, %d complete; want 1, 1", key, all, complete)
+		}
+		var sum string
+		if err := e.pool.QueryRow(ctx, `SELECT sha256 FROM migration_imported_data WHERE transfer_id = $1 AND s3_key = $2`, tr, key).Scan(&sum); err != nil {
+			t.Fatalf("%s not imported: %v", key, err)
+		}
+		if want := simulator.UploadDigest(key, size); sum != want {
+			t.Errorf("%s: imported sha256 %s, the product served %s", key, sum, want)
+		}
+	}
+	if n := tn.Refused(); n != 0 {
+		t.Errorf("%d worker calls refused by the product", n)
+	}
+	if all, complete := tn.Downloads("sim/none"); all != 0 || complete != 0 {
+		t.Errorf("an unknown upload has downloads %d/%d", all, complete)
 	}
 }

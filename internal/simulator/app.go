@@ -119,14 +119,15 @@ func (r reply) text() string {
 	return fmt.Sprintf("%d", r.status)
 }
 
-// targetURL maps an app URL of the descriptor's baseUrl onto --app.
-func (s *Simulator) targetURL(d descriptor, path string) string {
-	return s.cfg.App + path
+// send posts body to path of the app at --app, signed as sg says.
+func (s *Simulator) send(ctx context.Context, d descriptor, path string, body any, sg signing) reply {
+	return s.sendTo(ctx, s.cfg.App, d, path, body, sg)
 }
 
-// send posts body to path of the app, signed as sg says.
-func (s *Simulator) send(ctx context.Context, d descriptor, path string, body any, sg signing) reply {
-	return s.post(ctx, s.targetURL(d, path), body, func(req *http.Request) (string, error) {
+// sendTo is send to the app at base URL app: one replica of several, all
+// serving the descriptor's baseUrl (the tokens are minted for that).
+func (s *Simulator) sendTo(ctx context.Context, app string, d descriptor, path string, body any, sg signing) reply {
+	return s.post(ctx, app+path, body, func(req *http.Request) (string, error) {
 		tok := sg.token
 		if tok == "" && sg.alg != "" {
 			var err error

@@ -209,7 +209,7 @@ func ClosedAddr(t testing.TB) string {
 // tests that stop or kill Redis (never the shared one).
 type RedisServer struct {
 	Addr string
-	cmd  *exec.Cmd
+	proc *Process
 }
 
 // StartRedis starts a redis-server without persistence on a free loopback
@@ -221,19 +221,14 @@ func StartRedis(t testing.TB, args ...string) *RedisServer {
 	if err != nil {
 		t.Skip("redis-server is not installed")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port := FreePort(t)
+	all := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir()}, args...)
+	proc, err := startProcess("redis-server", bin, nil, nil, all...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	all := append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", t.TempDir()}, args...)
-	cmd := exec.Command(bin, all...)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &RedisServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd}
+	s := &RedisServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), proc: proc}
 	t.Cleanup(s.Kill)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -251,12 +246,7 @@ func StartRedis(t testing.TB, args ...string) *RedisServer {
 }
 
 // Kill stops the server with SIGKILL, as a crash would (idempotent).
-func (s *RedisServer) Kill() {
-	if s.cmd.Process != nil && s.cmd.ProcessState == nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-	}
-}
+func (s *RedisServer) Kill() { s.proc.Kill() }
 
 // StartSentinel starts a Redis Sentinel of a test's own on a free loopback
 // port, monitoring primary as master with a quorum of quorum and a short
@@ -267,12 +257,7 @@ func StartSentinel(t testing.TB, master, primary string, quorum int) *RedisServe
 	if err != nil {
 		t.Skip("redis-server is not installed")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := FreePort(t)
 	host, pport, err := net.SplitHostPort(primary)
 	if err != nil {
 		t.Fatal(err)
@@ -285,11 +270,11 @@ func StartSentinel(t testing.TB, master, primary string, quorum int) *RedisServe
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, conf, "--sentinel")
-	if err := cmd.Start(); err != nil {
+	proc, err := startProcess("redis-sentinel", bin, nil, nil, conf, "--sentinel")
+	if err != nil {
 		t.Fatal(err)
 	}
-	s := &RedisServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd}
+	s := &RedisServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), proc: proc}
 	t.Cleanup(s.Kill)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
