@@ -24,12 +24,22 @@ return id
 
 func makeActive(t *testing.T, rdb redis.UniversalClient, q string, withLease bool) string {
 	t.Helper()
+	if !withLease {
+		return makeActiveUntil(t, rdb, q, time.Time{})
+	}
+	return makeActiveUntil(t, rdb, q, time.Now().Add(time.Hour))
+}
+
+// makeActiveUntil is makeActive with a lease expiring at until (none when
+// zero).
+func makeActiveUntil(t *testing.T, rdb redis.UniversalClient, q string, until time.Time) string {
+	t.Helper()
 	lease := "0"
-	if withLease {
+	if !until.IsZero() {
 		lease = "1"
 	}
 	id, err := orphan.Run(context.Background(), rdb, []string{queueKey(q, "pending"), queueKey(q, "active"), queueKey(q, "lease")},
-		queueKey(q, "t:"), lease, time.Now().Add(time.Hour).Unix()).Text()
+		queueKey(q, "t:"), lease, until.Unix()).Text()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,5 +115,64 @@ func TestOrphans_RequeuesAnActiveTaskWithoutALeaseAfterTheGrace(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the requeued task never ran")
+	}
+}
+
+// A worker killed mid-task leaves its task active with a lease nobody
+// extends: once the lease has expired the sweep requeues it (asynq itself
+// waits another 30 s and looks once a minute), at most MaxFastRecoveries
+// times, and never touches a task whose lease is alive.
+func TestOrphans_RequeuesATaskWhoseLeaseExpired(t *testing.T) {
+	t.Parallel()
+	rdb := testenv.RedisClient(t)
+	ctx := context.Background()
+	client := asynq.NewClientFromRedisClient(rdb)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	for _, id := range []string{"killed", "alive"} {
+		if _, err := client.Enqueue(asynq.NewTask("test:lease", []byte(id)), asynq.Queue(QueueMigration), asynq.TaskID(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	if id := makeActiveUntil(t, rdb, QueueMigration, now.Add(-2*time.Second)); id != "killed" {
+		t.Fatalf("made %s active", id)
+	}
+	makeActiveUntil(t, rdb, QueueMigration, now.Add(25*time.Second))
+	o := NewOrphans(rdb, 0, func() time.Time { return now }, nil)
+	state := func(id string) asynq.TaskState {
+		t.Helper()
+		info, err := insp.GetTaskInfo(QueueMigration, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State
+	}
+	for i := 1; i <= MaxFastRecoveries+1; i++ {
+		n, err := o.Sweep(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := 1
+		if i > MaxFastRecoveries {
+			want = 0
+		}
+		if n != want || state("alive") != asynq.TaskStateActive {
+			t.Fatalf("sweep %d: requeued %d (want %d); alive is %s", i, n, want, state("alive"))
+		}
+		if want == 1 {
+			if state("killed") != asynq.TaskStatePending {
+				t.Fatalf("sweep %d: killed is %s, want pending", i, state("killed"))
+			}
+			if _, err := rdb.ZScore(ctx, queueKey(QueueMigration, "lease"), "killed").Result(); err != redis.Nil {
+				t.Fatalf("sweep %d: the expired lease is still there (%v)", i, err)
+			}
+			// A worker takes it again and is killed again.
+			if id := makeActiveUntil(t, rdb, QueueMigration, now.Add(-time.Second)); id != "killed" {
+				t.Fatalf("made %s active", id)
+			}
+		}
+	}
+	if state("killed") != asynq.TaskStateActive {
+		t.Errorf("after %d fast recoveries the task is %s, want it left active for asynq's recoverer", MaxFastRecoveries, state("killed"))
 	}
 }
