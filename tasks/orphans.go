@@ -36,7 +36,6 @@ const recoveredTTL = 24 * time.Hour
 // lease is remembered; one still in that state OrphanGrace later is moved back
 // to pending, in one script per task so a worker that takes it meanwhile wins.
 //
-//
 // It also requeues a task whose lease expired, the mark of a worker killed
 // while running it: asynq v0.26 takes such a task back only 30 s after its
 // lease expired and looks once a minute, so a killed worker's tasks waited one
