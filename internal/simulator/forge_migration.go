@@ -262,12 +262,16 @@ func scForgeMigration(ctx context.Context, r *run) {
 	ft := r.s.newForgeTransfer(fi, p)
 	r.note(p.describe(o) + ", each copy with a new FIT and system token")
 	createdAt := time.Now().UnixMilli()
-	for _, ev := range p.events {
+	triggered := false
+	for n, ev := range p.events {
 		if !o.NoMessageID {
 			r.s.markSent(ft, ev)
 		}
 		name := forgeEventTypes[ev.typ]
 		for i := range o.sends(ev) {
+			if i == 1 && ev.typ == evUploaded && triggered && n < len(p.events)-1 {
+				r.awaitImport(ctx, ft, ev)
+			}
 			fs := forgeSend{path: appForgeMigration, module: moduleMigration, body: r.forgeMigrationBody(ft, ev, createdAt),
 				what: strings.TrimSpace(name + " " + ev.s3Key)}
 			if i > 0 {
@@ -275,6 +279,7 @@ func scForgeMigration(ctx context.Context, r *run) {
 			}
 			r.expectStatus(name+" answered", r.deliverForge(ctx, fi, fs), http.StatusNoContent)
 		}
+		triggered = triggered || ev.typ == evListenerTriggered
 	}
 	within := p.within(r.s.cfg.Timeout)
 	owedAll := func(v forgeTransferView) bool {
@@ -305,6 +310,31 @@ func scForgeMigration(ctx context.Context, r *run) {
 	r.expectMessageStatuses(p, v)
 	r.expectDownloads(fi.data.st, p)
 	r.expectForgeAPIClean()
+}
+
+// awaitImport holds the re-sent copy of an upload that can be imported
+// before the transfer completes until the worker imported it (its message
+// got a status, or without messageIds its data was downloaded), up to the
+// timeout: the copy then meets an imported upload of an open transfer, as
+// Forge's retry after an answer it did not see does, and must not import it
+// again.
+func (r *run) awaitImport(ctx context.Context, ft *forgeTransfer, ev migrationEvent) {
+	st := ft.fi.data.st
+	done := func() bool {
+		if !r.opts.NoMessageID {
+			return len(r.s.viewTransfer(ft).statuses[ev.messageID]) > 0
+		}
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		u, ok := st.uploads[ev.s3Key]
+		return ok && u.complete > 0
+	}
+	start := time.Now()
+	deadline := start.Add(r.s.cfg.Timeout)
+	for !done() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.note(fmt.Sprintf("the copy of %s is re-sent after the worker imported it (waited %s)", ev.s3Key, time.Since(start).Round(time.Millisecond)))
 }
 
 // expectMessageStatuses checks what the worker set for each message the
