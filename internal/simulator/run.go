@@ -100,6 +100,7 @@ var tourSteps = []struct {
 	{"storm", func(o Options) Options { o.Tenants = 5; return o }},
 	{"forge-install", nil},
 	{"connect-on-forge", nil},
+	{"forge-migration", func(o Options) Options { o.Uploads, o.OutOfOrder, o.Duplicates = 3, true, true; return o }},
 }
 
 // Run plays the named scenarios ("tour" expands to the tour) against the app
