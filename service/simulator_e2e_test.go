@@ -3,8 +3,10 @@ package service_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -129,6 +131,12 @@ func TestSimulator_EveryScenarioPassesAgainstARealReceiverAndWorker(t *testing.T
 		{"migration big upload", simulator.Options{Uploads: 1, Big: 48 << 20}, []string{"migration"}},
 		{"storm", simulator.Options{Tenants: 12}, []string{"storm"}},
 		{"forge", simulator.Options{}, []string{"forge-install", "forge-upgrade", "forge-pre-uninstall", "connect-on-forge"}},
+		{"forge migration", simulator.Options{}, []string{"forge-migration"}},
+		{"forge migration out of order with duplicates", simulator.Options{Uploads: 4, OutOfOrder: true, Duplicates: true}, []string{"forge-migration"}},
+		{"forge migration without messageId", simulator.Options{NoMessageID: true, Duplicates: true}, []string{"forge-migration"}},
+		{"forge migration cancelled", simulator.Options{Cancel: true, Duplicates: true}, []string{"forge-migration"}},
+		{"forge migration listener errored", simulator.Options{ListenerErrored: true}, []string{"forge-migration"}},
+		{"forge migration big upload", simulator.Options{Uploads: 1, Big: 16 << 20}, []string{"forge-migration"}},
 		{"tour", simulator.Options{}, []string{"tour"}},
 	}
 	seen := map[string]bool{}
@@ -197,6 +205,18 @@ func TestSimulator_BrokenServicesFailTheMatchingScenario(t *testing.T) {
 			"the worker asked serverInfo with the installation's system token: expected GET http://"},
 		{"a service without FORGE_APP_ID", &service.WorkerOptions{}, func(c *config.Config) { c.ForgeAppID = "" },
 			"forge-install", "installed answered: expected 204, seen 404"},
+		{"a worker that never sets a Forge message status", &service.WorkerOptions{Test: service.WorkerTest{HTTPClient: &http.Client{
+			Timeout: 5 * time.Second,
+			// An *http.Transport, which the download client can guard: its
+			// Proxy hook fails the status calls, and the guard clears it for
+			// the downloads.
+			Transport: &http.Transport{Proxy: func(r *http.Request) (*url.URL, error) {
+				if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/app/migration/forge/v1/message/") {
+					return nil, errors.New("the status call is refused by the test")
+				}
+				return nil, nil
+			}},
+		}}}, nil, "forge-migration", "got exactly one status: expected one POST /app/migration/forge/v1/message/"},
 		{"a service trusting another Forge app", &service.WorkerOptions{}, func(c *config.Config) {
 			c.ForgeAppID = forge.AppARIPrefix + "0badf00d-0000-4000-8000-000000000000"
 		}, "connect-on-forge", "the Forge upgraded answered: expected 204, seen 401"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -17,16 +18,15 @@ import (
 //
 //	/forge/jwks.json                        the JWKS of the simulator's FIT key (FORGE_JWKS_URL)
 //	/api/ex/{product}/{cloudId}/rest/...    api.atlassian.com: an installation's apiBaseUrl is http://ADDR/api/ex/jira/{cloudId}
+//	/app/migration/forge/v1/...             the Forge migration API, at the apiBaseUrl's host (forge_migration.go)
 //
 // Its Forge app id is fixed (DefaultForgeAppID, or --forge-app-id), because
 // the app reads FORGE_APP_ID at start-up; its signing key and kid are fresh
 // each run, like the install key, because the app fetches the JWKS from
 // FORGE_JWKS_URL when it meets an unknown kid.
 //
-// forge-migration (issue 13 item 6) is not played yet: it comes with the
-// receiver's /forge/migration route. It will send avi:ecosystem.migration:*
-// events with deliverForge, and the App Migration Platform's Forge endpoints
-// (https://api.atlassian.com/app/migration/forge/v1/...) go into
+// forge-migration (forge_migration.go) sends avi:ecosystem.migration:*
+// events with deliverForge and plays the Forge migration API in
 // serveForgeAPI.
 
 // DefaultForgeAppID is the Forge app the simulator plays unless told
@@ -68,13 +68,18 @@ type forgeInstallation struct {
 	version string
 	// siteURL is what serverInfo answers as the site's baseUrl.
 	siteURL string
+	// data is the site created for the installation (nil when it was given
+	// one): where the uploads of its migrations are stored.
+	data *site
 }
 
 // ForgeCall is one request the app made to the simulated api.atlassian.com.
 type ForgeCall struct {
 	At     time.Time
 	Method string
-	// Path is the path below /api (e.g. /ex/jira/{cloudId}/rest/api/3/serverInfo).
+	// Path is the path below /api (e.g. /ex/jira/{cloudId}/rest/api/3/serverInfo),
+	// or the whole path of a call to the Forge migration API
+	// (/app/migration/forge/v1/...).
 	Path string
 	// Installation is the installation whose system token the call carried;
 	// "" when it carried none the simulator issued.
@@ -89,6 +94,9 @@ type forgeAPI struct {
 	mu     sync.Mutex
 	tokens map[string]*forgeInstallation // the system tokens handed out
 	calls  []ForgeCall
+	// transfers are the Forge migrations played, by transferId, and keys
+	// their uploads, by key.
+	transfers, keys map[string]*forgeTransfer
 	// keyAccepted is set once the app accepted a token of this run's key;
 	// keyWaited once the first delivery's 401 retries ran out.
 	keyAccepted, keyWaited bool
@@ -128,10 +136,16 @@ func fakeSystemToken() string {
 }
 
 // serveForgeAPI plays api.atlassian.com for the installations' system
-// tokens: Jira's serverInfo through an apiBaseUrl, to a token issued for
+// tokens: Jira's serverInfo through an apiBaseUrl, and the Forge migration
+// API at the apiBaseUrl's host (forge_migration.go), to a token issued for
 // that installation only. Every call is recorded.
 func (s *Simulator) serveForgeAPI(w http.ResponseWriter, r *http.Request) {
 	rel := strings.TrimPrefix(r.URL.Path, pathForgeAPI)
+	migrationAPI := strings.HasPrefix(r.URL.Path, pathForgeMigrationAPI+"/")
+	if migrationAPI {
+		rel = r.URL.Path
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	tok, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	s.fapi.mu.Lock()
 	fi := s.fapi.tokens[tok]
@@ -147,16 +161,20 @@ func (s *Simulator) serveForgeAPI(w http.ResponseWriter, r *http.Request) {
 	case product != "" && cloud != fi.cloudID:
 		c.Refused = "the system token of installation " + fi.id + " used for cloudId " + cloud
 	}
+	note := ""
+	if c.Refused == "" && migrationAPI {
+		status, answer, note, c.Refused = s.answerForgeMigration(fi, r.Method, strings.TrimPrefix(r.URL.EscapedPath(), pathForgeMigrationAPI+"/"), body)
+	}
 	if fi != nil && c.Refused == "" {
 		c.Installation = fi.id
 	}
 	switch {
 	case c.Refused != "":
 		status, answer = http.StatusUnauthorized, jsonString(map[string]string{"message": c.Refused})
+	case migrationAPI:
 	case r.Method == http.MethodGet && product == "jira" && rest == pathServerInfo:
 		answer = jsonString(map[string]any{"baseUrl": fi.siteURL, "displayUrl": fi.siteURL, "version": "1001.0.0-SNAPSHOT",
 			"deploymentType": "Cloud", "serverTitle": "Jira (simulated)"})
-	// The App Migration Platform's Forge endpoints (/app/migration/forge/v1/...) belong here, with forge-migration.
 	default:
 		status, answer = http.StatusNotFound, jsonString(map[string]string{"message": "the simulator has no " + r.Method + " " + rel})
 	}
@@ -164,11 +182,11 @@ func (s *Simulator) serveForgeAPI(w http.ResponseWriter, r *http.Request) {
 	s.fapi.mu.Lock()
 	s.fapi.calls = append(s.fapi.calls, c)
 	s.fapi.mu.Unlock()
-	note := "system token of " + c.Installation
+	who := "system token of " + c.Installation
 	if c.Refused != "" {
-		note = "REFUSED: " + c.Refused
+		who = "REFUSED: " + c.Refused
 	}
-	s.event(actorWorker, actorForgeAPI, r.Method+" "+rel+"  ("+note+")", status, "")
+	s.event(actorWorker, actorForgeAPI, r.Method+" "+rel+"  ("+who+")", status, note)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(answer))
@@ -211,11 +229,12 @@ func isServerInfoOf(fi *forgeInstallation) func(ForgeCall) bool {
 // newForgeInstallation is a fresh installation; its serverInfo answers
 // siteURL, or a fresh simulated site's baseUrl when empty.
 func (r *run) newForgeInstallation(siteURL string) *forgeInstallation {
+	var si *site
 	if siteURL == "" {
-		si, _ := r.s.newSite("", newSecret())
+		si, _ = r.s.newSite("", newSecret())
 		siteURL = r.s.baseURL(si.name)
 	}
-	return &forgeInstallation{id: forgetest.NewInstallationID(), cloudID: forgetest.NewCloudID(), version: "1.0.0", siteURL: siteURL}
+	return &forgeInstallation{id: forgetest.NewInstallationID(), cloudID: forgetest.NewCloudID(), version: "1.0.0", siteURL: siteURL, data: si}
 }
 
 // forgeSend is one delivery Forge makes to the app.

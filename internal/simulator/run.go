@@ -82,7 +82,7 @@ func catalogue() []scenario {
 		{"forge-upgrade", "a Forge installation is upgraded to a major version; the retried copy changes nothing", scForgeUpgrade},
 		{"forge-pre-uninstall", "Forge announces the uninstall (preUninstall); the retried copy changes nothing", scForgePreUninstall},
 		{"connect-on-forge", "a Connect installed carrying installationId, then Forge events for it: one tenant", scConnectOnForge},
-		// forge-migration comes with the receiver's /forge/migration (see forge.go).
+		{"forge-migration", "a Forge App Migration Platform transfer: FIT-signed events, uploads downloaded once, each message given one status", scForgeMigration},
 	}
 }
 
@@ -100,6 +100,7 @@ var tourSteps = []struct {
 	{"storm", func(o Options) Options { o.Tenants = 5; return o }},
 	{"forge-install", nil},
 	{"connect-on-forge", nil},
+	{"forge-migration", func(o Options) Options { o.Uploads, o.OutOfOrder, o.Duplicates = 3, true, true; return o }},
 }
 
 // Run plays the named scenarios ("tour" expands to the tour) against the app

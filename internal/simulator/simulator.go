@@ -14,6 +14,7 @@
 //	/s3/{site}/{s3Key}                    the presigned download of an upload's data
 //	/forge/jwks.json                      the JWKS of the key signing Forge Invocation Tokens
 //	/api/ex/jira/{cloudId}/rest/...       api.atlassian.com for a Forge installation's system token
+//	/app/migration/forge/v1/...           the Forge migration API, at the host of the installations' apiBaseUrl
 //
 // The simulator sees the app the way Atlassian does: through HTTP. Checks that
 // need the app's own view (a tenant's recorded license, for one) read the
@@ -197,7 +198,8 @@ func New(cfg Config, ln net.Listener) (*Simulator, error) {
 	s := &Simulator{
 		cfg: cfg, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}),
 		origin: origin, runID: randomHex(3), sites: map[string]*site{}, lastIAT: map[string]int64{}, served: make(chan struct{}),
-		client: cfg.HTTPClient, log: cfg.Logger, forge: fit, fapi: forgeAPI{tokens: map[string]*forgeInstallation{}},
+		client: cfg.HTTPClient, log: cfg.Logger, forge: fit, fapi: forgeAPI{tokens: map[string]*forgeInstallation{},
+			transfers: map[string]*forgeTransfer{}, keys: map[string]*forgeTransfer{}},
 	}
 	s.kid = "connectctl-simulate/" + s.runID
 	if s.client == nil {
@@ -212,6 +214,7 @@ func New(cfg Config, ln net.Listener) (*Simulator, error) {
 	mux.HandleFunc("GET /s3/{site}/{key...}", s.serveDownload)
 	mux.HandleFunc("GET "+pathForgeJWKS, s.serveJWKS)
 	mux.HandleFunc(pathForgeAPI+"/", s.serveForgeAPI)
+	mux.HandleFunc(pathForgeMigrationAPI+"/", s.serveForgeAPI)
 	// No write timeout: a --big download streams for as long as it takes.
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 30 * time.Second}
 	go func() {

@@ -329,7 +329,7 @@ func (a *fakeForgeApp) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
-	claims, err := a.v.Verify(req.Context(), req, moduleLifecycle, modulePreUninstall)
+	claims, err := a.v.Verify(req.Context(), req, moduleLifecycle, modulePreUninstall, moduleMigration)
 	a.mu.Lock()
 	a.seen = append(a.seen, seenDelivery{claims: claims, err: err, header: req.Header, body: body})
 	a.mu.Unlock()

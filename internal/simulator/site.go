@@ -46,9 +46,12 @@ type Call struct {
 type upload struct {
 	label string
 	size  int64
-	// served counts the bytes of complete downloads; downloads counts every
-	// presigned GET.
-	downloads, complete int
+	// transfer is the transfer it belongs to, when a scenario planned it.
+	transfer string
+	// downloads counts every presigned GET, complete those that streamed
+	// the whole size, authorized those that carried an Authorization header
+	// (a presigned URL must not get one).
+	downloads, complete, authorized int
 }
 
 // tenantState is what Atlassian knows of one installation of the app: shared
@@ -276,14 +279,17 @@ func (s *Simulator) serveDownload(w http.ResponseWriter, r *http.Request) {
 	st := si.st
 	st.mu.Lock()
 	u, ok := st.uploads[key]
-	if ok {
-		u.downloads++
-	}
-	st.mu.Unlock()
 	note := ""
 	if r.Header.Get("Authorization") != "" {
 		note = "carried an Authorization header (a presigned URL must not get one)"
 	}
+	if ok {
+		u.downloads++
+		if note != "" {
+			u.authorized++
+		}
+	}
+	st.mu.Unlock()
 	if !ok {
 		s.event(actorWorker, actorStorage, "GET presigned "+key, http.StatusNotFound, note)
 		http.NotFound(w, r)
