@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# One-command benchmark: builds the floor program, starts a private redis-server on a
-# loopback port and a private database on the local Postgres, then measures with wrk
-# (loopback only, bounded durations) and prints a Markdown table of requests/s, the
-# ratio of each row against the floors of this same run, non-2xx counts and peak RSS.
+# One-command benchmark: builds the floor program, the receiver and the Atlassian
+# stand-in (bench/atlassian: install key server, token minting, install storms),
+# starts a private redis-server on a loopback port and a private database on the
+# local Postgres, then measures with wrk (loopback only, bounded durations) and
+# prints a Markdown table of requests/s, the ratio of each row against the floors
+# of this same run, non-2xx counts, latencies and peak RSS.
 #
 #   apt-get update && apt-get install -y wrk
 #   bash bench/run.sh            # DURATION=10s CONNS=64 THREADS=2 by default
+#
+# The receiver rows: /migration/events (HS256, a distinct messageId per request),
+# /enabled over 256 tenants and /installed (signed, RS256) over 256 sites, each
+# request a fresh token; then a fresh-install storm (STORM_TENANTS=5000, each
+# installed once) and a site-import storm (256 clientKeys on one baseUrl), both at
+# CONNS connections. BENCH_LOG_LEVEL sets the receiver's LOG_LEVEL (info).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -13,6 +21,10 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 REDIS_PORT=${BENCH_REDIS_PORT:-16390}
 PORT=${BENCH_PORT:-18090}
+RPORT=${BENCH_RECEIVER_PORT:-18091}
+KPORT=${BENCH_KEYS_PORT:-18092}
+IPORT=${BENCH_INTERNAL_PORT:-18093}
+STORM_TENANTS=${STORM_TENANTS:-5000}
 PGURL=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 DB=connectrelay_bench
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 1; }
@@ -22,12 +34,14 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  psql "$PGURL" -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+  psql "$PGURL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 go build -o "$work/floors" ./bench/floors
+go build -o "$work/receiver" ./cmd/receiver
+go build -o "$work/atlassian" ./bench/atlassian
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$work/redis.log" 2>&1 &
 pids+=($!)
 psql "$PGURL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
@@ -49,6 +63,9 @@ run() {
   local p50 p99
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local sock
+  sock=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
+  [ "${sock:-0}" = 0 ] || echo "wrk $*: ${sock} socket errors" >>"$work/socket.log"
   echo "$rps ${non:-0} $p50 $p99"
 }
 url="http://127.0.0.1:$PORT"
@@ -57,9 +74,45 @@ read -r enq enq_bad enq50 enq99 < <(run -s bench/signed.lua "$url" -- /enqueue "
 read -r dur dur_bad dur50 dur99 < <(run -s bench/signed.lua "$url" -- /durable "$work/tokens.txt")
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$floors/status")
 
+# The receiver, configured as a vendor would, against the private Redis and database.
+"$work/atlassian" genkey -key "$work/key.pem"
+"$work/atlassian" keyserver -key "$work/key.pem" -addr "127.0.0.1:$KPORT" 2>"$work/keys.log" &
+pids+=($!)
+rurl="http://127.0.0.1:$RPORT"
+env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
+  LISTEN_ADDR="127.0.0.1:$RPORT" INTERNAL_LISTEN_ADDR="127.0.0.1:$IPORT" \
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT/1" DATABASE_URL="$dburl" \
+  CONNECT_APP_KEY=bench-app CONNECT_BASE_URL="$rurl" \
+  CONNECT_KEYS_CDN_URL="http://127.0.0.1:$KPORT" CONNECT_PRODUCT_HOSTS=127.0.0.1 \
+  DEV_MODE=true LOG_LEVEL="${BENCH_LOG_LEVEL:-info}" WORKER_METRICS_ADDR=off \
+  "$work/receiver" 2>"$work/receiver.log" &
+receiver=$!
+pids+=($receiver)
+for _ in $(seq 100); do curl -fs "$rurl/readyz" >/dev/null && break; sleep 0.1; done
+curl -fs "$rurl/readyz" >/dev/null || { echo "receiver did not become ready:" >&2; tail -5 "$work/receiver.log" >&2; exit 1; }
+atl() { "$work/atlassian" "$1" -key "$work/key.pem" -app-base "$rurl" "${@:2}"; }
+# Seed the 256 tenants ck-0..ck-255, one site each (the rows below use them).
+read -r _ seed_bad _ _ < <(atl install -url "$rurl" -n 256 -prefix ck- -conns 16)
+[ "$seed_bad" = 0 ] || { echo "seeding 256 tenants: $seed_bad non-2xx" >&2; exit 1; }
+
+# Enough fresh tokens for a whole run at 1.5x the durable floor (capped): a token
+# sent twice would be acknowledged as a copy, not applied again.
+secs=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; print n }')
+want=$(awk -v r="$dur" -v s="$secs" 'BEGIN { n = int(r * s * 1.5) + 1000; if (n > 60000) n = 60000; print n }')
+atl mint -kind migration -out "$work/migration.txt"
+read -r mig mig_bad mig50 mig99 < <(run -s bench/migration.lua "$rurl" -- /migration/events "$work/migration.txt" "r$RANDOM")
+atl mint -kind enabled -n "$want" -out "$work/enabled.txt"
+read -r ena ena_bad ena50 ena99 < <(run -s bench/pairs.lua "$rurl" -- /enabled "$work/enabled.txt" "$THREADS")
+atl mint -kind installed -n "$want" -out "$work/installed.txt"
+read -r ins ins_bad ins50 ins99 < <(run -s bench/pairs.lua "$rurl" -- /installed "$work/installed.txt" "$THREADS")
+repeated=$(cat "$work"/wrk-*.txt | awk '/^repeated tokens:/ {n += $3} END {print n + 0}')
+read -r fresh fresh_bad fresh50 fresh99 < <(atl install -url "$rurl" -n "$STORM_TENANTS" -prefix fresh- -conns "$CONNS" 2>>"$work/storm.log")
+read -r imp imp_bad imp50 imp99 < <(atl install -url "$rurl" -n 256 -prefix import- -one-site -conns "$CONNS" 2>>"$work/storm.log")
+rrss=$(awk '/VmHWM/ {print $2}' "/proc/$receiver/status")
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "wrk -t$THREADS -c$CONNS -d$DURATION on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end, $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
 echo "| case | req/s | x ceiling | x enqueue floor | x durable floor | non-2xx | p50 | p99 |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -67,5 +120,13 @@ row() { echo "| $1 | $2 | $(ratio "$2" "$ceil") | $(ratio "$2" "$enq") | $(ratio
 row "Echo, no work (ceiling)" "$ceil" "$ceil_bad" "$ceil50" "$ceil99"
 row "HS256 + enqueue (enqueue floor)" "$enq" "$enq_bad" "$enq50" "$enq99"
 row "HS256 + Postgres insert + enqueue (durable floor)" "$dur" "$dur_bad" "$dur50" "$dur99"
+row "receiver /migration/events (distinct messageIds)" "$mig" "$mig_bad" "$mig50" "$mig99"
+row "receiver /enabled, 256 tenants" "$ena" "$ena_bad" "$ena50" "$ena99"
+row "receiver /installed, 256 sites (signed)" "$ins" "$ins_bad" "$ins50" "$ins99"
+row "fresh-install storm, $STORM_TENANTS tenants once each" "$fresh" "$fresh_bad" "$fresh50" "$fresh99"
+row "site-import storm, 256 clientKeys on one baseUrl" "$imp" "$imp_bad" "$imp50" "$imp99"
 echo
-echo "peak RSS: floors $((rss / 1024)) MB"
+echo "peak RSS (VmHWM): floors $((rss / 1024)) MB, receiver $((rrss / 1024)) MB"
+echo "tokens repeated by wrk (acknowledged as copies): $repeated"
+if [ -s "$work/socket.log" ]; then sed 's/^/  /' "$work/socket.log"; fi
+if [ -s "$work/storm.log" ]; then echo "storm statuses:"; sed 's/^/  /' "$work/storm.log"; fi
