@@ -14,6 +14,9 @@
 # request a fresh token; then a fresh-install storm (STORM_TENANTS=5000, each
 # installed once) and a site-import storm (256 clientKeys on one baseUrl), both at
 # CONNS connections. BENCH_LOG_LEVEL sets the receiver's LOG_LEVEL (info).
+# BENCH_PROFILE_DIR=dir runs bench/pprofreceiver (the receiver plus net/http/pprof
+# on loopback) instead and writes a CPU profile of each receiver row there:
+#   go tool pprof -top "$BENCH_PROFILE_DIR/installed.pprof"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -25,6 +28,8 @@ RPORT=${BENCH_RECEIVER_PORT:-18091}
 KPORT=${BENCH_KEYS_PORT:-18092}
 IPORT=${BENCH_INTERNAL_PORT:-18093}
 STORM_TENANTS=${STORM_TENANTS:-5000}
+PPROF_PORT=${BENCH_PPROF_PORT:-18094}
+PROFILE_DIR=${BENCH_PROFILE_DIR:-}
 PGURL=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 DB=connectrelay_bench
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 1; }
@@ -40,7 +45,12 @@ cleanup() {
 trap cleanup EXIT
 
 go build -o "$work/floors" ./bench/floors
-go build -o "$work/receiver" ./cmd/receiver
+if [ -n "$PROFILE_DIR" ]; then
+  mkdir -p "$PROFILE_DIR"
+  go build -o "$work/receiver" ./bench/pprofreceiver
+else
+  go build -o "$work/receiver" ./cmd/receiver
+fi
 go build -o "$work/atlassian" ./bench/atlassian
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$work/redis.log" 2>&1 &
 pids+=($!)
@@ -66,12 +76,23 @@ run() {
   local sock
   sock=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
   [ "${sock:-0}" = 0 ] || echo "wrk $*: ${sock} socket errors" >>"$work/socket.log"
-  echo "$rps ${non:-0} $p50 $p99"
+  local total
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$rps ${non:-0} $p50 $p99 ${total:-0}"
+}
+# rsnap FILE: the private Redis's command counts; rper NAME BEFORE N: the Redis
+# commands per request of a row of N requests since BEFORE, most frequent first
+# (commands run by Lua scripts count too, under their own names).
+rsnap() { redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ {print substr($1, 9), $3}' >"$1"; }
+rper() {
+  rsnap "$work/after.txt"
+  awk -v name="$1" -v n="$3" 'NR == FNR {b[$1] = $2; next} {d = $2 - b[$1]; if (d > 0) print d / n, $1}' "$2" "$work/after.txt" |
+    sort -rn | head -8 | awk -v name="$1" '{s = s sprintf(" %s %.1f", $2, $1)} END {print "  " name ":" s}' >>"$work/redis.txt"
 }
 url="http://127.0.0.1:$PORT"
-read -r ceil ceil_bad ceil50 ceil99 < <(run "$url/ceiling")
-read -r enq enq_bad enq50 enq99 < <(run -s bench/signed.lua "$url" -- /enqueue "$work/tokens.txt")
-read -r dur dur_bad dur50 dur99 < <(run -s bench/signed.lua "$url" -- /durable "$work/tokens.txt")
+read -r ceil ceil_bad ceil50 ceil99 _ < <(run "$url/ceiling")
+read -r enq enq_bad enq50 enq99 _ < <(run -s bench/signed.lua "$url" -- /enqueue "$work/tokens.txt")
+read -r dur dur_bad dur50 dur99 _ < <(run -s bench/signed.lua "$url" -- /durable "$work/tokens.txt")
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$floors/status")
 
 # The receiver, configured as a vendor would, against the private Redis and database.
@@ -85,11 +106,24 @@ env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
   CONNECT_APP_KEY=bench-app CONNECT_BASE_URL="$rurl" \
   CONNECT_KEYS_CDN_URL="http://127.0.0.1:$KPORT" CONNECT_PRODUCT_HOSTS=127.0.0.1 \
   DEV_MODE=true LOG_LEVEL="${BENCH_LOG_LEVEL:-info}" WORKER_METRICS_ADDR=off \
+  BENCH_PPROF_ADDR="127.0.0.1:$PPROF_PORT" \
   "$work/receiver" 2>"$work/receiver.log" &
 receiver=$!
 pids+=($receiver)
 for _ in $(seq 100); do curl -fs "$rurl/readyz" >/dev/null && break; sleep 0.1; done
 curl -fs "$rurl/readyz" >/dev/null || { echo "receiver did not become ready:" >&2; tail -5 "$work/receiver.log" >&2; exit 1; }
+# prof NAME SECONDS command...: runs the command; with PROFILE_DIR, profiles the
+# receiver meanwhile, for SECONDS, into PROFILE_DIR/NAME.pprof.
+prof() {
+  local name=$1 sec=$2 p=""
+  shift 2
+  if [ -n "$PROFILE_DIR" ]; then
+    curl -s -o "$PROFILE_DIR/$name.pprof" "http://127.0.0.1:$PPROF_PORT/debug/pprof/profile?seconds=$sec" &
+    p=$!
+  fi
+  "$@"
+  if [ -n "$p" ]; then wait "$p" || true; fi
+}
 atl() { "$work/atlassian" "$1" -key "$work/key.pem" -app-base "$rurl" "${@:2}"; }
 # Seed the 256 tenants ck-0..ck-255, one site each (the rows below use them).
 read -r _ seed_bad _ _ < <(atl install -url "$rurl" -n 256 -prefix ck- -conns 16)
@@ -98,17 +132,30 @@ read -r _ seed_bad _ _ < <(atl install -url "$rurl" -n 256 -prefix ck- -conns 16
 # Enough fresh tokens for a whole run at 1.5x the durable floor (capped): a token
 # sent twice would be acknowledged as a copy, not applied again.
 secs=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; print n }')
+psecs=$((secs > 1 ? secs - 1 : 1))
 want=$(awk -v r="$dur" -v s="$secs" 'BEGIN { n = int(r * s * 1.5) + 1000; if (n > 60000) n = 60000; print n }')
 atl mint -kind migration -out "$work/migration.txt"
-read -r mig mig_bad mig50 mig99 < <(run -s bench/migration.lua "$rurl" -- /migration/events "$work/migration.txt" "r$RANDOM")
+rsnap "$work/before.txt"
+read -r mig mig_bad mig50 mig99 mig_n < <(prof migration "$psecs" run -s bench/migration.lua "$rurl" -- /migration/events "$work/migration.txt" "r$RANDOM")
+rper /migration/events "$work/before.txt" "$mig_n"
 atl mint -kind enabled -n "$want" -out "$work/enabled.txt"
-read -r ena ena_bad ena50 ena99 < <(run -s bench/pairs.lua "$rurl" -- /enabled "$work/enabled.txt" "$THREADS")
+rsnap "$work/before.txt"
+read -r ena ena_bad ena50 ena99 ena_n < <(prof enabled "$psecs" run -s bench/pairs.lua "$rurl" -- /enabled "$work/enabled.txt" "$THREADS")
+rper /enabled "$work/before.txt" "$ena_n"
 atl mint -kind installed -n "$want" -out "$work/installed.txt"
-read -r ins ins_bad ins50 ins99 < <(run -s bench/pairs.lua "$rurl" -- /installed "$work/installed.txt" "$THREADS")
+rsnap "$work/before.txt"
+read -r ins ins_bad ins50 ins99 ins_n < <(prof installed "$psecs" run -s bench/pairs.lua "$rurl" -- /installed "$work/installed.txt" "$THREADS")
+rper /installed "$work/before.txt" "$ins_n"
 repeated=$(cat "$work"/wrk-*.txt | awk '/^repeated tokens:/ {n += $3} END {print n + 0}')
-read -r fresh fresh_bad fresh50 fresh99 < <(atl install -url "$rurl" -n "$STORM_TENANTS" -prefix fresh- -conns "$CONNS" 2>>"$work/storm.log")
+rsnap "$work/before.txt"
+read -r fresh fresh_bad fresh50 fresh99 < <(prof storm 5 atl install -url "$rurl" -n "$STORM_TENANTS" -prefix fresh- -conns "$CONNS" 2>>"$work/storm.log")
+rper "fresh-install storm" "$work/before.txt" "$STORM_TENANTS"
+rsnap "$work/before.txt"
 read -r imp imp_bad imp50 imp99 < <(atl install -url "$rurl" -n 256 -prefix import- -one-site -conns "$CONNS" 2>>"$work/storm.log")
+rper "site-import storm" "$work/before.txt" 256
 rrss=$(awk '/VmHWM/ {print $2}' "/proc/$receiver/status")
+dups=$(curl -s "http://127.0.0.1:$IPORT/metrics" | awk '/^connectrelay_migration_events_total/ && /duplicate/ {n += $2} END {print n + 0}')
+copies=$(grep -c 'already applied' "$work/receiver.log" || true)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
@@ -127,6 +174,13 @@ row "fresh-install storm, $STORM_TENANTS tenants once each" "$fresh" "$fresh_bad
 row "site-import storm, 256 clientKeys on one baseUrl" "$imp" "$imp_bad" "$imp50" "$imp99"
 echo
 echo "peak RSS (VmHWM): floors $((rss / 1024)) MB, receiver $((rrss / 1024)) MB"
-echo "tokens repeated by wrk (acknowledged as copies): $repeated"
+echo "tokens repeated by wrk: $repeated; copies acknowledged without applying: $copies; duplicate migration events: $dups"
+echo "Redis commands per request:"
+cat "$work/redis.txt"
+if grep -q '"status":5' "$work/receiver.log"; then
+  echo "receiver 5xx by reason (context canceled: wrk closed a connection at the end of a row):"
+  grep '"status":5' "$work/receiver.log" | jq -rR 'fromjson? | select(.reason) | "\(.status) \(.event // "migration") \(.reason)"' |
+    sed -E 's/tenant [a-z]+-[0-9]+/tenant X/' | sort | uniq -c | sort -rn | head -6 | sed 's/^/  /'
+fi
 if [ -s "$work/socket.log" ]; then sed 's/^/  /' "$work/socket.log"; fi
 if [ -s "$work/storm.log" ]; then echo "storm statuses:"; sed 's/^/  /' "$work/storm.log"; fi
