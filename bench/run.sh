@@ -14,6 +14,9 @@
 # request a fresh token; then a fresh-install storm (STORM_TENANTS=5000, each
 # installed once) and a site-import storm (256 clientKeys on one baseUrl), both at
 # CONNS connections. BENCH_LOG_LEVEL sets the receiver's LOG_LEVEL (info).
+# Then, with a worker, enqueue-to-effect latency at the fixed rates LATENCY_RATES
+# ("50 200" events/s, each for LATENCY_DURATION=10s; empty skips it): from the
+# receiver's 2xx to the worker's migration_events row marked handled in Postgres.
 # BENCH_PROFILE_DIR=dir runs bench/pprofreceiver (the receiver plus net/http/pprof
 # on loopback) instead and writes a CPU profile of each receiver row there:
 #   go tool pprof -top "$BENCH_PROFILE_DIR/installed.pprof"
@@ -29,6 +32,9 @@ KPORT=${BENCH_KEYS_PORT:-18092}
 IPORT=${BENCH_INTERNAL_PORT:-18093}
 STORM_TENANTS=${STORM_TENANTS:-5000}
 PPROF_PORT=${BENCH_PPROF_PORT:-18094}
+WPORT=${BENCH_WORKER_PORT:-18095}
+LATENCY_RATES=${LATENCY_RATES-50 200}
+LATENCY_DURATION=${LATENCY_DURATION:-10s}
 PROFILE_DIR=${BENCH_PROFILE_DIR:-}
 PGURL=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 DB=connectrelay_bench
@@ -100,18 +106,30 @@ rss=$(awk '/VmHWM/ {print $2}' "/proc/$floors/status")
 "$work/atlassian" keyserver -key "$work/key.pem" -addr "127.0.0.1:$KPORT" 2>"$work/keys.log" &
 pids+=($!)
 rurl="http://127.0.0.1:$RPORT"
-env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
-  LISTEN_ADDR="127.0.0.1:$RPORT" INTERNAL_LISTEN_ADDR="127.0.0.1:$IPORT" \
-  REDIS_URL="redis://127.0.0.1:$REDIS_PORT/1" DATABASE_URL="$dburl" \
-  CONNECT_APP_KEY=bench-app CONNECT_BASE_URL="$rurl" \
-  CONNECT_KEYS_CDN_URL="http://127.0.0.1:$KPORT" CONNECT_PRODUCT_HOSTS=127.0.0.1 \
-  DEV_MODE=true LOG_LEVEL="${BENCH_LOG_LEVEL:-info}" WORKER_METRICS_ADDR=off \
-  BENCH_PPROF_ADDR="127.0.0.1:$PPROF_PORT" \
-  "$work/receiver" 2>"$work/receiver.log" &
+# relay BINARY REDIS_DB LOG: runs the receiver or the worker, configured as a vendor
+# would by the README's variables, against the private Redis (logical db REDIS_DB)
+# and database.
+relay() {
+  env -i PATH="$PATH" HOME="${HOME:-/tmp}" \
+    LISTEN_ADDR="127.0.0.1:$RPORT" INTERNAL_LISTEN_ADDR="127.0.0.1:$IPORT" \
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$2" DATABASE_URL="$dburl" \
+    CONNECT_APP_KEY=bench-app CONNECT_BASE_URL="$rurl" \
+    CONNECT_KEYS_CDN_URL="http://127.0.0.1:$KPORT" CONNECT_PRODUCT_HOSTS=127.0.0.1 \
+    DEV_MODE=true LOG_LEVEL="${BENCH_LOG_LEVEL:-info}" WORKER_METRICS_ADDR="127.0.0.1:$WPORT" \
+    BENCH_PPROF_ADDR="127.0.0.1:$PPROF_PORT" \
+    "$1" 2>"$3" &
+}
+# ready URL LOG: waits (bounded) for URL to answer 2xx.
+ready() {
+  for _ in $(seq 100); do curl -fs "$1" >/dev/null && return 0; sleep 0.1; done
+  echo "$1 did not become ready:" >&2
+  tail -5 "$2" >&2
+  exit 1
+}
+relay "$work/receiver" 1 "$work/receiver.log"
 receiver=$!
 pids+=($receiver)
-for _ in $(seq 100); do curl -fs "$rurl/readyz" >/dev/null && break; sleep 0.1; done
-curl -fs "$rurl/readyz" >/dev/null || { echo "receiver did not become ready:" >&2; tail -5 "$work/receiver.log" >&2; exit 1; }
+ready "$rurl/readyz" "$work/receiver.log"
 # prof NAME SECONDS command...: runs the command; with PROFILE_DIR, profiles the
 # receiver meanwhile, for SECONDS, into PROFILE_DIR/NAME.pprof.
 prof() {
@@ -157,6 +175,30 @@ rrss=$(awk '/VmHWM/ {print $2}' "/proc/$receiver/status")
 dups=$(curl -s "http://127.0.0.1:$IPORT/metrics" | awk '/^connectrelay_migration_events_total/ && /duplicate/ {n += $2} END {print n + 0}')
 copies=$(grep -c 'already applied' "$work/receiver.log" || true)
 
+# Enqueue to worker effect: a fresh receiver and a worker on an empty queue (Redis
+# db 2; db 1 holds the rows' tasks), the same database and tenants.
+lat_rows=()
+wrss=0
+if [ -n "$LATENCY_RATES" ]; then
+  kill "$receiver"
+  wait "$receiver" 2>/dev/null || true
+  relay "$work/receiver" 2 "$work/receiver2.log"
+  receiver=$!
+  pids+=($receiver)
+  go build -o "$work/worker" ./cmd/worker
+  relay "$work/worker" 2 "$work/worker.log"
+  worker=$!
+  pids+=($worker)
+  ready "$rurl/readyz" "$work/receiver2.log"
+  ready "http://127.0.0.1:$WPORT/healthz" "$work/worker.log"
+  for rate in $LATENCY_RATES; do
+    read -r lrate lbad l50 l99 lmiss < <(atl pace -url "$rurl" -db "$dburl" -rate "$rate" -duration "$LATENCY_DURATION" -prefix "pace$rate" 2>>"$work/pace.log")
+    lat_rows+=("| $rate events/s for $LATENCY_DURATION | $lrate | $lbad | $l50 | $l99 | $lmiss |")
+  done
+  wrss=$(awk '/VmHWM/ {print $2}' "/proc/$worker/status")
+  rrss2=$(awk '/VmHWM/ {print $2}' "/proc/$receiver/status")
+fi
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -173,7 +215,19 @@ row "receiver /installed, 256 sites (signed)" "$ins" "$ins_bad" "$ins50" "$ins99
 row "fresh-install storm, $STORM_TENANTS tenants once each" "$fresh" "$fresh_bad" "$fresh50" "$fresh99"
 row "site-import storm, 256 clientKeys on one baseUrl" "$imp" "$imp_bad" "$imp50" "$imp99"
 echo
-echo "peak RSS (VmHWM): floors $((rss / 1024)) MB, receiver $((rrss / 1024)) MB"
+echo
+echo "peak RSS (VmHWM): floors $((rss / 1024)) MB, receiver $((rrss / 1024)) MB (over the rows above)"
+if [ ${#lat_rows[@]} -gt 0 ]; then
+  echo
+  echo "Enqueue to worker effect (receiver 2xx to the migration_events row handled, polled every 2 ms):"
+  echo
+  echo "| fixed rate | sent/s | non-2xx | p50 | p99 | effect not seen |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  printf '%s\n' "${lat_rows[@]}"
+  echo
+  echo "peak RSS (VmHWM) during it: receiver $((rrss2 / 1024)) MB, worker $((wrss / 1024)) MB"
+  if [ -s "$work/pace.log" ]; then sed 's/^/  /' "$work/pace.log"; fi
+fi
 echo "tokens repeated by wrk: $repeated; copies acknowledged without applying: $copies; duplicate migration events: $dups"
 echo "Redis commands per request:"
 cat "$work/redis.txt"

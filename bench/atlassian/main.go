@@ -8,6 +8,7 @@
 //	atlassian keyserver -key F -addr 127.0.0.1:P
 //	atlassian install   -key F -url RECEIVER -n N -prefix P [-one-site] [-conns 64]
 //	atlassian mint      -key F -kind installed|enabled|migration -n N -tenants T -out F
+//	atlassian pace      -url RECEIVER -db URL -rate R -duration D
 //
 // install prints "req/s non-2xx p50 p99" on stdout, as the script's wrk rows do.
 package main
@@ -58,6 +59,8 @@ func main() {
 		err = installStorm(args)
 	case "mint":
 		err = mint(args)
+	case "pace":
+		err = pace(args)
 	default:
 		err = fmt.Errorf("unknown command %q", cmd)
 	}
