@@ -40,6 +40,7 @@ PGURL=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=
 DB=connectrelay_bench
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 1; }
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -201,7 +202,7 @@ fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "wrk -t$THREADS -c$CONNS -d$DURATION on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t$THREADS -c$CONNS -d$DURATION on $(nproc) cores, load average $load0 at the start and $(cut -d' ' -f1-3 /proc/loadavg) at the end (the run itself keeps both cores busy), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo
 echo "| case | req/s | x ceiling | x enqueue floor | x durable floor | non-2xx | p50 | p99 |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
