@@ -17,6 +17,7 @@
 # Then, with a worker, enqueue-to-effect latency at the fixed rates LATENCY_RATES
 # ("50 200" events/s, each for LATENCY_DURATION=10s; empty skips it): from the
 # receiver's 2xx to the worker's migration_events row marked handled in Postgres.
+# BENCH_LOG_DIR=dir keeps the processes' logs and wrk's outputs there.
 # BENCH_PROFILE_DIR=dir runs bench/pprofreceiver (the receiver plus net/http/pprof
 # on loopback) instead and writes a CPU profile of each receiver row there:
 #   go tool pprof -top "$BENCH_PROFILE_DIR/installed.pprof"
@@ -46,6 +47,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "${BENCH_LOG_DIR:-}" ]; then mkdir -p "$BENCH_LOG_DIR" && cp "$work"/*.log "$work"/*.txt "$BENCH_LOG_DIR"/ 2>/dev/null || true; fi
   psql "$PGURL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -201,6 +203,8 @@ if [ -n "$LATENCY_RATES" ]; then
   pids+=($worker)
   ready "$rurl/readyz" "$work/receiver2.log"
   ready "http://127.0.0.1:$WPORT/healthz" "$work/worker.log"
+  # Unmeasured: the worker's first seconds (pools, the backlog of the rows' feed).
+  atl pace -url "$rurl" -db "$dburl" -rate 50 -duration 3s -prefix warm >/dev/null 2>&1 || true
   for rate in $LATENCY_RATES; do
     read -r lrate lbad l50 l99 lmiss < <(atl pace -url "$rurl" -db "$dburl" -rate "$rate" -duration "$LATENCY_DURATION" -prefix "pace$rate" 2>>"$work/pace.log")
     lat_rows+=("| $rate events/s for $LATENCY_DURATION | $lrate | $lbad | $l50 | $l99 | $lmiss |")
