@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -608,8 +609,10 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		t.Errorf("reading the outcome: %v", st.err)
 	}
 
-	// The killed worker's tasks: asynq's recoverer retries a task whose lease
-	// expired; when did they complete?
+	// The killed worker's tasks: the workers' sweep requeues a task whose
+	// lease expired (its worker died), and asynq's recoverer retries one
+	// that the sweep left to it; when?
+	swept, sweptFirst, sweptLast := sweptTasks(t, logDir, killAt)
 	recovered, recoveredFirst, recoveredLast := leaseExpiredTasks(inspector, killAt)
 
 	// The product's view of every transfer and upload.
@@ -687,7 +690,8 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 		out("faults                         SIGKILL worker-3 at +%s with %d uploads importing; SIGTERM receiver-2 at +%s, ready again %s later",
 			killAt.Sub(runStart).Round(time.Millisecond), importingAtKill, g.restartFrom.Sub(runStart).Round(time.Millisecond), restartTook.Round(time.Millisecond))
 	}
-	out("  killed worker's tasks        %d completed after asynq's lease expiry, %s to %s after the SIGKILL",
+	out("  killed worker's tasks        %d requeued by the workers' sweep (lease expired), %s to %s after the SIGKILL; %d retried by asynq's recoverer, completed %s to %s after it",
+		swept, sweptFirst.Round(time.Second), sweptLast.Round(time.Second),
 		recovered, recoveredFirst.Round(time.Second), recoveredLast.Round(time.Second))
 	out("5xx or no answer               %d during the restart of receiver-2 (%s), %d outside", g.inWindow, restartTook.Round(time.Millisecond), g.outside)
 	out("uploads imported               %d of %d distinct uploads, each once with the served bytes (%d wrong, %d records in all)",
@@ -713,8 +717,8 @@ func TestScale_TwoReceiversThreeWorkersThroughAKillAndARestart(t *testing.T) {
 	if faultErr != nil {
 		t.Error(faultErr)
 	}
-	if importingAtKill <= 0 || recovered == 0 {
-		t.Errorf("the worker was not killed mid-import: %d uploads importing, %d of its tasks taken over after it", importingAtKill, recovered)
+	if importingAtKill <= 0 || swept+recovered == 0 {
+		t.Errorf("the worker was not killed mid-import: %d uploads importing, %d of its tasks taken over after it", importingAtKill, swept+recovered)
 	}
 	if killAt.IsZero() || g.restartTo.IsZero() {
 		t.Errorf("the faults did not all happen (kill at %v, restart done at %v)", killAt, g.restartTo)
@@ -997,6 +1001,46 @@ func readScaleState(ctx context.Context, pool *pgxpool.Pool, in *asynq.Inspector
 		s.tasks.scheduled += info.Scheduled
 	}
 	return s
+}
+
+// sweptTasks counts the workers' log lines of a task requeued because its
+// lease expired, and how long after since the first and the last came.
+func sweptTasks(t *testing.T, logDir string, since time.Time) (n int, first, last time.Duration) {
+	t.Helper()
+	if since.IsZero() {
+		return 0, 0, 0
+	}
+	files, err := filepath.Glob(filepath.Join(logDir, "worker-*.log"))
+	if err != nil {
+		t.Errorf("worker logs: %v", err)
+		return 0, 0, 0
+	}
+	first = time.Duration(math.MaxInt64)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Errorf("worker log: %v", err)
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.Contains(line, "lease expired (its worker stopped); requeued") {
+				continue
+			}
+			var rec struct {
+				Time time.Time `json:"time"`
+			}
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				continue
+			}
+			n++
+			d := rec.Time.Sub(since)
+			first, last = min(first, d), max(last, d)
+		}
+	}
+	if n == 0 {
+		first = 0
+	}
+	return n, first, last
 }
 
 // leaseExpiredTasks counts the completed tasks that asynq's recoverer had

@@ -80,6 +80,9 @@ var (
 		RETURNING ` + tenantColumns
 
 	lockTenantSQL = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
+	// lockTenantEnvSQL is lockTenantSQL with the key environment, in the same
+	// round trip.
+	lockTenantEnvSQL = `SELECT ` + tenantColumns + `, key_env FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
 	getTenantSQL  = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1`
 )
 
@@ -106,7 +109,9 @@ func installArgs(p *InstallPayload, sealed Sealed, at, iat time.Time) pgx.NamedA
 	return args
 }
 
-func scanTenant(row pgx.Row) (connectrelay.Tenant, Sealed, error) {
+// scanTenant reads a row of tenantColumns, followed by the columns more
+// points at.
+func scanTenant(row pgx.Row, more ...any) (connectrelay.Tenant, Sealed, error) {
 	var t connectrelay.Tenant
 	var s Sealed
 	var extra []byte
@@ -117,6 +122,7 @@ func scanTenant(row pgx.Row) (connectrelay.Tenant, Sealed, error) {
 	dest = append(dest, &extra, &t.Installed, &t.Enabled, &t.FirstInstalledAt, &t.LastInstalledAt,
 		&t.LastLifecycleAt, &t.DataIssuedAt, &t.InstalledIssuedAt, &t.EnabledIssuedAt, &t.LicenseState, &t.LicenseCheckedAt,
 		&t.WebhookEndpoints, &t.WebhookRegisteredAt, &t.SecretKeyID, &s.Nonce, &s.Ciphertext)
+	dest = append(dest, more...)
 	if err := row.Scan(dest...); err != nil {
 		return connectrelay.Tenant{}, Sealed{}, err
 	}
@@ -299,13 +305,13 @@ func appendInstallEvents(ctx context.Context, tx pgx.Tx, res *InstallResult) err
 
 // updateExisting applies an installed to an existing tenant, filling res.
 func (s *Store) updateExisting(ctx context.Context, tx pgx.Tx, res *InstallResult, p InstallPayload, sealed Sealed, at, iat time.Time) error {
-	prev, prevSealed, err := lockTenant(ctx, tx, p.ClientKey)
-	if err != nil {
-		return err
-	}
 	var storedEnv string
-	if err := tx.QueryRow(ctx, `SELECT key_env FROM tenants WHERE client_key = $1`, p.ClientKey).Scan(&storedEnv); err != nil {
-		return fmt.Errorf("read key environment: %w", err)
+	prev, prevSealed, err := scanTenant(tx.QueryRow(ctx, lockTenantEnvSQL, p.ClientKey), &storedEnv)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("lock tenant: %w", err)
 	}
 	if env := connect.KeyEnvironment(p.BaseURL); env != storedEnv {
 		s.log.WarnContext(ctx, "install refused: key environment differs from the tenant's",
