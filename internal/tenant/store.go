@@ -83,7 +83,7 @@ var (
 	// lockTenantEnvSQL is lockTenantSQL with the key environment, in the same
 	// round trip.
 	lockTenantEnvSQL = `SELECT ` + tenantColumns + `, key_env FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
-	getTenantSQL  = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1`
+	getTenantSQL     = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1`
 )
 
 // joinFields joins part(f) over the host fields, with or without client_key.
