@@ -82,14 +82,17 @@ type forgeRow struct {
 	licenseState connectrelay.LicenseState
 }
 
-func scanForge(row pgx.Row) (forgeRow, error) {
+// scanForge reads a row of forgeColumns, followed by the columns more points
+// at.
+func scanForge(row pgx.Row, more ...any) (forgeRow, error) {
 	var r forgeRow
 	fi := &r.ForgeInstallation
 	var license []byte
-	if err := row.Scan(&fi.InstallationID, &fi.AppID, &fi.EnvironmentType, &fi.EnvironmentID, &fi.CloudID, &fi.Product,
+	dest := []any{&fi.InstallationID, &fi.AppID, &fi.EnvironmentType, &fi.EnvironmentID, &fi.CloudID, &fi.Product,
 		&fi.APIBaseURL, &fi.AppVersion, &fi.SiteURL, &fi.ClientKey, &fi.PreviousInstallationID, &fi.Installed,
 		&fi.InstalledAt, &fi.UpgradedAt, &fi.PreUninstalledAt, &fi.UninstalledAt, &license, &fi.SystemTokenExpiresAt,
-		&r.claimsIAT, &r.licenseState); err != nil {
+		&r.claimsIAT, &r.licenseState}
+	if err := row.Scan(append(dest, more...)...); err != nil {
 		return forgeRow{}, err
 	}
 	if len(license) > 0 {
@@ -246,19 +249,20 @@ func (s *Store) RecordForge(ctx context.Context, ev ForgeEvent) (ForgeResult, er
 func (s *Store) recordForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev ForgeEvent, fc forgeClaims,
 	iat time.Time, sealed *Sealed, tokenExp *time.Time) error {
 	id := ev.Claims.App.InstallationID
-	tag, err := tx.Exec(ctx, `INSERT INTO forge_installations (installation_id, app_id, environment_type, environment_id,
-		cloud_id, product, api_base_url, app_version, license_state, license, claims_iat, first_seen_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (installation_id) DO NOTHING`,
+	// One round trip: create the installation or lock the existing row
+	// (the no-op update takes the row lock that orders concurrent copies),
+	// and read it with the Connect-on-Forge tenant that carries its id.
+	var tenantKey *string
+	prev, err := scanForge(tx.QueryRow(ctx, `INSERT INTO forge_installations (installation_id, app_id, environment_type,
+		environment_id, cloud_id, product, api_base_url, app_version, license_state, license, claims_iat, first_seen_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+		ON CONFLICT (installation_id) DO UPDATE SET updated_at = forge_installations.updated_at
+		RETURNING `+forgeColumns+`, xmax = 0,
+			(SELECT client_key FROM tenants WHERE installation_id = $1 ORDER BY last_installed_at DESC LIMIT 1)`,
 		id, fc.appID, fc.envType, fc.envID, fc.cloudID, fc.product, fc.apiBaseURL, fc.appVersion, fc.licenseState,
-		nullJSON(fc.license), iat, ev.At)
+		nullJSON(fc.license), iat, ev.At), &res.Created, &tenantKey)
 	if err != nil {
-		return fmt.Errorf("insert forge installation: %w", err)
-	}
-	res.Created = tag.RowsAffected() == 1
-	prev, err := scanForge(tx.QueryRow(ctx, `SELECT `+forgeColumns+` FROM forge_installations
-		WHERE installation_id = $1 FOR NO KEY UPDATE`, id))
-	if err != nil {
-		return fmt.Errorf("lock forge installation: %w", err)
+		return fmt.Errorf("create or lock forge installation: %w", err)
 	}
 	if sealed != nil {
 		// The token that expires last wins; one of unknown expiry replaces
@@ -292,18 +296,12 @@ func (s *Store) recordForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev
 
 	var changes []string
 	clientKey := prev.ClientKey
-	if clientKey == "" {
-		err := tx.QueryRow(ctx, `SELECT client_key FROM tenants WHERE installation_id = $1 ORDER BY last_installed_at DESC LIMIT 1`, id).Scan(&clientKey)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
-			return fmt.Errorf("find connect-on-forge tenant: %w", err)
-		default:
-			if _, err := tx.Exec(ctx, `UPDATE forge_installations SET client_key = $2 WHERE installation_id = $1`, id, clientKey); err != nil {
-				return fmt.Errorf("link connect-on-forge tenant: %w", err)
-			}
-			changes = append(changes, "linked to Connect tenant "+clientKey)
+	if clientKey == "" && tenantKey != nil {
+		clientKey = *tenantKey
+		if _, err := tx.Exec(ctx, `UPDATE forge_installations SET client_key = $2 WHERE installation_id = $1`, id, clientKey); err != nil {
+			return fmt.Errorf("link connect-on-forge tenant: %w", err)
 		}
+		changes = append(changes, "linked to Connect tenant "+clientKey)
 	}
 	if res.Created && fc.cloudID != "" {
 		var previous string
@@ -356,11 +354,13 @@ func (s *Store) recordForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev
 	default:
 		set += `, first_seen_at = LEAST(first_seen_at, $12)`
 	}
-	if _, err := tx.Exec(ctx, `UPDATE forge_installations SET `+set+` WHERE installation_id = $1`,
+	after, err := scanForge(tx.QueryRow(ctx, `UPDATE forge_installations SET `+set+` WHERE installation_id = $1 RETURNING `+forgeColumns,
 		id, fc.appID, fc.envType, fc.envID, fc.cloudID, fc.product, fc.apiBaseURL, fc.appVersion, fc.licenseState,
-		nullJSON(fc.license), iat, ev.At); err != nil {
+		nullJSON(fc.license), iat, ev.At))
+	if err != nil {
 		return fmt.Errorf("update forge installation: %w", err)
 	}
+	res.Installation = after.ForgeInstallation
 	res.Changes = changes
 	subject := clientKey
 	if subject == "" {
@@ -430,6 +430,9 @@ func (s *Store) finishForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev
 			res.EventID, res.Applied, res.Changes); err != nil {
 			return fmt.Errorf("record forge event outcome: %w", err)
 		}
+	}
+	if res.Installation.InstallationID != "" {
+		return nil // read back by the update that applied the delivery
 	}
 	var err error
 	res.Installation, err = s.forgeAfter(ctx, tx, id)
