@@ -60,8 +60,8 @@ func (s *Service) forgeInitialize(ctx context.Context, installationID string) er
 	if err != nil {
 		return err
 	}
-	if !fi.Installed {
-		s.log.InfoContext(ctx, "forge installation uninstalled since the task was enqueued; skipped",
+	if !fi.Installed || fi.PreUninstalledAt != nil {
+		s.log.InfoContext(ctx, "forge installation uninstalled or about to be since the task was enqueued; skipped",
 			slog.String("installation_id", installationID))
 		return nil
 	}
@@ -70,6 +70,12 @@ func (s *Service) forgeInitialize(ctx context.Context, installationID string) er
 		switch {
 		case errors.Is(err, product.ErrNoSystemToken):
 			s.log.WarnContext(ctx, "forge site URL not learnt: no usable app system token (enable auth.appSystemToken on the endpoint)",
+				slog.String("installation_id", installationID), slog.String("error", err.Error()))
+		case final(err):
+			// The site URL is information, not a precondition: a final answer
+			// (a missing scope, a host no longer allowed) must not block the
+			// vendor's initialization.
+			s.log.WarnContext(ctx, "forge site URL not learnt: the product refused serverInfo",
 				slog.String("installation_id", installationID), slog.String("error", err.Error()))
 		case err != nil:
 			return err

@@ -227,6 +227,11 @@ func (s *Store) RecordForge(ctx context.Context, ev ForgeEvent) (ForgeResult, er
 			return ForgeResult{}, err
 		}
 		sealed, tokenExp = &sl, SystemTokenExpiry(ev.SystemToken)
+		// The exp is read unverified: believe at most a day (Atlassian's
+		// tokens live two to four hours).
+		if limit := ev.At.Add(24 * time.Hour).UTC(); tokenExp != nil && tokenExp.After(limit) {
+			tokenExp = &limit
+		}
 	}
 	ctx, cancel := bound(ctx)
 	defer cancel()
@@ -265,13 +270,12 @@ func (s *Store) recordForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev
 		return fmt.Errorf("create or lock forge installation: %w", err)
 	}
 	if sealed != nil {
-		// The token that expires last wins; one of unknown expiry replaces
-		// only another of unknown expiry or none.
+		// The token received last wins (it carries the scopes of the latest
+		// version), and an expired one is always replaced.
 		if _, err := tx.Exec(ctx, `UPDATE forge_installations SET token_key_id = $2, token_nonce = $3,
 			token_ciphertext = $4, token_expires_at = $5, token_received_at = $6
-			WHERE installation_id = $1 AND (token_ciphertext IS NULL
-				OR ($5::timestamptz IS NOT NULL AND (token_expires_at IS NULL OR token_expires_at <= $5))
-				OR ($5::timestamptz IS NULL AND token_expires_at IS NULL))`,
+			WHERE installation_id = $1 AND (token_ciphertext IS NULL OR token_received_at IS NULL
+				OR token_received_at <= $6 OR token_expires_at <= $6)`,
 			id, sealed.KeyID, sealed.Nonce, sealed.Ciphertext, tokenExp, ev.At); err != nil {
 			return fmt.Errorf("store system token: %w", err)
 		}
@@ -320,43 +324,61 @@ func (s *Store) recordForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev
 		}
 	}
 
-	res.Applied = res.Created || !iat.Before(prev.claimsIAT)
-	if !res.Applied {
-		res.Changes = []string{fmt.Sprintf("not applied: token iat %s is older than the stored claims (iat %s)",
-			fmtTime(iat), fmtTime(prev.claimsIAT))}
-		return s.finishForge(ctx, tx, res, ev, id)
-	}
-	if !res.Created {
+	// The token's claims are stored only when it is not older than the
+	// stored ones; the event itself is applied whatever its token's age (a
+	// retry of an installed delayed behind a later delivery must still count),
+	// except that an uninstalled installation stays uninstalled: an
+	// installationId is never reused.
+	claimsFresh := res.Created || !iat.Before(prev.claimsIAT)
+	res.Applied = true
+	switch {
+	case !claimsFresh:
+		changes = append(changes, fmt.Sprintf("claims not updated: token iat %s is older than the stored claims (iat %s)",
+			fmtTime(iat), fmtTime(prev.claimsIAT)))
+	case !res.Created:
 		changes = append(changes, claimChanges(prev, fc)...)
 	}
-	set := `app_id = $2, environment_type = $3, environment_id = $4, cloud_id = $5, product = $6, api_base_url = $7,
-		app_version = CASE WHEN $8 = '' THEN app_version ELSE $8 END, license_state = $9, license = COALESCE($10, license),
-		claims_iat = $11, updated_at = now()`
+	gone := prev.UninstalledAt != nil
+	set := `updated_at = now()`
+	args := []any{id, ev.At}
+	if claimsFresh {
+		set += `, app_id = $3, environment_type = $4, environment_id = $5, cloud_id = $6, product = $7, api_base_url = $8,
+		app_version = CASE WHEN $9 = '' THEN app_version ELSE $9 END,
+		license_state = CASE WHEN $10 = 'unknown' THEN license_state ELSE $10 END, license = COALESCE($11, license),
+		claims_iat = $12`
+		args = append(args, fc.appID, fc.envType, fc.envID, fc.cloudID, fc.product, fc.apiBaseURL, fc.appVersion,
+			fc.licenseState, nullJSON(fc.license), iat)
+	}
 	switch ev.Type {
-	case forge.EventInstalled:
-		set += `, installed = true, installed_at = $12`
+	case forge.EventInstalled, forge.EventUpgraded:
+		col := "installed_at"
+		if ev.Type == forge.EventUpgraded {
+			col = "upgraded_at"
+		}
+		set += `, ` + col + ` = $2`
 		switch {
-		case res.Created:
+		case gone:
+			res.Applied = false
+			changes = append(changes, "not installed again: the installation was uninstalled (an installationId is never reused)")
+		case res.Created && ev.Type == forge.EventInstalled:
+			set += `, installed = true`
 			changes = append([]string{"installed (new installation)"}, changes...)
 		case !prev.Installed:
-			changes = append(changes, "installed again")
+			set += `, installed = true`
+			changes = append(changes, "installed")
 		}
-	case forge.EventUpgraded:
-		set += `, installed = true, upgraded_at = $12`
 	case ForgePreUninstall:
-		set += `, pre_uninstalled_at = $12`
+		set += `, pre_uninstalled_at = $2`
 		changes = append(changes, "uninstall announced (pre-uninstall)")
 	case forge.EventUninstalled:
-		set += `, installed = false, uninstalled_at = $12`
+		set += `, installed = false, uninstalled_at = $2`
 		if prev.Installed || res.Created {
 			changes = append(changes, "uninstalled")
 		}
 	default:
-		set += `, first_seen_at = LEAST(first_seen_at, $12)`
+		set += `, first_seen_at = LEAST(first_seen_at, $2)`
 	}
-	after, err := scanForge(tx.QueryRow(ctx, `UPDATE forge_installations SET `+set+` WHERE installation_id = $1 RETURNING `+forgeColumns,
-		id, fc.appID, fc.envType, fc.envID, fc.cloudID, fc.product, fc.apiBaseURL, fc.appVersion, fc.licenseState,
-		nullJSON(fc.license), iat, ev.At))
+	after, err := scanForge(tx.QueryRow(ctx, `UPDATE forge_installations SET `+set+` WHERE installation_id = $1 RETURNING `+forgeColumns, args...))
 	if err != nil {
 		return fmt.Errorf("update forge installation: %w", err)
 	}
@@ -366,8 +388,10 @@ func (s *Store) recordForge(ctx context.Context, tx pgx.Tx, res *ForgeResult, ev
 	if subject == "" {
 		subject = id
 	}
-	if err := s.forgeLicense(ctx, tx, clientKey, subject, prev, fc, ev); err != nil {
-		return err
+	if claimsFresh {
+		if err := s.forgeLicense(ctx, tx, clientKey, subject, prev, fc, ev); err != nil {
+			return err
+		}
 	}
 	if typ, ok := forgeEventTypes[ev.Type]; ok {
 		if err := outbox.Append(ctx, tx, subject, typ, "", outbox.Data{Changes: res.Changes}); err != nil {
@@ -401,10 +425,14 @@ func (s *Store) forgeLicense(ctx context.Context, tx pgx.Tx, clientKey, subject 
 			return fmt.Errorf("read tenant license: %w", err)
 		}
 		before = st
-		if _, err := tx.Exec(ctx, `UPDATE tenants SET license_state = $2, license_checked_at = $3, updated_at = now()
+		tag, err := tx.Exec(ctx, `UPDATE tenants SET license_state = $2, license_checked_at = $3, updated_at = now()
 			WHERE client_key = $1 AND (license_checked_at IS NULL OR license_checked_at <= $3)`,
-			clientKey, fc.licenseState, ev.At); err != nil {
+			clientKey, fc.licenseState, ev.At)
+		if err != nil {
 			return fmt.Errorf("record tenant license: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return nil // a newer check is stored
 		}
 	}
 	if before == fc.licenseState {
@@ -477,8 +505,10 @@ func linkForgeTenant(ctx context.Context, tx pgx.Tx, clientKey, installationID s
 	if installationID == "" {
 		return nil
 	}
+	// Only an installation no Connect tenant holds yet: an installed of
+	// another tenant naming the same installationId does not take it over.
 	if _, err := tx.Exec(ctx, `UPDATE forge_installations SET client_key = $1, updated_at = now()
-		WHERE installation_id = $2 AND client_key IS DISTINCT FROM $1`, clientKey, installationID); err != nil {
+		WHERE installation_id = $2 AND client_key IS NULL`, clientKey, installationID); err != nil {
 		return fmt.Errorf("link forge installation: %w", err)
 	}
 	// A license the Forge installation learnt before the link is the tenant's

@@ -127,15 +127,39 @@ func TestRecordForge_UpgradeAndPreUninstall(t *testing.T) {
 	if got := b.feedTypes(t, id); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("feed = %v, want %v", got, want)
 	}
-	// A late copy of an older delivery (an installed issued before the
-	// pre-uninstall, with a dedupe key of its own) is recorded, not applied.
+	// A late delivery with an older token (an installed issued before the
+	// pre-uninstall, with a dedupe key of its own) counts, but its older
+	// claims do not replace the stored ones.
 	late := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "0.9.0"), At: ts(30), IssuedAt: ts(5)})
-	if late.Applied || late.Installation.AppVersion != "2.0.0" {
-		t.Errorf("late installed = %+v, want not applied, version still 2.0.0", late)
+	if !late.Applied || late.Installation.AppVersion != "2.0.0" || !strings.Contains(strings.Join(late.Changes, ";"), "claims not updated") {
+		t.Errorf("late installed = %+v, want applied with the version still 2.0.0", late)
 	}
 	un := b.recordForge(t, ForgeEvent{Type: forge.EventUninstalled, Claims: forgeClaimsFor(id, cloud, "2.0.0"), At: ts(40), IssuedAt: ts(40)})
 	if un.Installation.Installed || b.get(t, id).Installed {
 		t.Errorf("after uninstalled: %+v, want not installed", un.Installation)
+	}
+	// An installationId is never reused: a retried installed after the
+	// uninstall (a new token, so a newer iat) does not install it again.
+	again := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, DedupeKey: "retry-after-uninstall", Claims: forgeClaimsFor(id, cloud, "2.0.0"), At: ts(50), IssuedAt: ts(50)})
+	if again.Applied || again.Installation.Installed {
+		t.Errorf("installed after uninstalled = %+v, want not applied", again)
+	}
+}
+
+// A newer delivery (a migration event) can create the installation before
+// the installed, whose token is older, is recorded: the installed still
+// installs it.
+func TestRecordForge_InstalledBehindANewerDeliveryStillInstalls(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1.0.0"), At: ts(1), IssuedAt: ts(10)})
+	res := b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1.0.0"), At: ts(2), IssuedAt: ts(5)})
+	if !res.Applied || !res.Installation.Installed || res.Installation.InstalledAt == nil {
+		t.Fatalf("installed = %+v, want applied and installed", res)
+	}
+	if got := b.feedTypes(t, id); len(got) != 1 || got[0] != string(connectrelay.EventForgeInstalled) {
+		t.Errorf("feed = %v, want forge.installed", got)
 	}
 }
 
@@ -204,21 +228,32 @@ func TestRecordForge_SystemTokenSealedAndLatestExpiryKept(t *testing.T) {
 	b := setup(t)
 	id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
 	now := time.Now().UTC().Truncate(time.Second)
-	long, short := systemToken(now.Add(4*time.Hour)), systemToken(now.Add(2*time.Hour))
-	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1"), At: ts(0), SystemToken: long})
-	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: ts(1), SystemToken: short})
+	long, short, stale := systemToken(now.Add(4*time.Hour)), systemToken(now.Add(2*time.Hour)), systemToken(now.Add(3*time.Hour))
+	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1"), At: now, SystemToken: long})
+	// The token received last wins, even if it expires sooner: it carries
+	// the scopes of the latest version.
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(time.Minute), SystemToken: short})
+	// A delivery received earlier but recorded later does not put back its
+	// older token.
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(30 * time.Second), SystemToken: stale})
 	got, err := b.store.ForgeCredentials(testCtx(t), id)
 	if err != nil {
 		t.Fatalf("ForgeCredentials: %v", err)
 	}
-	if got.Token != long || !got.ExpiresAt.Equal(now.Add(4*time.Hour)) || got.APIBaseURL != "https://api.atlassian.com/ex/jira/"+cloud {
-		t.Errorf("token expiring %v, want the one expiring last", got.ExpiresAt)
+	if got.Token != short || !got.ExpiresAt.Equal(now.Add(2*time.Hour)) || got.APIBaseURL != "https://api.atlassian.com/ex/jira/"+cloud {
+		t.Errorf("token expiring %v, want the one received last", got.ExpiresAt)
+	}
+	// An exp far in the future is believed for a day at most.
+	forever := forgetest.NewInstallationID()
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(forever, forgetest.NewCloudID(), "1"), At: now, SystemToken: systemToken(now.Add(1000 * time.Hour))})
+	if got, err := b.store.ForgeCredentials(testCtx(t), forever); err != nil || !got.ExpiresAt.Equal(now.Add(24*time.Hour)) {
+		t.Errorf("far exp stored as %v (%v), want capped at a day", got.ExpiresAt, err)
 	}
 	var dump string
 	if err := b.pool.QueryRow(testCtx(t), `SELECT string_agg(row_to_json(f)::text, '') FROM forge_installations f`).Scan(&dump); err != nil {
 		t.Fatal(err)
 	}
-	for _, tok := range []string{long, short, strings.Split(long, ".")[1]} {
+	for _, tok := range []string{long, short, stale, strings.Split(long, ".")[1]} {
 		if strings.Contains(dump, tok) {
 			t.Fatal("the system token is stored in plaintext")
 		}
