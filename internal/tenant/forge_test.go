@@ -232,10 +232,10 @@ func TestRecordForge_SystemTokenSealedAndLatestExpiryKept(t *testing.T) {
 	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1"), At: now, SystemToken: long})
 	// The token received last wins, even if it expires sooner: it carries
 	// the scopes of the latest version.
-	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(time.Minute), SystemToken: short})
+	b.recordForge(t, ForgeEvent{Type: forge.EventUpgraded, Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(time.Minute), SystemToken: short})
 	// A delivery received earlier but recorded later does not put back its
 	// older token.
-	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(30 * time.Second), SystemToken: stale})
+	b.recordForge(t, ForgeEvent{Type: forge.EventUpgraded, DedupeKey: "earlier", Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(30 * time.Second), SystemToken: stale})
 	got, err := b.store.ForgeCredentials(testCtx(t), id)
 	if err != nil {
 		t.Fatalf("ForgeCredentials: %v", err)
@@ -347,4 +347,37 @@ func FuzzSystemTokenExpiry(f *testing.F) {
 			t.Fatalf("expiry %v for %q", exp, tok)
 		}
 	})
+}
+
+// Migration events repeat the stored claims: they are answered from a read,
+// without a write, while the stored system token has more than an hour
+// left; a token closer to its expiry is replaced.
+func TestRecordForge_MigrationDeliveriesWriteOnlyWhatChanges(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+	now := time.Now().UTC().Truncate(time.Second)
+	first := systemToken(now.Add(3 * time.Hour))
+	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: forgeClaimsFor(id, cloud, "1"), At: now, SystemToken: first})
+	updatedAt := func() time.Time {
+		var at time.Time
+		if err := b.pool.QueryRow(testCtx(t), `SELECT updated_at FROM forge_installations WHERE installation_id = $1`, id).Scan(&at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	before := updatedAt()
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(time.Minute), SystemToken: systemToken(now.Add(4 * time.Hour))})
+	if got, _ := b.store.ForgeCredentials(testCtx(t), id); got.Token != first || !updatedAt().Equal(before) {
+		t.Errorf("a repeat with a fresh stored token wrote the row (token replaced: %v)", got.Token != first)
+	}
+	late := systemToken(now.Add(5 * time.Hour))
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "1"), At: now.Add(2*time.Hour + time.Minute), SystemToken: late})
+	if got, _ := b.store.ForgeCredentials(testCtx(t), id); got.Token != late {
+		t.Error("a token within an hour of its expiry was not replaced")
+	}
+	b.recordForge(t, ForgeEvent{Claims: forgeClaimsFor(id, cloud, "2"), At: now.Add(2*time.Hour + 2*time.Minute)})
+	if fi, _ := b.store.ForgeInstallation(testCtx(t), id); fi.AppVersion != "2" {
+		t.Errorf("new claims not stored: version %q", fi.AppVersion)
+	}
 }
