@@ -30,10 +30,11 @@ import (
 // Worker polling intervals. asynq's defaults (1 s and 5 s) would add up to a
 // second to every task's pickup and five to every retry. An idle worker sleeps
 // between half and one and a half taskCheckInterval between dequeues (one
-// script call over its queues): 10 ms keeps the pickup of a task near 10 ms
-// for about a hundred cheap Redis calls a second while idle.
+// script call over its queues). 10 ms halved the pickup delay at 50 events/s
+// in bench/run.sh but made idle workers cost enough CPU on a 2-core machine
+// running many of them that request budgets ran out; 50 ms stays.
 const (
-	taskCheckInterval        = 10 * time.Millisecond
+	taskCheckInterval        = 50 * time.Millisecond
 	delayedTaskCheckInterval = 500 * time.Millisecond
 )
 
