@@ -381,3 +381,28 @@ func TestRecordForge_MigrationDeliveriesWriteOnlyWhatChanges(t *testing.T) {
 		t.Errorf("new claims not stored: version %q", fi.AppVersion)
 	}
 }
+
+// A token without app.license says nothing about the license: the stored
+// state stays, and no license change is reported when the next licensed
+// token agrees with it.
+func TestRecordForge_TokenWithoutLicenseKeepsTheState(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+	active := true
+	licensed := forgeClaimsFor(id, cloud, "1")
+	licensed.App.License = &forge.License{Active: &active}
+	b.recordForge(t, ForgeEvent{Type: forge.EventInstalled, Claims: licensed, At: ts(0), IssuedAt: ts(0)})
+	b.recordForge(t, ForgeEvent{Type: forge.EventUpgraded, Claims: forgeClaimsFor(id, cloud, "2"), At: ts(5), IssuedAt: ts(5)})
+	if got := b.get(t, id).LicenseState; got != connectrelay.LicenseActive {
+		t.Errorf("after a token without app.license: %s, want still active", got)
+	}
+	again := forgeClaimsFor(id, cloud, "3")
+	again.App.License = &forge.License{Active: &active}
+	b.recordForge(t, ForgeEvent{Type: forge.EventUpgraded, Claims: again, At: ts(9), IssuedAt: ts(9)})
+	for _, typ := range b.feedTypes(t, id) {
+		if typ == string(connectrelay.EventLicenseChanged) {
+			t.Errorf("feed %v reports a license change that did not happen", b.feedTypes(t, id))
+		}
+	}
+}
