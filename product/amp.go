@@ -283,11 +283,9 @@ func (c *AMP) ListData(ctx context.Context, clientKey, transferID string) ([]Upl
 	return out, nil
 }
 
-// ReportProgress reports progress or settles the transfer. A 403 means the
-// transfer is already settled (ErrTransferSettled) and a 400 for this
-// validated payload that it is past its 14 days (ErrTransferExpired); both
-// are final.
-func (c *AMP) ReportProgress(ctx context.Context, clientKey, transferID string, p Progress) error {
+// validate refuses a progress report neither platform accepts: no transfer,
+// an unknown status, a percent outside 0–100.
+func (p Progress) validate(transferID string) error {
 	if err := requireArg("transferId", transferID); err != nil {
 		return err
 	}
@@ -298,6 +296,17 @@ func (c *AMP) ReportProgress(ctx context.Context, clientKey, transferID string, 
 	}
 	if p.Percent < 0 || p.Percent > 100 {
 		return fmt.Errorf("%w: progress percent %d outside 0–100", ErrInvalidArgument, p.Percent)
+	}
+	return nil
+}
+
+// ReportProgress reports progress or settles the transfer. A 403 means the
+// transfer is already settled (ErrTransferSettled) and a 400 for this
+// validated payload that it is past its 14 days (ErrTransferExpired); both
+// are final.
+func (c *AMP) ReportProgress(ctx context.Context, clientKey, transferID string, p Progress) error {
+	if err := p.validate(transferID); err != nil {
+		return err
 	}
 	req := Request{Method: http.MethodPost, Path: ampBase + "/progress/" + url.PathEscape(transferID), Body: p, Route: RouteProgress}
 	err := c.p.Do(ctx, clientKey, req, nil)

@@ -369,16 +369,8 @@ func (c *ForgeAMP) Log(ctx context.Context, installationID, transferID, message 
 // status here is informational. It refuses what AMP.ReportProgress refuses;
 // a 409 wraps ErrTransferSettled (final).
 func (c *ForgeAMP) ReportProgress(ctx context.Context, installationID, transferID string, p Progress) error {
-	if err := requireArg("transferId", transferID); err != nil {
+	if err := p.validate(transferID); err != nil {
 		return err
-	}
-	switch p.Status {
-	case StatusInProgress, StatusSuccess, StatusIncomplete, StatusFailed:
-	default:
-		return fmt.Errorf("%w: progress status %q", ErrInvalidArgument, p.Status)
-	}
-	if p.Percent < 0 || p.Percent > 100 {
-		return fmt.Errorf("%w: progress percent %d outside 0–100", ErrInvalidArgument, p.Percent)
 	}
 	msg := fmt.Sprintf("%s %d%%", p.Status, p.Percent)
 	if p.Message != "" {
