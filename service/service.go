@@ -15,7 +15,6 @@ package service
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,7 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
@@ -110,10 +108,6 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 // at once wait for each other on an advisory lock.
 const migrateTimeout = 60 * time.Second
 
-// maxMigrateAttempts bounds how many times start-up tries the migration when
-// Postgres does not accept a connection in time.
-const maxMigrateAttempts = 10
-
 // stores are the durable dependencies both processes share.
 type stores struct {
 	pool    *pgxpool.Pool
@@ -146,21 +140,7 @@ func openStores(ctx context.Context, cfg config.Config, logger **slog.Logger, m 
 	}
 	mctx, cancel := context.WithTimeout(ctx, migrateTimeout)
 	defer cancel()
-	// A connection that does not open within the pool's short connect
-	// timeout (a busy or restarting Postgres) is tried again until the
-	// migration's own deadline: start-up need not fail on one slow connect.
-	for attempt := 1; ; attempt++ {
-		err = schema.Migrate(mctx, pool)
-		var connectErr *pgconn.ConnectError
-		if err == nil || !errors.As(err, &connectErr) || attempt == maxMigrateAttempts || mctx.Err() != nil {
-			break
-		}
-		(*logger).Warn("postgres did not answer at start-up; trying again", slog.Int("attempt", attempt), slog.String("error", err.Error()))
-		select {
-		case <-mctx.Done():
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+	err = schema.Migrate(mctx, pool)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("migrate schema: %w", err)

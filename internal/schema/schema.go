@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -90,7 +91,11 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 // Versions recorded in the database but unknown to this binary (a newer binary ran
 // first, as in a rolling deploy) are left alone.
 //
-// Migrate blocks while another process holds the lock; ctx bounds that wait.
+// Migrate blocks while another process holds the lock; ctx bounds that wait. A
+// connection that does not open within the pool's connect timeout (a busy or
+// restarting Postgres: *pgconn.ConnectError) is tried again, up to
+// MaxConnectAttempts times and while ctx lasts, so one slow connect does not fail a
+// start-up; any other error is returned at once.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) error {
 	return migrate(ctx, pool, embedded)
 }
@@ -100,7 +105,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) (err error) {
 	if err != nil {
 		return err
 	}
-	conn, err := pool.Acquire(ctx)
+	conn, err := acquireRetrying(ctx, pool)
 	if err != nil {
 		return fmt.Errorf("migrate: acquire connection: %w", err)
 	}
@@ -143,6 +148,30 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) (err error) {
 		}
 	}
 	return nil
+}
+
+// MaxConnectAttempts bounds how many times Migrate tries to open its connection
+// while Postgres does not accept one in time.
+const MaxConnectAttempts = 10
+
+// connectRetryDelay is the pause between two of Migrate's connection attempts.
+const connectRetryDelay = 250 * time.Millisecond
+
+// acquireRetrying acquires a pooled connection, trying again on connection errors
+// (not on a cancelled ctx or any other failure).
+func acquireRetrying(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
+	for attempt := 1; ; attempt++ {
+		conn, err := pool.Acquire(ctx)
+		var connectErr *pgconn.ConnectError
+		if err == nil || !errors.As(err, &connectErr) || attempt == MaxConnectAttempts || ctx.Err() != nil {
+			return conn, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(connectRetryDelay):
+		}
+	}
 }
 
 func appliedMigrations(ctx context.Context, conn *pgx.Conn) (map[int64]string, error) {

@@ -2,7 +2,9 @@ package schema
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/connectrelay/connectrelay/internal/testenv"
@@ -333,5 +336,52 @@ func TestOpenSettings(t *testing.T) {
 	}
 	if _, err := Open(t.Context(), "postgres://%zz"); err == nil {
 		t.Error("Open(unparseable URL) = nil error")
+	}
+}
+
+func TestMigrate_RetriesWhilePostgresDoesNotAnswerAConnect(t *testing.T) {
+	t.Parallel()
+	dbURL := testenv.PostgresURL(t)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.NewProxy(t, u.Host)
+	proxy.Freeze() // every connect times out after DefaultConnectTimeout
+	u.Host = proxy.Addr()
+	pool := openPool(t, u.String())
+
+	thawAfter := 3 * DefaultConnectTimeout
+	go func() {
+		time.Sleep(thawAfter)
+		proxy.Thaw()
+	}()
+	start := time.Now()
+	if err := Migrate(ctxTimeout(t, 20*time.Second), pool); err != nil {
+		t.Fatalf("Migrate across connect timeouts = %v, want nil once Postgres answers", err)
+	}
+	if d := time.Since(start); d < thawAfter {
+		t.Fatalf("Migrate returned after %v, before Postgres answered (%v): the test froze nothing", d, thawAfter)
+	}
+	var n int
+	if err := pool.QueryRow(t.Context(), "SELECT count(*) FROM schema_migrations").Scan(&n); err != nil || n == 0 {
+		t.Fatalf("schema_migrations rows = %d, %v; want the migrations applied", n, err)
+	}
+}
+
+func TestMigrate_GivesUpAfterMaxConnectAttempts(t *testing.T) {
+	t.Parallel()
+	pool := openPool(t, fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", testenv.ClosedAddr(t)))
+	start := time.Now()
+	err := Migrate(ctxTimeout(t, 30*time.Second), pool)
+	var connectErr *pgconn.ConnectError
+	if !errors.As(err, &connectErr) {
+		t.Fatalf("Migrate against a closed port = %v, want a *pgconn.ConnectError", err)
+	}
+	// Refused connects come back at once, so giving up takes the pauses between
+	// MaxConnectAttempts attempts, well inside the 30 s context.
+	pauses := time.Duration(MaxConnectAttempts-1) * connectRetryDelay
+	if d := time.Since(start); d < pauses || d > pauses+5*time.Second {
+		t.Errorf("Migrate gave up after %v, want about %v", d, pauses)
 	}
 }
