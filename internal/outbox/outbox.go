@@ -53,14 +53,34 @@ type Data struct {
 // Append writes an event of clientKey in tx, the transaction of the change it
 // reports. transferID is "" for tenant events.
 func Append(ctx context.Context, tx pgx.Tx, clientKey string, typ connectrelay.EventType, transferID string, data Data) error {
-	b, err := json.Marshal(data)
+	b, err := encode(typ, data)
 	if err != nil {
-		return fmt.Errorf("encode %s event: %w", typ, err)
+		return err
 	}
-	if _, err := tx.Exec(ctx, sqlAppend, clientKey, string(typ), transferID, string(b)); err != nil {
+	if _, err := tx.Exec(ctx, sqlAppend, clientKey, string(typ), transferID, b); err != nil {
 		return fmt.Errorf("append %s event: %w", typ, err)
 	}
 	return nil
+}
+
+// Queue is Append for a transaction sent as pipelined batches: it queues the
+// insert on batch, which the caller sends inside its transaction. The error is
+// an encoding failure; the insert's own error comes from the batch.
+func Queue(batch *pgx.Batch, clientKey string, typ connectrelay.EventType, transferID string, data Data) error {
+	b, err := encode(typ, data)
+	if err != nil {
+		return err
+	}
+	batch.Queue(sqlAppend, clientKey, string(typ), transferID, b)
+	return nil
+}
+
+func encode(typ connectrelay.EventType, data Data) (string, error) {
+	b, err := json.Marshal(data)
+	if err != nil {
+		return "", fmt.Errorf("encode %s event: %w", typ, err)
+	}
+	return string(b), nil
 }
 
 const (

@@ -534,28 +534,24 @@ func nullJSON(b json.RawMessage) any {
 	return string(b)
 }
 
-// linkForgeTenant links the Forge installation installationID, if it is
-// known, to the Connect tenant clientKey, in tx: a Connect installed that
-// carries installationId makes the tenant Connect-on-Forge.
-func linkForgeTenant(ctx context.Context, tx pgx.Tx, clientKey, installationID string) error {
+// queueLinkForgeTenant queues on b, a batch of the install's transaction, the
+// link of the Forge installation installationID, if it is known, to the
+// Connect tenant clientKey: a Connect installed that carries installationId
+// makes the tenant Connect-on-Forge.
+func queueLinkForgeTenant(b *pgx.Batch, clientKey, installationID string) {
 	if installationID == "" {
-		return nil
+		return
 	}
 	// Only an installation no Connect tenant holds yet: an installed of
 	// another tenant naming the same installationId does not take it over.
-	if _, err := tx.Exec(ctx, `UPDATE forge_installations SET client_key = $1, updated_at = now()
-		WHERE installation_id = $2 AND client_key IS NULL`, clientKey, installationID); err != nil {
-		return fmt.Errorf("link forge installation: %w", err)
-	}
+	b.Queue(`UPDATE forge_installations SET client_key = $1, updated_at = now()
+		WHERE installation_id = $2 AND client_key IS NULL`, clientKey, installationID)
 	// A license the Forge installation learnt before the link is the tenant's
 	// until the worker checks one.
-	if _, err := tx.Exec(ctx, `UPDATE tenants t SET license_state = f.license_state, license_checked_at = f.updated_at
+	b.Queue(`UPDATE tenants t SET license_state = f.license_state, license_checked_at = f.updated_at
 		FROM forge_installations f
 		WHERE t.client_key = $1 AND f.installation_id = $2 AND f.license_state <> 'unknown' AND t.license_checked_at IS NULL`,
-		clientKey, installationID); err != nil {
-		return fmt.Errorf("copy forge license: %w", err)
-	}
-	return nil
+		clientKey, installationID)
 }
 
 // ForgeInstallation returns the stored Forge installation. Errors wrap

@@ -80,10 +80,15 @@ var (
 		RETURNING ` + tenantColumns
 
 	lockTenantSQL = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
-	// lockTenantEnvSQL is lockTenantSQL with the key environment, in the same
-	// round trip.
-	lockTenantEnvSQL = `SELECT ` + tenantColumns + `, key_env FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
-	getTenantSQL     = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1`
+	// lockInstallSQL is lockTenantSQL with what an install compares in the same
+	// round trip: the key environment and the keys of extra ($2) whose values
+	// differ from the stored ones (as jsonb compares them).
+	lockInstallSQL = `SELECT ` + tenantColumns + `, key_env,
+		(SELECT coalesce(array_agg(key ORDER BY key), '{}')
+			FROM jsonb_each(tenants.extra) a FULL JOIN jsonb_each($2::jsonb) b USING (key)
+			WHERE a.value IS DISTINCT FROM b.value)
+		FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
+	getTenantSQL = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1`
 )
 
 // joinFields joins part(f) over the host fields, with or without client_key.
@@ -158,6 +163,18 @@ func lockTenant(ctx context.Context, tx pgx.Tx, clientKey string) (connectrelay.
 }
 
 func insertEvent(ctx context.Context, tx pgx.Tx, clientKey, typ string, at, iat time.Time, applied bool, changes []string) (int64, error) {
+	b := &pgx.Batch{}
+	var id int64
+	queueEvent(b, clientKey, typ, at, iat, applied, changes, &id)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return 0, err
+	}
+	return id, nil
+}
+
+// queueEvent queues the insert of a history row on b; *id receives its id when
+// the batch runs.
+func queueEvent(b *pgx.Batch, clientKey, typ string, at, iat time.Time, applied bool, changes []string, id *int64) {
 	if changes == nil {
 		changes = []string{}
 	}
@@ -165,14 +182,14 @@ func insertEvent(ctx context.Context, tx pgx.Tx, clientKey, typ string, at, iat 
 	if !iat.IsZero() {
 		issuedAt = &iat
 	}
-	var id int64
-	err := tx.QueryRow(ctx, `INSERT INTO tenant_events (client_key, type, at, issued_at, applied, changes)
+	b.Queue(`INSERT INTO tenant_events (client_key, type, at, issued_at, applied, changes)
 		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
-		clientKey, typ, at, issuedAt, applied, changes).Scan(&id)
-	if err != nil {
-		return 0, fmt.Errorf("record %s event: %w", typ, err)
-	}
-	return id, nil
+		clientKey, typ, at, issuedAt, applied, changes).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(id); err != nil {
+			return fmt.Errorf("record %s event: %w", typ, err)
+		}
+		return nil
+	})
 }
 
 // sanitizeExtra makes sure what is stored as extra is a JSON object without the
@@ -240,35 +257,64 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 	defer cancel()
 
 	var res InstallResult
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		t, _, err := scanTenant(tx.QueryRow(ctx, insertTenantSQL, installArgs(&p, sealed, at, iat)))
-		switch {
-		case err == nil:
-			res.Created, res.Applied, res.Tenant = true, true, t
-			res.Changes = []string{"installed (new tenant)"}
-			if err := s.linkBaseURL(ctx, tx, &res, "", at, iat); err != nil {
-				return err
+	// Two round trips for an existing tenant, three for a new one or a new
+	// baseUrl: BEGIN, the insert of a new tenant and the locking read of the
+	// stored one (which an insert that made the tenant reads back); the link
+	// lookup when the baseUrl is new for the tenant; then every write and COMMIT.
+	err = s.inPipeTx(ctx, func(tx *pipeTx) error {
+		var (
+			inserted   connectrelay.Tenant
+			stored     storedTenant
+			prevSealed Sealed
+		)
+		tx.queue(insertTenantSQL, installArgs(&p, sealed, at, iat)).QueryRow(func(row pgx.Row) error {
+			t, _, err := scanTenant(row)
+			switch {
+			case err == nil:
+				inserted, res.Created = t, true
+				return nil
+			case errors.Is(err, pgx.ErrNoRows):
+				// The clientKey exists (or a concurrent first install just committed
+				// it): ON CONFLICT DO NOTHING waited for that transaction, so the
+				// locking read below sees the row.
+				return nil
+			default:
+				return fmt.Errorf("insert tenant: %w", err)
 			}
-		case errors.Is(err, pgx.ErrNoRows):
-			// The clientKey exists (or a concurrent first install just committed it):
-			// ON CONFLICT DO NOTHING waited for that transaction, so the lock below
-			// sees the row.
-			if err := s.updateExisting(ctx, tx, &res, p, sealed, at, iat); err != nil {
-				return err
+		})
+		tx.queue(lockInstallSQL, p.ClientKey, p.Extra).QueryRow(func(row pgx.Row) (err error) {
+			stored.Tenant, prevSealed, err = scanTenant(row, &stored.keyEnv, &stored.changedExtra)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
 			}
-		default:
-			return fmt.Errorf("insert tenant: %w", err)
-		}
-		res.EventID, err = insertEvent(ctx, tx, p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes)
-		if err != nil {
+			if err != nil {
+				return fmt.Errorf("lock tenant: %w", err)
+			}
+			return nil
+		})
+		if err := tx.flush(ctx); err != nil {
 			return err
 		}
-		if res.Applied {
-			if err := linkForgeTenant(ctx, tx, p.ClientKey, res.Tenant.InstallationID); err != nil {
+		if res.Created {
+			res.Applied, res.Tenant = true, inserted
+			res.Changes = []string{"installed (new tenant)"}
+			if err := s.linkBaseURL(ctx, tx, &res, p.ClientKey, p.BaseURL, "", at, iat); err != nil {
 				return err
 			}
+		} else if err := s.updateExisting(ctx, tx, &res, p, sealed, stored, prevSealed, at, iat); err != nil {
+			return err
 		}
-		return appendInstallEvents(ctx, tx, &res)
+		queueEvent(&tx.pending, p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes, &res.EventID)
+		if res.Applied {
+			queueLinkForgeTenant(&tx.pending, p.ClientKey, p.InstallationID)
+		}
+		if err := queueInstallEvents(&tx.pending, p.ClientKey, &res); err != nil {
+			return err
+		}
+		if err := tx.commit(ctx); err != nil {
+			return fmt.Errorf("record install: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
 		return InstallResult{}, storeErr(err, "install tenant %s", p.ClientKey)
@@ -279,54 +325,63 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 	return res, nil
 }
 
-// appendInstallEvents appends the events of an applied install to the event
-// feed: installed for a new tenant, updated when something stored changed, and
-// site_import_detected when its baseUrl is also another tenant's.
-func appendInstallEvents(ctx context.Context, tx pgx.Tx, res *InstallResult) error {
+// storedTenant is a tenant as an install reads it under its row lock.
+type storedTenant struct {
+	connectrelay.Tenant
+	keyEnv string
+	// changedExtra are the keys of extra the install changes.
+	changedExtra []string
+}
+
+// queueInstallEvents queues the events of an applied install for the event
+// feed of tenant ck: installed for a new tenant, updated when something stored
+// changed, and site_import_detected when its baseUrl is also another tenant's.
+// res.Tenant is not read: for an existing tenant it is filled in only when the
+// batch runs.
+func queueInstallEvents(b *pgx.Batch, ck string, res *InstallResult) error {
 	if !res.Applied {
 		return nil
 	}
-	ck := res.Tenant.ClientKey
 	switch {
 	case res.Created:
-		if err := outbox.Append(ctx, tx, ck, connectrelay.EventInstalled, "", outbox.Data{}); err != nil {
+		if err := outbox.Queue(b, ck, connectrelay.EventInstalled, "", outbox.Data{}); err != nil {
 			return err
 		}
 	case len(res.Changes) > 0:
-		if err := outbox.Append(ctx, tx, ck, connectrelay.EventUpdated, "", outbox.Data{Changes: res.Changes}); err != nil {
+		if err := outbox.Queue(b, ck, connectrelay.EventUpdated, "", outbox.Data{Changes: res.Changes}); err != nil {
 			return err
 		}
 	}
 	if len(res.LinkedClientKeys) == 0 {
 		return nil
 	}
-	return outbox.Append(ctx, tx, ck, connectrelay.EventSiteImportDetected, "", outbox.Data{LinkedClientKeys: res.LinkedClientKeys})
+	return outbox.Queue(b, ck, connectrelay.EventSiteImportDetected, "", outbox.Data{LinkedClientKeys: res.LinkedClientKeys})
 }
 
-// updateExisting applies an installed to an existing tenant, filling res.
-func (s *Store) updateExisting(ctx context.Context, tx pgx.Tx, res *InstallResult, p InstallPayload, sealed Sealed, at, iat time.Time) error {
-	var storedEnv string
-	prev, prevSealed, err := scanTenant(tx.QueryRow(ctx, lockTenantEnvSQL, p.ClientKey), &storedEnv)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
-	}
-	if err != nil {
-		return fmt.Errorf("lock tenant: %w", err)
-	}
-	if env := connect.KeyEnvironment(p.BaseURL); env != storedEnv {
+// updateExisting applies an installed to the existing tenant prev (read under
+// its row lock), filling res and queuing the tenant's update on tx.
+func (s *Store) updateExisting(ctx context.Context, tx *pipeTx, res *InstallResult, p InstallPayload, sealed Sealed,
+	prev storedTenant, prevSealed Sealed, at, iat time.Time) error {
+	if env := connect.KeyEnvironment(p.BaseURL); env != prev.keyEnv {
 		s.log.WarnContext(ctx, "install refused: key environment differs from the tenant's",
-			slog.String("client_key", p.ClientKey), slog.String("stored_key_env", storedEnv),
+			slog.String("client_key", p.ClientKey), slog.String("stored_key_env", prev.keyEnv),
 			slog.String("install_key_env", env), slog.String("install_base_url", p.BaseURL))
 		return fmt.Errorf("%w: tenant %s is of %s, the install's baseUrl %q of %s",
-			ErrKeyEnvironmentMismatch, p.ClientKey, storedEnv, p.BaseURL, env)
+			ErrKeyEnvironmentMismatch, p.ClientKey, prev.keyEnv, p.BaseURL, env)
+	}
+	scanInto := func(row pgx.Row) (err error) {
+		if res.Tenant, _, err = scanTenant(row); err != nil {
+			return fmt.Errorf("update tenant: %w", err)
+		}
+		return nil
 	}
 	if iat.Before(prev.DataIssuedAt) {
 		res.Changes = []string{fmt.Sprintf("not applied: iat %s is older than the last applied installed (iat %s)",
 			fmtTime(iat), fmtTime(prev.DataIssuedAt))}
-		res.Tenant, _, err = scanTenant(tx.QueryRow(ctx, `UPDATE tenants
+		tx.queue(`UPDATE tenants
 			SET last_lifecycle_at = GREATEST(last_lifecycle_at, $2), updated_at = now()
-			WHERE client_key = $1 RETURNING `+tenantColumns, p.ClientKey, at))
-		return err
+			WHERE client_key = $1 RETURNING `+tenantColumns, p.ClientKey, at).QueryRow(scanInto)
+		return nil
 	}
 	res.Applied = true
 
@@ -354,51 +409,40 @@ func (s *Store) updateExisting(ctx context.Context, tx pgx.Tx, res *InstallResul
 			res.Changes = append(res.Changes, fmt.Sprintf("%s %q -> %q", f.json, a, b))
 		}
 	}
-	var changedExtra []string
-	if err := tx.QueryRow(ctx, `SELECT coalesce(array_agg(key ORDER BY key), '{}')
-		FROM jsonb_each($1::jsonb) a FULL JOIN jsonb_each($2::jsonb) b USING (key)
-		WHERE a.value IS DISTINCT FROM b.value`, prev.Extra, p.Extra).Scan(&changedExtra); err != nil {
-		return fmt.Errorf("compare extra fields: %w", err)
-	}
-	if len(changedExtra) > 0 {
-		res.Changes = append(res.Changes, "extra fields changed: "+strings.Join(changedExtra, ", "))
+	if len(prev.changedExtra) > 0 {
+		res.Changes = append(res.Changes, "extra fields changed: "+strings.Join(prev.changedExtra, ", "))
 	}
 
 	args := installArgs(&p, sealed, at, iat)
 	args["installed"], args["installed_iat"] = installed, installedIAT
-	if res.Tenant, _, err = scanTenant(tx.QueryRow(ctx, updateInstallSQL, args)); err != nil {
-		return fmt.Errorf("update tenant: %w", err)
-	}
+	tx.queue(updateInstallSQL, args).QueryRow(scanInto)
 	if prev.BaseURL != p.BaseURL {
-		return s.linkBaseURL(ctx, tx, res, prev.BaseURL, at, iat)
+		return s.linkBaseURL(ctx, tx, res, p.ClientKey, p.BaseURL, prev.BaseURL, at, iat)
 	}
 	return nil
 }
 
-// linkBaseURL records the other tenants holding res.Tenant's baseUrl, which is new for
-// it (created, or renamed from prevBaseURL). It runs after the tenant's own row is
-// written and under a transaction advisory lock on the baseUrl: of two concurrent
-// installs with one baseUrl, the second to take the lock sees the first's committed
-// row, so a site import is never missed.
+// linkBaseURL records the other tenants holding baseURL, which is new for tenant
+// ck (created, or renamed from prevBaseURL). It runs after the tenant's own row
+// is written (queued before it on tx) and under a transaction advisory lock on
+// the baseUrl: of two concurrent installs with one baseUrl, the second to take
+// the lock sees the first's committed row, so a site import is never missed.
 //
 // The writes are constant per install, however many tenants share the baseUrl: one
 // link from the new clientKey to the baseUrl's representative (its oldest tenant) and
 // one linked history row on that representative. Every tenant of a baseUrl is thus
 // linked to its representative, which makes the group; res.LinkedClientKeys (and the
 // site_import_detected event) still name every other tenant, read in one query.
-func (s *Store) linkBaseURL(ctx context.Context, tx pgx.Tx, res *InstallResult, prevBaseURL string, at, iat time.Time) error {
-	ck, baseURL := res.Tenant.ClientKey, res.Tenant.BaseURL
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, linkLockClass, baseURL); err != nil {
-		return fmt.Errorf("lock baseUrl: %w", err)
-	}
+func (s *Store) linkBaseURL(ctx context.Context, tx *pipeTx, res *InstallResult, ck, baseURL, prevBaseURL string, at, iat time.Time) error {
+	tx.queue(`SELECT pg_advisory_xact_lock($1, hashtext($2))`, linkLockClass, baseURL)
+	var others []string
 	// Oldest first: the first row is the representative.
-	rows, err := tx.Query(ctx, `SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
-		ORDER BY first_installed_at, client_key`, baseURL, ck)
-	if err != nil {
-		return fmt.Errorf("find tenants with baseUrl: %w", err)
-	}
-	others, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
+	tx.queue(`SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
+		ORDER BY first_installed_at, client_key`, baseURL, ck).Query(func(rows pgx.Rows) (err error) {
+		others, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err := tx.flush(ctx); err != nil {
 		return fmt.Errorf("find tenants with baseUrl: %w", err)
 	}
 	if len(others) == 0 {
@@ -412,13 +456,10 @@ func (s *Store) linkBaseURL(ctx context.Context, tx pgx.Tx, res *InstallResult, 
 		held = "site import: " + held
 		theirs = fmt.Sprintf("site import: baseUrl %q now also held by new clientKey %s", baseURL, ck)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
-		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, ck, rep, baseURL, at); err != nil {
-		return fmt.Errorf("record link: %w", err)
-	}
-	if _, err := insertEvent(ctx, tx, rep, EventLinked, at, iat, true, []string{theirs}); err != nil {
-		return err
-	}
+	tx.queue(`INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
+		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, ck, rep, baseURL, at)
+	var repEvent int64
+	queueEvent(&tx.pending, rep, EventLinked, at, iat, true, []string{theirs}, &repEvent)
 	res.Changes = append(res.Changes, held)
 	res.LinkedClientKeys = others
 	s.log.WarnContext(ctx, "baseUrl held by several tenants",
@@ -525,10 +566,17 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 	ctx, cancel := bound(ctx)
 	defer cancel()
 	var id int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		t, _, err := lockTenant(ctx, tx, clientKey)
-		if err != nil {
+	// Two round trips: BEGIN and the locking read, then the writes and COMMIT.
+	err := s.inPipeTx(ctx, func(p *pipeTx) error {
+		var t connectrelay.Tenant
+		p.queue(lockTenantSQL, clientKey).QueryRow(func(row pgx.Row) (err error) {
+			t, _, err = scanTenant(row)
 			return err
+		})
+		if err := p.flush(ctx); errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("clientKey %s: %w", clientKey, ErrNotFound)
+		} else if err != nil {
+			return fmt.Errorf("lock tenant: %w", err)
 		}
 		prev := lifecycleState{t.Installed, t.Enabled, t.InstalledIssuedAt, t.EnabledIssuedAt}
 		next, why := decide(prev, iat)
@@ -542,15 +590,10 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 		if next.enabled != prev.enabled {
 			changes = append(changes, fmt.Sprintf("enabled %t -> %t", prev.enabled, next.enabled))
 		}
-		if _, err := tx.Exec(ctx, `UPDATE tenants SET installed = $2, enabled = $3, installed_iat = $4, enabled_iat = $5,
+		p.queue(`UPDATE tenants SET installed = $2, enabled = $3, installed_iat = $4, enabled_iat = $5,
 			last_lifecycle_at = GREATEST(last_lifecycle_at, $6), updated_at = now()
-			WHERE client_key = $1`, clientKey, next.installed, next.enabled, next.installedIAT, next.enabledIAT, at); err != nil {
-			return fmt.Errorf("update tenant: %w", err)
-		}
-		id, err = insertEvent(ctx, tx, clientKey, typ, at, iat, why == "", changes)
-		if err != nil {
-			return err
-		}
+			WHERE client_key = $1`, clientKey, next.installed, next.enabled, next.installedIAT, next.enabledIAT, at)
+		queueEvent(&p.pending, clientKey, typ, at, iat, why == "", changes, &id)
 		var ev connectrelay.EventType
 		switch {
 		case typ == EventUninstalled && prev.installed && !next.installed:
@@ -559,10 +602,16 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 			ev = connectrelay.EventEnabled
 		case typ == EventDisabled && prev.enabled && !next.enabled:
 			ev = connectrelay.EventDisabled
-		default:
-			return nil
 		}
-		return outbox.Append(ctx, tx, clientKey, ev, "", outbox.Data{})
+		if ev != "" {
+			if err := outbox.Queue(&p.pending, clientKey, ev, "", outbox.Data{}); err != nil {
+				return err
+			}
+		}
+		if err := p.commit(ctx); err != nil {
+			return fmt.Errorf("record %s: %w", typ, err)
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, storeErr(err, "%s tenant %s", typ, clientKey)

@@ -141,6 +141,14 @@ func TestInstallRecordsWhatChanged(t *testing.T) {
 		if diff := cmp.Diff(tc.want, res.Changes); diff != "" {
 			t.Errorf("%s: changes (-want +got):\n%s", tc.desc, diff)
 		}
+		if res.Tenant.ClientKey != "ck" || res.Tenant.DataIssuedAt != ts(10+i) || res.EventID == 0 {
+			t.Errorf("%s: result tenant %q data iat %v event %d; want the stored tenant and its history row",
+				tc.desc, res.Tenant.ClientKey, res.Tenant.DataIssuedAt, res.EventID)
+		}
+	}
+	wantFeed := []string{"tenant.installed", "tenant.updated", "tenant.updated", "tenant.updated"}
+	if diff := cmp.Diff(wantFeed, b.feedTypes(t, "ck")); diff != "" {
+		t.Errorf("event feed (-want +got):\n%s", diff)
 	}
 	got := b.get(t, "ck")
 	if got.BaseURL != "https://renamed.atlassian.net" || got.PluginsVersion != "1.0.1" || got.CloudID != "c-1" {
@@ -175,6 +183,9 @@ func TestSiteImportLinksTenantsAndLeavesOldOneAlone(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"installed (new tenant)", `site import: baseUrl "https://shared.atlassian.net" also held by clientKey(s) old`}, res.Changes); diff != "" {
 		t.Errorf("changes (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"tenant.installed", "tenant.site_import_detected"}, b.feedTypes(t, "new")); diff != "" {
+		t.Errorf("event feed of new (-want +got):\n%s", diff)
 	}
 	if after := b.rowJSON(t, "old"); after != before {
 		t.Errorf("old tenant row changed:\nbefore %s\nafter  %s", before, after)
