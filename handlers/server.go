@@ -25,6 +25,7 @@ import (
 
 	"github.com/connectrelay/connectrelay/config"
 	"github.com/connectrelay/connectrelay/connect"
+	callback "github.com/connectrelay/connectrelay/internal/budget"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
@@ -54,7 +55,17 @@ const DefaultBodyLimit = 64 << 10
 // fetch, secret lookup, Postgres writes and the enqueue share it. A hung
 // dependency therefore yields a 503 within a second (the contract), far inside
 // AMP's 5 s acknowledgement budget, whichever step it stalls.
+//
+// Time spent waiting for a pooled Postgres connection while the pool is busy
+// (every connection in use, and connections still being handed out) is not
+// counted against it, only against BusyBudget: a loaded but healthy Postgres
+// answers 2xx a little later instead of 503 (see package internal/budget).
 const RequestBudget = 950 * time.Millisecond
+
+// BusyBudget is the longest a request may take after its body is read when
+// Postgres is busy, not down: the answer budget plus its waits for a pooled
+// connection. It stays well inside AMP's 5 s acknowledgement deadline.
+const BusyBudget = 3 * time.Second
 
 // TenantStore is what the lifecycle handlers need of the tenant repository.
 type TenantStore interface {
@@ -404,10 +415,11 @@ func dependencyError(what string, err error) error {
 	return fail(http.StatusServiceUnavailable, what+" temporarily unavailable", err)
 }
 
-// budget starts the request's deadline; call it once the body is read, so a slow
+// budget starts the request's deadline (RequestBudget, stretched to at most
+// BusyBudget by waits for a busy Postgres pool); call it once the body is read, so a slow
 // client uploading its body does not eat into the time of our dependencies.
 func budget(c echo.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.Request().Context(), RequestBudget)
+	return callback.New(c.Request().Context(), RequestBudget, BusyBudget)
 }
 
 // methodLabel keeps the metric's method label to a fixed set: the method is the

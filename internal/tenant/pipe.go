@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/connectrelay/connectrelay/internal/budget"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -93,11 +95,44 @@ func (p *pipeTx) commit(ctx context.Context) error {
 	return p.flush(ctx)
 }
 
+// StallTimeout is how long a callback waiting for a pooled connection lets
+// pass without any connection being handed out before it calls Postgres down.
+const StallTimeout = 250 * time.Millisecond
+
 // acquire takes a connection from the pool within ctx.
+//
+// For a callback (a ctx with a budget.New budget) waiting while every pooled
+// connection is in use is "busy", not "down", as long as connections keep
+// being handed out: that wait does not count against the callback's answer
+// budget, only against its busy budget. A wait in which no connection was
+// handed out to anyone for StallTimeout means Postgres does not answer, and
+// fails with ErrUnavailable at once. Other callers (the worker, whose
+// transactions may hold connections for long) wait as ctx allows.
 func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("acquire connection: %w", err)
+	if !budget.Active(ctx) {
+		conn, err := s.pool.Acquire(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("acquire connection: %w", err)
+		}
+		return conn, nil
 	}
-	return conn, nil
+	resume := budget.Pause(ctx)
+	defer resume()
+	var handedOut int64 = -1 // unknown until the first wait times out
+	for {
+		actx, cancel := context.WithTimeout(ctx, StallTimeout)
+		conn, err := s.pool.Acquire(actx)
+		cancel()
+		switch {
+		case err == nil:
+			return conn, nil
+		case ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded):
+			return nil, fmt.Errorf("acquire connection: %w", err)
+		}
+		n := s.pool.Stat().AcquireCount()
+		if n == handedOut {
+			return nil, fmt.Errorf("acquire connection: %w: no pooled connection handed out for %v", ErrUnavailable, StallTimeout)
+		}
+		handedOut = n
+	}
 }

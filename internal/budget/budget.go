@@ -1,0 +1,165 @@
+// Package budget is the time budget of one callback: how long its
+// dependencies may take to answer, and how much longer it may wait when a
+// dependency is only busy.
+//
+// A callback must answer 503 within about a second when Redis or Postgres is
+// down or hung, so that Atlassian re-sends it soon; that is the answer budget.
+// But a Postgres whose pooled connections are all in use while they keep
+// coming back is not down: on a loaded machine the wait for a free connection
+// alone could spend the whole answer budget and turn a healthy install into a
+// 503. Time spent in such a wait is therefore not counted against the answer
+// budget (Pause), only against the busy budget, a hard bound under AMP's 5 s
+// acknowledgement deadline. Whoever waits decides whether the wait is busy or
+// stalled (package tenant: no connection came back for a while means down).
+package budget
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+type key struct{}
+
+// clock is a context whose deadline is the answer deadline, moved later by
+// the time spent paused, and never later than the hard (busy) deadline.
+type clock struct {
+	context.Context // the parent: values and cancellation
+
+	mu       sync.Mutex
+	deadline time.Time // the answer deadline while running
+	hard     time.Time
+	paused   int // nesting depth of Pause
+	pausedAt time.Time
+	timer    *time.Timer
+	done     chan struct{}
+	err      error
+	stop     func() bool
+}
+
+// New returns a context for one callback: it ends answer after now, later by
+// the time spent in Pause, and at the latest busy after now, or when parent
+// ends. The cancel function releases it and must be called.
+func New(parent context.Context, answer, busy time.Duration) (context.Context, context.CancelFunc) {
+	now := time.Now()
+	c := &clock{Context: parent, deadline: now.Add(answer), hard: now.Add(max(busy, answer)), done: make(chan struct{})}
+	if pd, ok := parent.Deadline(); ok && pd.Before(c.hard) {
+		c.hard = pd
+		if pd.Before(c.deadline) {
+			c.deadline = pd
+		}
+	}
+	// Under the lock: either callback may run at once, and cancel reads both.
+	c.mu.Lock()
+	c.timer = time.AfterFunc(time.Until(c.deadline), c.expire)
+	c.stop = context.AfterFunc(parent, func() { c.cancel(context.Cause(parent)) })
+	c.mu.Unlock()
+	return c, func() { c.cancel(context.Canceled) }
+}
+
+// Pause stops the answer clock of ctx's budget until resume is called: the
+// wait in between counts only against the busy budget. It nests, and is a
+// no-op for a context without a budget. resume must be called once.
+func Pause(ctx context.Context) (resume func()) {
+	c, ok := ctx.Value(key{}).(*clock)
+	if !ok {
+		return func() {}
+	}
+	c.mu.Lock()
+	if c.paused == 0 && c.err == nil {
+		c.pausedAt = time.Now()
+		c.timer.Reset(time.Until(c.hard))
+	}
+	c.paused++
+	c.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(c.resume) }
+}
+
+// Active reports whether ctx carries a callback budget, that is whether a
+// wait on it is bounded by an answer budget Pause can stop.
+func Active(ctx context.Context) bool {
+	_, ok := ctx.Value(key{}).(*clock)
+	return ok
+}
+
+func (c *clock) resume() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.paused--
+	if c.paused > 0 || c.err != nil {
+		return
+	}
+	c.deadline = c.deadline.Add(time.Since(c.pausedAt))
+	if c.deadline.After(c.hard) {
+		c.deadline = c.hard
+	}
+	c.timer.Reset(time.Until(c.deadline))
+}
+
+// expire runs when the timer fires; a pause or resume may have moved the
+// deadline since it was set, so it checks again.
+func (c *clock) expire() {
+	c.mu.Lock()
+	now := time.Now()
+	var due time.Time
+	if c.paused > 0 {
+		due = c.hard
+	} else {
+		due = c.deadline
+	}
+	if now.Before(due) {
+		c.timer.Reset(due.Sub(now))
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.cancel(context.DeadlineExceeded)
+}
+
+func (c *clock) cancel(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return
+	}
+	c.err = err
+	close(c.done)
+	c.timer.Stop()
+	c.stop()
+}
+
+// Deadline is the answer deadline, or the hard one while paused.
+func (c *clock) Deadline() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.paused > 0 {
+		return c.hard, true
+	}
+	return c.deadline, true
+}
+
+// Done is closed when the budget ends or the parent does.
+func (c *clock) Done() <-chan struct{} { return c.done }
+
+// Err is context.DeadlineExceeded when the budget ran out, the parent's
+// cause when it ended first, and context.Canceled after cancel.
+func (c *clock) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		return nil
+	}
+	if c.err == context.DeadlineExceeded || c.err == context.Canceled {
+		return c.err
+	}
+	return c.Context.Err()
+}
+
+// Value finds the budget itself, and the parent's values.
+func (c *clock) Value(k any) any {
+	if k == (key{}) {
+		return c
+	}
+	return c.Context.Value(k)
+}

@@ -1,0 +1,116 @@
+package budget
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestNew_EndsAtTheAnswerDeadlineWhenNothingPauses(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	ctx, cancel := New(context.Background(), 50*time.Millisecond, time.Second)
+	defer cancel()
+	if dl, ok := ctx.Deadline(); !ok || dl.Sub(start) > 60*time.Millisecond {
+		t.Errorf("Deadline() = %v, %v; want about 50 ms from now", dl.Sub(start), ok)
+	}
+	<-ctx.Done()
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Errorf("Err() = %v, want DeadlineExceeded", ctx.Err())
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("ended after %v, want about 50 ms", d)
+	}
+}
+
+func TestPause_TimeSpentPausedIsNotCountedAgainstTheAnswerBudget(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := New(context.Background(), 100*time.Millisecond, 5*time.Second)
+	defer cancel()
+	resume := Pause(ctx)
+	if dl, _ := ctx.Deadline(); time.Until(dl) < 4*time.Second {
+		t.Errorf("paused Deadline() in %v, want the busy deadline (about 5 s)", time.Until(dl))
+	}
+	time.Sleep(300 * time.Millisecond) // three answer budgets
+	if ctx.Err() != nil {
+		t.Fatalf("Err() = %v while paused, want nil", ctx.Err())
+	}
+	resume()
+	resume() // a second call is a no-op
+	dl, _ := ctx.Deadline()
+	if left := time.Until(dl); left < 20*time.Millisecond || left > 110*time.Millisecond {
+		t.Errorf("after resume %v left, want the unspent answer budget (about 100 ms)", left)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("not ended after the answer budget resumed")
+	}
+}
+
+func TestPause_IsBoundedByTheBusyBudget(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	ctx, cancel := New(context.Background(), 20*time.Millisecond, 150*time.Millisecond)
+	defer cancel()
+	resume := Pause(ctx)
+	defer resume()
+	<-ctx.Done()
+	if d := time.Since(start); d < 140*time.Millisecond || d > time.Second {
+		t.Errorf("paused budget ended after %v, want the busy budget (150 ms)", d)
+	}
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Errorf("Err() = %v, want DeadlineExceeded", ctx.Err())
+	}
+}
+
+func TestNew_EndsWithItsParentAndKeepsItsValues(t *testing.T) {
+	t.Parallel()
+	type k struct{}
+	parent, stop := context.WithCancel(context.WithValue(context.Background(), k{}, "v"))
+	ctx, cancel := New(parent, time.Minute, time.Minute)
+	defer cancel()
+	if ctx.Value(k{}) != "v" || !Active(ctx) || Active(parent) {
+		t.Fatal("values: want the parent's and the budget's own")
+	}
+	child, cancelChild := context.WithTimeout(ctx, time.Minute)
+	defer cancelChild()
+	stop()
+	select {
+	case <-child.Done():
+	case <-time.After(time.Second):
+		t.Fatal("a child of the budget did not end with the parent")
+	}
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		t.Errorf("Err() = %v, want Canceled", ctx.Err())
+	}
+}
+
+func TestNew_NeverOutlivesTheParentsDeadline(t *testing.T) {
+	t.Parallel()
+	parent, stop := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer stop()
+	ctx, cancel := New(parent, time.Second, 5*time.Second)
+	defer cancel()
+	resume := Pause(ctx)
+	defer resume()
+	if dl, _ := ctx.Deadline(); time.Until(dl) > 40*time.Millisecond {
+		t.Errorf("Deadline() in %v, want the parent's (30 ms)", time.Until(dl))
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Second):
+		t.Fatal("did not end with the parent's deadline")
+	}
+}
+
+func TestPause_WithoutABudgetDoesNothing(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	Pause(ctx)()
+	if ctx.Err() != nil {
+		t.Fatal(ctx.Err())
+	}
+}

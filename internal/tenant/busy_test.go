@@ -1,0 +1,111 @@
+package tenant
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/connectrelay/connectrelay/internal/budget"
+	"github.com/connectrelay/connectrelay/internal/schema"
+)
+
+// smallPoolStore is a Store over a pool of two connections on b's database,
+// with n installed tenants ck-0..ck-n-1.
+func smallPoolStore(t *testing.T, b *testBundle, n int) (*Store, *pgxpool.Pool) {
+	t.Helper()
+	for i := range n {
+		b.install(t, payload(t, fmt.Sprintf("ck-%d", i), nil), ts(1), ts(1))
+	}
+	pool, err := schema.Open(testCtx(t), b.url+"&pool_max_conns=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return NewStore(pool, b.box, testLogger(t)), pool
+}
+
+// holdPool takes every connection of pool and gives them back after d.
+func holdPool(t *testing.T, pool *pgxpool.Pool, d time.Duration) {
+	t.Helper()
+	var conns []*pgxpool.Conn
+	for range int(pool.Config().MaxConns) {
+		c, err := pool.Acquire(testCtx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	time.AfterFunc(d, func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	})
+}
+
+func TestSetEnabled_WaitingForABusyPoolIsNotCountedAgainstTheAnswerBudget(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const n = 12
+	store, pool := smallPoolStore(t, b, n)
+
+	run := func(newCtx func() (context.Context, context.CancelFunc)) []error {
+		// Every connection is taken for three answer budgets, then handed out
+		// again: busy, not down.
+		holdPool(t, pool, 150*time.Millisecond)
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i := range n {
+			wg.Go(func() {
+				ctx, cancel := newCtx()
+				defer cancel()
+				_, errs[i] = store.SetEnabled(ctx, fmt.Sprintf("ck-%d", i), true, ts(10+i), ts(10))
+			})
+		}
+		wg.Wait()
+		return errs
+	}
+	const answer = 50 * time.Millisecond
+	for i, err := range run(func() (context.Context, context.CancelFunc) {
+		return budget.New(testCtx(t), answer, 5*time.Second)
+	}) {
+		if err != nil {
+			t.Errorf("SetEnabled(ck-%d) with a busy pool = %v, want nil", i, err)
+		}
+	}
+	// The same wait under a plain deadline of the answer budget fails: the
+	// test above would catch a wait that counted.
+	failed := 0
+	for _, err := range run(func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(testCtx(t), answer)
+	}) {
+		if errors.Is(err, ErrUnavailable) {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Error("with a plain 50 ms deadline no call failed: the pool was not held")
+	}
+}
+
+func TestSetEnabled_APoolThatHandsOutNothingIsDownAndFailsFast(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	store, pool := smallPoolStore(t, b, 1)
+	holdPool(t, pool, 3*time.Second) // as if every connection hung in a statement
+
+	ctx, cancel := budget.New(testCtx(t), 950*time.Millisecond, 3*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := store.SetEnabled(ctx, "ck-0", true, ts(10), ts(10))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("SetEnabled with no connection coming back = %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 950*time.Millisecond {
+		t.Errorf("gave up after %v, want within the answer budget (two stall timeouts of %v)", d, StallTimeout)
+	}
+}
