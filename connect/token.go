@@ -108,6 +108,10 @@ func queryToken(rawQuery string) (string, int) {
 type tokenHeader struct {
 	Alg, Kid, Typ string
 	Crit          json.RawMessage
+	// stringsOnly reports that every member of the header is a JSON string,
+	// so that golang-jwt's decoding of it (into map[string]any) cannot fail
+	// where this one succeeded, and a verifier may skip that second decoding.
+	stringsOnly bool
 }
 
 // parseHeader checks the compact serialisation of raw (three base64url
@@ -154,6 +158,13 @@ func parseHeader(raw string) (tokenHeader, error) {
 		// RFC 7515 §4.1.11: a recipient must refuse critical extensions it
 		// does not understand, and this package understands none.
 		return h, fmt.Errorf("%w: header has crit extensions", ErrMalformedToken)
+	}
+	h.stringsOnly = members != nil
+	for _, v := range members {
+		if len(v) == 0 || v[0] != '"' {
+			h.stringsOnly = false
+			break
+		}
 	}
 	return h, nil
 }
