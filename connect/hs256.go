@@ -2,12 +2,17 @@ package connect
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -113,33 +118,14 @@ func NewHS256Verifier(cfg HS256Config) (*HS256Verifier, error) {
 // Each failed signature costs one uncached SecretStore lookup; a store that
 // is expensive to refresh should rate-limit refreshes per clientKey.
 func (v *HS256Verifier) Verify(ctx context.Context, r *http.Request, policy QSHPolicy) (*Claims, error) {
-	raw, _, err := extractWithAlg(r, jwt.SigningMethodHS256.Alg(), "HS256")
+	raw, hdr, err := extractWithAlg(r, jwt.SigningMethodHS256.Alg(), "HS256")
 	if err != nil {
 		return nil, err
 	}
 
-	var (
-		claims    jwtClaims
-		secret    []byte
-		lookupErr error
-	)
-	_, err = v.parser.ParseWithClaims(raw, &claims, func(*jwt.Token) (any, error) {
-		secret, lookupErr = v.secret(ctx, claims.Issuer, false)
-		if lookupErr != nil {
-			return nil, lookupErr
-		}
-		return secret, nil
-	})
-	if lookupErr != nil {
-		return nil, lookupErr
-	}
-	if err != nil {
-		if !errors.Is(err, jwt.ErrTokenSignatureInvalid) {
-			return nil, mapJWTError(err)
-		}
-		if err := v.retryRotated(ctx, raw, &claims, secret); err != nil {
-			return nil, err
-		}
+	var claims jwtClaims
+	if err := v.verifySignature(ctx, raw, hdr, &claims); err != nil {
+		return nil, err
 	}
 
 	if err := checkTimes(&claims, v.now(), v.leeway); err != nil {
@@ -149,6 +135,73 @@ func (v *HS256Verifier) Verify(ctx context.Context, r *http.Request, policy QSHP
 		return nil, err
 	}
 	return toClaims(&claims, ""), nil
+}
+
+// verifySignature decodes the claims of raw into claims, looks up the secret
+// of their issuer and verifies the HMAC, retrying once with a refreshed
+// secret (retryRotated). The token is decoded once: its header was decoded
+// by extractWithAlg and, when that decoding is all golang-jwt would also
+// accept (hdr.stringsOnly), the payload and signature are decoded here and
+// the HMAC computed as golang-jwt's HS256 does; any other token, and any
+// token whose payload or signature does not decode, goes through golang-jwt,
+// so that the errors and their order are the library's.
+func (v *HS256Verifier) verifySignature(ctx context.Context, raw string, hdr tokenHeader, claims *jwtClaims) error {
+	if !hdr.stringsOnly {
+		return v.parseWithLibrary(ctx, raw, claims)
+	}
+	headerSeg, rest, _ := strings.Cut(raw, ".")
+	payloadSeg, sigSeg, _ := strings.Cut(rest, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(payloadSeg)
+	if err != nil {
+		return v.parseWithLibrary(ctx, raw, claims)
+	}
+	// The same call golang-jwt makes, so the claims decode identically.
+	var c jwt.Claims = claims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		*claims = jwtClaims{}
+		return v.parseWithLibrary(ctx, raw, claims)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(sigSeg)
+	if err != nil {
+		*claims = jwtClaims{}
+		return v.parseWithLibrary(ctx, raw, claims)
+	}
+	secret, err := v.secret(ctx, claims.Issuer, false)
+	if err != nil {
+		return err
+	}
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(raw[:len(headerSeg)+1+len(payloadSeg)]))
+	if hmac.Equal(sig, mac.Sum(nil)) {
+		return nil
+	}
+	return v.retryRotated(ctx, raw, claims, secret)
+}
+
+// parseWithLibrary verifies raw with golang-jwt, decoding its claims into
+// claims, as verifySignature does.
+func (v *HS256Verifier) parseWithLibrary(ctx context.Context, raw string, claims *jwtClaims) error {
+	var (
+		secret    []byte
+		lookupErr error
+	)
+	_, err := v.parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) {
+		secret, lookupErr = v.secret(ctx, claims.Issuer, false)
+		if lookupErr != nil {
+			return nil, lookupErr
+		}
+		return secret, nil
+	})
+	if lookupErr != nil {
+		return lookupErr
+	}
+	if err != nil {
+		if !errors.Is(err, jwt.ErrTokenSignatureInvalid) {
+			return mapJWTError(err)
+		}
+		return v.retryRotated(ctx, raw, claims, secret)
+	}
+	return nil
 }
 
 // retryRotated re-verifies raw with a freshly read secret when it differs from

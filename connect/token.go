@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/connectrelay/connectrelay/internal/jsonobj"
 )
 
 // MaxTokenLength bounds the tokens the package looks at. Real Connect tokens
@@ -108,6 +110,10 @@ func queryToken(rawQuery string) (string, int) {
 type tokenHeader struct {
 	Alg, Kid, Typ string
 	Crit          json.RawMessage
+	// stringsOnly reports that every member of the header is a JSON string,
+	// so that golang-jwt's decoding of it (into map[string]any) cannot fail
+	// where this one succeeded, and a verifier may skip that second decoding.
+	stringsOnly bool
 }
 
 // parseHeader checks the compact serialisation of raw (three base64url
@@ -136,18 +142,23 @@ func parseHeader(raw string) (tokenHeader, error) {
 	// Read exact member names, as golang-jwt does (its header is a map):
 	// encoding/json's case-insensitive struct matching would let
 	// {"alg":"none","ALG":"HS256"} mean one thing here and another there.
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(b, &members); err != nil {
+	members, err := headerMembers(b)
+	if err != nil {
 		return h, fmt.Errorf("%w: header is not a JSON object: %v", ErrMalformedToken, err)
 	}
-	for name, dst := range map[string]*string{"alg": &h.Alg, "kid": &h.Kid, "typ": &h.Typ} {
-		v, ok := members[name]
+	for _, f := range [...]struct {
+		name string
+		dst  *string
+	}{{"alg", &h.Alg}, {"kid", &h.Kid}, {"typ", &h.Typ}} {
+		v, ok := members[f.name]
 		if !ok {
 			continue
 		}
-		if err := json.Unmarshal(v, dst); err != nil {
-			return h, fmt.Errorf("%w: header %s is not a string", ErrMalformedToken, name)
+		s, ok := jsonobj.String(v)
+		if !ok {
+			return h, fmt.Errorf("%w: header %s is not a string", ErrMalformedToken, f.name)
 		}
+		*f.dst = s
 	}
 	h.Crit = members["crit"]
 	if len(h.Crit) > 0 {
@@ -155,7 +166,31 @@ func parseHeader(raw string) (tokenHeader, error) {
 		// does not understand, and this package understands none.
 		return h, fmt.Errorf("%w: header has crit extensions", ErrMalformedToken)
 	}
+	h.stringsOnly = members != nil
+	for _, v := range members {
+		if len(v) == 0 || v[0] != '"' {
+			h.stringsOnly = false
+			break
+		}
+	}
 	return h, nil
+}
+
+// headerMembers is json.Unmarshal of b into a map[string]json.RawMessage,
+// with its result and error, without reflection for a valid JSON object.
+func headerMembers(b []byte) (map[string]json.RawMessage, error) {
+	if json.Valid(b) {
+		m := make(map[string]json.RawMessage, 4)
+		if jsonobj.Each(b, func(name string, value []byte) bool {
+			m[name] = value
+			return true
+		}) {
+			return m, nil
+		}
+	}
+	var m map[string]json.RawMessage
+	err := json.Unmarshal(b, &m)
+	return m, err
 }
 
 // extractWithAlg extracts the request's token and decodes its header, which must
@@ -237,6 +272,31 @@ func (c *jwtClaims) UnmarshalJSON(b []byte) error {
 // decodeMembers decodes a JSON object into its members, refusing anything
 // else, a member name given twice, and trailing data.
 func decodeMembers(b []byte) (map[string]json.RawMessage, error) {
+	if json.Valid(b) {
+		// Only the errors that valid JSON can have, in the order the
+		// decoder below would find them.
+		members := make(map[string]json.RawMessage, 8)
+		var err error
+		if !jsonobj.Each(b, func(name string, value []byte) bool {
+			if _, dup := members[name]; dup {
+				err = fmt.Errorf("claim %s appears more than once", truncate(name, 32))
+				return false
+			}
+			members[name] = value
+			return true
+		}) {
+			return nil, errors.New("claims are not a JSON object")
+		}
+		if err != nil {
+			return nil, err
+		}
+		return members, nil
+	}
+	return decodeMembersStream(b)
+}
+
+// decodeMembersStream is decodeMembers with a json.Decoder, for any input.
+func decodeMembersStream(b []byte) (map[string]json.RawMessage, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return nil, errors.New("claims are not a JSON object")

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
@@ -21,8 +22,25 @@ func (s *Server) migrationEvent(c echo.Context) error {
 		s.d.Logger.WarnContext(c.Request().Context(), "migration event rejected",
 			slog.Int("status", c.Response().Status), slog.String("reason", err.Error()))
 	}
-	s.d.Metrics.WebhookSLI.WithLabelValues(metrics.SLIResult(c.Response().Status)).Inc()
+	s.webhookSLI.observe(c.Response().Status)
 	return nil
+}
+
+// sliCounters are the two series of an SLI counter vector (metrics.SLIResult),
+// resolved once so that a request does not look its series up by label.
+type sliCounters struct{ good, bad prometheus.Counter }
+
+func newSLICounters(v *prometheus.CounterVec) sliCounters {
+	return sliCounters{good: v.WithLabelValues("good"), bad: v.WithLabelValues("bad")}
+}
+
+// observe counts one answer with status under its SLI result.
+func (c sliCounters) observe(status int) {
+	if metrics.SLIResult(status) == "good" {
+		c.good.Inc()
+		return
+	}
+	c.bad.Inc()
 }
 
 func (s *Server) handleMigrationEvent(c echo.Context) error {
@@ -58,7 +76,7 @@ func (s *Server) handleMigrationEvent(c echo.Context) error {
 		result = "duplicate"
 	}
 	s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, result).Inc()
-	s.d.Logger.InfoContext(ctx, "migration event accepted",
+	s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "migration event accepted",
 		slog.String("client_key", claims.Issuer), slog.String("event_type", string(ev.Type)),
 		slog.String("transfer_id", ev.TransferID), slog.String("dedupe_key", key), slog.Bool("duplicate", dup))
 	return c.NoContent(http.StatusOK)

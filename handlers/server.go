@@ -156,6 +156,8 @@ type Server struct {
 	echo       *echo.Echo
 	internal   *echo.Echo
 	descriptor []byte
+	// webhookSLI are the series of Metrics.WebhookSLI.
+	webhookSLI sliCounters
 }
 
 // New builds the Echo application with every route of the contract.
@@ -173,7 +175,7 @@ func New(d Deps) (*Server, error) {
 	if d.BodyLimit <= 0 {
 		d.BodyLimit = DefaultBodyLimit
 	}
-	s := &Server{d: d}
+	s := &Server{d: d, webhookSLI: newSLICounters(d.Metrics.WebhookSLI)}
 	desc, err := s.buildDescriptor()
 	if err != nil {
 		return nil, err

@@ -24,15 +24,57 @@ type migrationEventPayload struct {
 	Event json.RawMessage `json:"event"`
 }
 
+// migrationEventPayloadJSON returns json.Marshal of the payload, byte for
+// byte. The common case, a client key and a compact body that encoding/json
+// would copy unchanged (no whitespace, no '<', '>', '&', U+2028 or U+2029),
+// is written directly; anything else goes through json.Marshal.
+func migrationEventPayloadJSON(clientKey string, body json.RawMessage) ([]byte, error) {
+	if !plainJSONString(clientKey) || !compactJSON(body) {
+		return json.Marshal(migrationEventPayload{ClientKey: clientKey, Event: body})
+	}
+	b := make([]byte, 0, len(`{"clientKey":"","event":}`)+len(clientKey)+len(body))
+	b = append(b, `{"clientKey":"`...)
+	b = append(b, clientKey...)
+	b = append(b, `","event":`...)
+	b = append(b, body...)
+	return append(b, '}'), nil
+}
+
+// plainJSONString reports whether json.Marshal(s) is s in quotes: printable
+// ASCII without '"', '\' or the characters it escapes for HTML.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c >= 0x7f, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
+
+// compactJSON reports whether b is valid JSON that json.Marshal of a
+// json.RawMessage copies unchanged: no whitespace byte, no byte it escapes
+// for HTML, and no 0xE2 (which starts U+2028 and U+2029).
+func compactJSON(b []byte) bool {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\n', '\r', '<', '>', '&', 0xE2:
+			return false
+		}
+	}
+	return len(b) > 0 && json.Valid(b)
+}
+
 // MigrationEvent enqueues a migration event under the signing tenant and its
 // dedupe key (see migration.Event.DedupeKey), so that a re-sent event is a
 // duplicate. The tenant is part of the TaskID: another tenant that learns a
 // messageId must not be able to pre-empt this tenant's event with its own.
 func (e *Enqueuer) MigrationEvent(ctx context.Context, clientKey, dedupeKey string, body json.RawMessage) (duplicate bool, err error) {
-	t, err := newTask(TypeMigrationEvent, migrationEventPayload{ClientKey: clientKey, Event: body})
+	b, err := migrationEventPayloadJSON(clientKey, body)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("encode %s payload: %w", TypeMigrationEvent, err)
 	}
+	t := asynq.NewTask(TypeMigrationEvent, b)
 	return e.enqueue(ctx, t, asynq.Queue(QueueMigration), asynq.TaskID("amp:"+clientKey+":"+dedupeKey),
 		asynq.Retention(MigrationRetention), asynq.MaxRetry(MaxRetry))
 }

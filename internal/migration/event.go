@@ -97,8 +97,8 @@ func ParseEvent(body []byte) (Event, error) {
 	if !utf8.Valid(body) {
 		return Event{}, invalid("body is not valid UTF-8")
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(body, &top); err != nil {
+	top, err := objectMembers(body)
+	if err != nil {
 		return Event{}, invalid("body is not a JSON object: %v", err)
 	}
 	if top == nil {
@@ -106,9 +106,8 @@ func ParseEvent(body []byte) (Event, error) {
 	}
 	var (
 		ev  Event
-		err error
+		typ string
 	)
-	var typ string
 	if typ, err = requiredString(top, "eventType"); err != nil {
 		return Event{}, err
 	}
@@ -161,27 +160,34 @@ func ParseEvent(body []byte) (Event, error) {
 // parseDetails reads a migrationDetails object liberally (see connectrelay.MigrationDetails).
 // It is also used on the copy stored with a transfer.
 func parseDetails(raw json.RawMessage) (connectrelay.MigrationDetails, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+	m, err := objectMembers(raw)
+	if err != nil || m == nil {
 		return connectrelay.MigrationDetails{}, invalid("migrationDetails is not a JSON object")
 	}
 	d := connectrelay.MigrationDetails{Raw: bytes.Clone(raw)}
-	for name, dst := range map[string]*string{
-		"migrationId":         &d.MigrationID,
-		"migrationScopeId":    &d.MigrationScopeID,
-		"name":                &d.Name,
-		"jiraClientKey":       &d.JiraClientKey,
-		"confluenceClientKey": &d.ConfluenceClientKey,
-		"cloudUrl":            &d.CloudURL,
+	for _, f := range [...]struct {
+		name string
+		dst  *string
+	}{
+		{"migrationId", &d.MigrationID},
+		{"migrationScopeId", &d.MigrationScopeID},
+		{"name", &d.Name},
+		{"jiraClientKey", &d.JiraClientKey},
+		{"confluenceClientKey", &d.ConfluenceClientKey},
+		{"cloudUrl", &d.CloudURL},
 	} {
-		var s string
-		if json.Unmarshal(m[name], &s) != nil || checkField(name, s) != nil {
-			continue // absent, not a string, or not storable: left empty (kept in Raw)
+		v, present := m[f.name]
+		if !present {
+			continue
 		}
-		*dst = s
+		s, ok := decodeString(v)
+		if !ok || checkField(f.name, s) != nil {
+			continue // not a string, or not storable: left empty (kept in Raw)
+		}
+		*f.dst = s
 	}
 	var n json.Number
-	if json.Unmarshal(m["createdAt"], &n) == nil {
+	if v, ok := m["createdAt"]; ok && json.Unmarshal(v, &n) == nil {
 		if v, err := strconv.ParseInt(n.String(), 10, 64); err == nil {
 			d.CreatedAt = v
 		}
@@ -241,8 +247,8 @@ func optionalString(m map[string]json.RawMessage, name string) (string, bool, er
 	if !ok || string(raw) == "null" {
 		return "", false, nil
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	s, ok := decodeString(raw)
+	if !ok {
 		return "", false, invalid("%s is not a string", name)
 	}
 	if err := checkField(name, s); err != nil {

@@ -78,8 +78,8 @@ func ParseForgeEvent(body []byte) (Event, error) {
 	if err != nil {
 		return Event{}, invalid("%v", err)
 	}
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &top); err != nil || top == nil {
+	top, err := objectMembers(raw)
+	if err != nil || top == nil {
 		return Event{}, invalid("event is not a JSON object")
 	}
 	wire, err := requiredString(top, "eventType")
