@@ -13,9 +13,10 @@
 # /enabled over 256 tenants and /installed (signed, RS256) over 256 sites, each
 # request a fresh token; then a fresh-install storm (STORM_TENANTS=5000, each
 # installed once) and a site-import storm (256 clientKeys on one baseUrl), both at
-# CONNS connections. BENCH_LOG_LEVEL sets the receiver's LOG_LEVEL (info).
+# CONNS connections, and both storms again while one busy loop per core loads
+# the machine. BENCH_LOG_LEVEL sets the receiver's LOG_LEVEL (info).
 # Then, with a worker, enqueue-to-effect latency at the fixed rates LATENCY_RATES
-# ("50 200" events/s, each for LATENCY_DURATION=10s; empty skips it): from the
+# ("50 200 1000" events/s, each for LATENCY_DURATION=10s; empty skips it): from the
 # receiver's 2xx to the worker's migration_events row marked handled in Postgres.
 # BENCH_LOG_DIR=dir keeps the processes' logs and wrk's outputs there.
 # BENCH_PROFILE_DIR=dir runs bench/pprofreceiver (the receiver plus net/http/pprof
@@ -34,7 +35,7 @@ IPORT=${BENCH_INTERNAL_PORT:-18093}
 STORM_TENANTS=${STORM_TENANTS:-5000}
 PPROF_PORT=${BENCH_PPROF_PORT:-18094}
 WPORT=${BENCH_WORKER_PORT:-18095}
-LATENCY_RATES=${LATENCY_RATES-50 200}
+LATENCY_RATES=${LATENCY_RATES-50 200 1000}
 LATENCY_DURATION=${LATENCY_DURATION:-10s}
 PROFILE_DIR=${BENCH_PROFILE_DIR:-}
 PGURL=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
@@ -178,6 +179,20 @@ rper "fresh-install storm" "$work/before.txt" "$STORM_TENANTS"
 rsnap "$work/before.txt"
 read -r imp imp_bad imp50 imp99 < <(atl install -url "$rurl" -n 256 -prefix import- -one-site -conns "$CONNS" 2>>"$work/storm.log")
 rper "site-import storm" "$work/before.txt" 256
+# Both storms again while another process loads the machine: one busy loop per
+# core (bounded by timeout), started before and stopped after each storm.
+loaded() {
+  local burners=()
+  for _ in $(seq "$(nproc)"); do
+    timeout 120s sh -c 'while :; do :; done' &
+    burners+=($!)
+  done
+  "$@"
+  kill "${burners[@]}" 2>/dev/null || true
+  wait "${burners[@]}" 2>/dev/null || true
+}
+read -r lfresh lfresh_bad lfresh50 lfresh99 < <(loaded atl install -url "$rurl" -n "$STORM_TENANTS" -prefix loaded- -conns "$CONNS" 2>>"$work/storm.log")
+read -r limp limp_bad limp50 limp99 < <(loaded atl install -url "$rurl" -n 256 -prefix limport- -one-site -conns "$CONNS" 2>>"$work/storm.log")
 # The floors again: the machine and the shared Postgres change under a run, so each
 # ratio is against the mean of the floors measured before and after the receiver.
 read -r ceil2 ceil2_bad ceil2_50 ceil2_99 _ < <(run "$url/ceiling")
@@ -237,6 +252,8 @@ row "receiver /enabled, 256 tenants" "$ena" "$ena_bad" "$ena50" "$ena99"
 row "receiver /installed, 256 sites (signed)" "$ins" "$ins_bad" "$ins50" "$ins99"
 row "fresh-install storm, $STORM_TENANTS tenants once each" "$fresh" "$fresh_bad" "$fresh50" "$fresh99"
 row "site-import storm, 256 clientKeys on one baseUrl" "$imp" "$imp_bad" "$imp50" "$imp99"
+row "fresh-install storm, $STORM_TENANTS tenants, machine loaded" "$lfresh" "$lfresh_bad" "$lfresh50" "$lfresh99"
+row "site-import storm, 256 clientKeys, machine loaded" "$limp" "$limp_bad" "$limp50" "$limp99"
 echo
 echo
 echo "peak RSS (VmHWM): floors $((rss / 1024)) MB, receiver $((rrss / 1024)) MB (over the rows above)"

@@ -30,11 +30,13 @@ import (
 // Worker polling intervals. asynq's defaults (1 s and 5 s) would add up to a
 // second to every task's pickup and five to every retry. An idle worker sleeps
 // between half and one and a half taskCheckInterval between dequeues (one
-// script call over its queues). 10 ms halved the pickup delay at 50 events/s
-// in bench/run.sh but made idle workers cost enough CPU on a 2-core machine
-// running many of them that request budgets ran out; 50 ms stays.
+// script call over its queues), so the pickup delay averages about the
+// interval. 20 ms brought the receiver-to-effect p50 at 200 events/s in
+// bench/run.sh from 38 ms (at 50 ms) to 19 ms; 10 ms made idle workers cost
+// enough CPU on a 2-core machine running many of them that request budgets
+// ran out.
 const (
-	taskCheckInterval        = 50 * time.Millisecond
+	taskCheckInterval        = 20 * time.Millisecond
 	delayedTaskCheckInterval = 500 * time.Millisecond
 )
 
