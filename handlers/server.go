@@ -56,8 +56,8 @@ const DefaultBodyLimit = 64 << 10
 // dependency therefore yields a 503 within a second (the contract), far inside
 // AMP's 5 s acknowledgement budget, whichever step it stalls.
 //
-// Time spent waiting for a pooled Postgres connection while the pool is busy
-// (every connection in use, and connections still being handed out) is not
+// Time a lifecycle write spends waiting for a pooled Postgres connection or in
+// its transaction while Postgres keeps committing other transactions is not
 // counted against it, only against BusyBudget: a loaded but healthy Postgres
 // answers 2xx a little later instead of 503 (see package internal/budget).
 const RequestBudget = 950 * time.Millisecond

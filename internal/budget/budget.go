@@ -7,10 +7,13 @@
 // But a Postgres whose pooled connections are all in use while they keep
 // coming back is not down: on a loaded machine the wait for a free connection
 // alone could spend the whole answer budget and turn a healthy install into a
-// 503. Time spent in such a wait is therefore not counted against the answer
-// budget (Pause), only against the busy budget, a hard bound under AMP's 5 s
-// acknowledgement deadline. Whoever waits decides whether the wait is busy or
-// stalled (package tenant: no connection came back for a while means down).
+// 503, and so could a transaction slowed by a starved CPU. Time spent in such
+// a wait is therefore not counted against the answer budget, only against the
+// busy budget, a hard bound under AMP's 5 s acknowledgement deadline. Pause
+// stops the answer clock unconditionally; PauseWhile stops it only while the
+// dependency keeps making progress for someone, so a hung one, which makes
+// none, still ends the callback at its answer deadline. Whoever waits decides
+// what progress is (package tenant: other transactions committing).
 package budget
 
 import (
@@ -31,6 +34,12 @@ type clock struct {
 	hard     time.Time
 	paused   int // nesting depth of Pause
 	pausedAt time.Time
+	// progress, while paused by PauseWhile, says whether the dependency made
+	// progress since its last call; it is asked every step. lastSeen is when
+	// it last said so.
+	progress func() bool
+	step     time.Duration
+	lastSeen time.Time
 	timer    *time.Timer
 	done     chan struct{}
 	err      error
@@ -76,6 +85,33 @@ func Pause(ctx context.Context) (resume func()) {
 	return func() { once.Do(c.resume) }
 }
 
+// PauseWhile is Pause for as long as the dependency waited on makes progress:
+// every step it calls progress, which reports whether the dependency
+// completed anything since its last call (for Postgres: a transaction of
+// another request). When it reports none, the pause lapses and the time since
+// the last progress counts against the answer budget after all, so a hung
+// dependency, which makes no progress for anyone, still ends the callback at
+// its answer deadline. It does not nest with Pause; resume must be called
+// once.
+func PauseWhile(ctx context.Context, step time.Duration, progress func() bool) (resume func()) {
+	c, ok := ctx.Value(key{}).(*clock)
+	if !ok {
+		return func() {}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.paused > 0 || c.err != nil {
+		return func() {} // already paused (or over): nothing to add
+	}
+	now := time.Now()
+	c.pausedAt, c.lastSeen = now, now
+	c.progress, c.step = progress, step
+	c.timer.Reset(min(step, c.hard.Sub(now)))
+	c.paused++
+	var once sync.Once
+	return func() { once.Do(c.resume) }
+}
+
 // Active reports whether ctx carries a callback budget, that is whether a
 // wait on it is bounded by an answer budget Pause can stop.
 func Active(ctx context.Context) bool {
@@ -86,15 +122,25 @@ func Active(ctx context.Context) bool {
 func (c *clock) resume() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.paused == 0 { // a PauseWhile that lapsed
+		return
+	}
 	c.paused--
 	if c.paused > 0 || c.err != nil {
 		return
 	}
-	c.deadline = c.deadline.Add(time.Since(c.pausedAt))
+	c.endPause(time.Now())
+	c.timer.Reset(time.Until(c.deadline))
+}
+
+// endPause moves the answer deadline by the time paused until until, never
+// past the hard deadline. c.mu is held.
+func (c *clock) endPause(until time.Time) {
+	c.paused, c.progress = 0, nil
+	c.deadline = c.deadline.Add(until.Sub(c.pausedAt))
 	if c.deadline.After(c.hard) {
 		c.deadline = c.hard
 	}
-	c.timer.Reset(time.Until(c.deadline))
 }
 
 // expire runs when the timer fires; a pause or resume may have moved the
@@ -102,6 +148,16 @@ func (c *clock) resume() {
 func (c *clock) expire() {
 	c.mu.Lock()
 	now := time.Now()
+	if c.paused > 0 && c.progress != nil && now.Before(c.hard) {
+		if c.progress() {
+			c.lastSeen = now
+			c.timer.Reset(min(c.step, c.hard.Sub(now)))
+			c.mu.Unlock()
+			return
+		}
+		// No progress for a step: the wait counts from the last progress on.
+		c.endPause(c.lastSeen)
+	}
 	var due time.Time
 	if c.paused > 0 {
 		due = c.hard

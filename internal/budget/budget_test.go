@@ -114,3 +114,54 @@ func TestPause_WithoutABudgetDoesNothing(t *testing.T) {
 		t.Fatal(ctx.Err())
 	}
 }
+
+func TestPauseWhile_ProgressKeepsTheAnswerClockStopped(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := New(context.Background(), 60*time.Millisecond, 5*time.Second)
+	defer cancel()
+	resume := PauseWhile(ctx, 20*time.Millisecond, func() bool { return true })
+	time.Sleep(250 * time.Millisecond) // four answer budgets, the dependency busy throughout
+	if ctx.Err() != nil {
+		t.Fatalf("Err() = %v while the dependency made progress, want nil", ctx.Err())
+	}
+	resume()
+	dl, _ := ctx.Deadline()
+	if left := time.Until(dl); left < 10*time.Millisecond || left > 70*time.Millisecond {
+		t.Errorf("after resume %v left, want the unspent answer budget (about 60 ms)", left)
+	}
+}
+
+func TestPauseWhile_NoProgressEndsAtTheAnswerDeadline(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	ctx, cancel := New(context.Background(), 100*time.Millisecond, 5*time.Second)
+	defer cancel()
+	resume := PauseWhile(ctx, 20*time.Millisecond, func() bool { return false })
+	defer resume()
+	select {
+	case <-ctx.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("a hung dependency kept the budget open")
+	}
+	if d := time.Since(start); d > 300*time.Millisecond {
+		t.Errorf("ended after %v, want the answer budget (100 ms): no wait counted as busy", d)
+	}
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Errorf("Err() = %v, want DeadlineExceeded", ctx.Err())
+	}
+}
+
+func TestPauseWhile_ProgressThatStopsCountsOnlyUntilItStopped(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	ctx, cancel := New(context.Background(), 100*time.Millisecond, 5*time.Second)
+	defer cancel()
+	busyUntil := start.Add(300 * time.Millisecond)
+	resume := PauseWhile(ctx, 20*time.Millisecond, func() bool { return time.Now().Before(busyUntil) })
+	defer resume()
+	<-ctx.Done()
+	// About 300 ms of busy wait that did not count, then the 100 ms budget.
+	if d := time.Since(start); d < 330*time.Millisecond || d > time.Second {
+		t.Errorf("ended after %v, want about 400 ms", d)
+	}
+}

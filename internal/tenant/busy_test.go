@@ -109,3 +109,60 @@ func TestSetEnabled_APoolThatHandsOutNothingIsDownAndFailsFast(t *testing.T) {
 		t.Errorf("gave up after %v, want within the answer budget (two stall timeouts of %v)", d, StallTimeout)
 	}
 }
+
+func TestSetEnabled_ASlowTransactionWhileOthersCommitIsBusyNotDown(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	store, _ := smallPoolStore(t, b, 3)
+	const answer = 100 * time.Millisecond
+
+	// lockFor holds ck-0's row lock (as a slow statement would hold it up) for d.
+	lockFor := func(d time.Duration) {
+		tx, err := b.pool.Begin(testCtx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(testCtx(t), `SELECT 1 FROM tenants WHERE client_key = 'ck-0' FOR UPDATE`); err != nil {
+			t.Fatal(err)
+		}
+		time.AfterFunc(d, func() { _ = tx.Rollback(context.Background()) })
+	}
+	enable := func(i int) error {
+		ctx, cancel := budget.New(testCtx(t), answer, 5*time.Second)
+		defer cancel()
+		_, err := store.SetEnabled(ctx, "ck-0", i%2 == 0, ts(10+i), ts(10+i))
+		return err
+	}
+
+	// Other callbacks keep committing meanwhile: Postgres is busy, not down.
+	lockFor(400 * time.Millisecond)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			_, _ = store.SetEnabled(testCtx(t), fmt.Sprintf("ck-%d", 1+i%2), i%2 == 0, ts(100+i), ts(100+i))
+		}
+	})
+	err := enable(0)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("SetEnabled waiting 400 ms on a lock while others commit = %v, want nil", err)
+	}
+
+	// The same wait with nothing else committing is what a hung Postgres
+	// looks like: it ends at the answer budget.
+	lockFor(400 * time.Millisecond)
+	start := time.Now()
+	if err := enable(2); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("SetEnabled waiting on a lock with no progress = %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 350*time.Millisecond {
+		t.Errorf("gave up after %v, want about the answer budget (%v)", d, answer)
+	}
+}

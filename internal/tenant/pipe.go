@@ -39,10 +39,15 @@ type pipeTx struct {
 const rollbackTimeout = 2 * time.Second
 
 // inPipeTx runs fn in a pipelined transaction on a connection of the pool. fn
-// sends batches with send and must end with commit; an error from fn, or a
+// queues statements, flushes them when it needs a result, and must end with
+// commit; an error from fn, or a
 // transaction fn left open, is rolled back (a connection that cannot roll back
 // is closed, never returned to the pool inside a transaction).
 func (s *Store) inPipeTx(ctx context.Context, fn func(p *pipeTx) error) error {
+	// A callback's answer clock stops while Postgres keeps completing other
+	// transactions: on a loaded machine this one is slow, not stuck.
+	resume := budget.PauseWhile(ctx, StallTimeout, s.progress())
+	defer resume()
 	conn, err := s.acquire(ctx)
 	if err != nil {
 		return err
@@ -60,7 +65,23 @@ func (s *Store) inPipeTx(ctx context.Context, fn func(p *pipeTx) error) error {
 			_ = p.conn.Close(rctx)
 		}
 	}
+	if err == nil {
+		s.committed.Add(1)
+	}
 	return err
+}
+
+// progress returns a function that reports whether a pipelined transaction
+// of this Store committed since its last call (the first call: since now).
+// Calls must not be concurrent.
+func (s *Store) progress() func() bool {
+	last := s.committed.Load()
+	return func() bool {
+		n := s.committed.Load()
+		moved := n != last
+		last = n
+		return moved
+	}
 }
 
 // queue adds a statement to the next round trip; set a callback on the result
@@ -101,13 +122,13 @@ const StallTimeout = 250 * time.Millisecond
 
 // acquire takes a connection from the pool within ctx.
 //
-// For a callback (a ctx with a budget.New budget) waiting while every pooled
+// For a callback (a ctx with a budget.New budget), waiting while every pooled
 // connection is in use is "busy", not "down", as long as connections keep
-// being handed out: that wait does not count against the callback's answer
-// budget, only against its busy budget. A wait in which no connection was
-// handed out to anyone for StallTimeout means Postgres does not answer, and
-// fails with ErrUnavailable at once. Other callers (the worker, whose
-// transactions may hold connections for long) wait as ctx allows.
+// being handed out (inPipeTx does not count such waits against the answer
+// budget). A wait in which no connection was handed out to anyone for two
+// StallTimeouts means Postgres does not answer, and fails with ErrUnavailable
+// at once. Other callers (the worker, whose transactions may hold connections
+// for long) wait as ctx allows.
 func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 	if !budget.Active(ctx) {
 		conn, err := s.pool.Acquire(ctx)
@@ -116,8 +137,6 @@ func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 		}
 		return conn, nil
 	}
-	resume := budget.Pause(ctx)
-	defer resume()
 	var handedOut int64 = -1 // unknown until the first wait times out
 	for {
 		actx, cancel := context.WithTimeout(ctx, StallTimeout)

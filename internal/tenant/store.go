@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/connectrelay/connectrelay"
@@ -36,6 +37,9 @@ type Store struct {
 	pool *pgxpool.Pool
 	box  *SecretBox
 	log  *slog.Logger
+	// committed counts the pipelined transactions committed, the progress a
+	// waiting callback watches (inPipeTx).
+	committed atomic.Int64
 }
 
 // NewStore returns a Store over pool, encrypting secrets with box. A nil logger
