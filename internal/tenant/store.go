@@ -572,17 +572,18 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 	var id int64
 	// Two round trips: BEGIN and the locking read, then the writes and COMMIT.
 	err := s.inPipeTx(ctx, func(p *pipeTx) error {
-		var t connectrelay.Tenant
-		p.queue(lockTenantSQL, clientKey).QueryRow(func(row pgx.Row) (err error) {
-			t, _, err = scanTenant(row)
-			return err
+		var prev lifecycleState
+		// Only the state this event changes: the whole row (its sealed secret
+		// among it) is not needed here.
+		p.queue(`SELECT installed, enabled, installed_iat, enabled_iat FROM tenants
+			WHERE client_key = $1 FOR NO KEY UPDATE`, clientKey).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&prev.installed, &prev.enabled, &prev.installedIAT, &prev.enabledIAT)
 		})
 		if err := p.flush(ctx); errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("clientKey %s: %w", clientKey, ErrNotFound)
 		} else if err != nil {
 			return fmt.Errorf("lock tenant: %w", err)
 		}
-		prev := lifecycleState{t.Installed, t.Enabled, t.InstalledIssuedAt, t.EnabledIssuedAt}
 		next, why := decide(prev, iat)
 		var changes []string
 		if why != "" {
