@@ -250,6 +250,9 @@ func (s *Store) RecordForge(ctx context.Context, ev ForgeEvent) (ForgeResult, er
 	var res ForgeResult
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		res = ForgeResult{}
+		if _, err := tx.Exec(ctx, lockSQL, forgeLinkLockClass, id); err != nil {
+			return fmt.Errorf("lock forge installation %s: %w", id, err)
+		}
 		return s.recordForge(ctx, tx, &res, ev, fc, iat, sealed, tokenExp)
 	})
 	if err != nil {

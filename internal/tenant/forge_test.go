@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -403,6 +404,37 @@ func TestRecordForge_TokenWithoutLicenseKeepsTheState(t *testing.T) {
 	for _, typ := range b.feedTypes(t, id) {
 		if typ == string(connectrelay.EventLicenseChanged) {
 			t.Errorf("feed %v reports a license change that did not happen", b.feedTypes(t, id))
+		}
+	}
+}
+
+func TestRecordForge_ConcurrentWithTheConnectInstallIsAlwaysLinked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const rounds = 30
+	for i := range rounds {
+		id, cloud := forgetest.NewInstallationID(), forgetest.NewCloudID()
+		ck := fmt.Sprintf("race-%d", i)
+		ev := ForgeEvent{Type: forge.EventInstalled, DedupeKey: "k-" + id, Claims: forgeClaimsFor(id, cloud, "1.0.0"), At: ts(10), IssuedAt: ts(10)}
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		wg.Go(func() {
+			<-start
+			_, errs[0] = b.store.Install(testCtx(t), payload(t, ck, map[string]any{"installationId": id, "cloudId": cloud}), ts(5), ts(5))
+		})
+		wg.Go(func() {
+			<-start
+			_, errs[1] = b.store.RecordForge(testCtx(t), ev)
+		})
+		close(start)
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if got := b.get(t, id); got.ClientKey != ck {
+			t.Fatalf("round %d: installation %s belongs to %q after a concurrent install and Forge event, want %s",
+				i, id, got.ClientKey, ck)
 		}
 	}
 }

@@ -30,6 +30,16 @@ const DefaultOpTimeout = 10 * time.Second
 // the two-key form cannot collide with schema's single-key migration lock.
 const linkLockClass int32 = 0x636c6e6b
 
+// forgeLinkLockClass namespaces the transaction advisory locks taken per
+// installationId ("flnk") by a Connect install naming one and by RecordForge:
+// of the two, the second to take it sees the first's committed row,
+// so a Connect-on-Forge link is never missed, and both take it first, so they
+// cannot deadlock on the tenant and installation rows.
+const forgeLinkLockClass int32 = 0x666c6e6b
+
+// lockSQL takes the transaction advisory lock of class $1 (an int4) and name $2.
+const lockSQL = `SELECT pg_advisory_xact_lock($1, hashtext($2))`
+
 // Store keeps tenants in PostgreSQL (tables created by package schema). Every method
 // is safe for concurrent use, from any number of processes: writes run in one
 // transaction holding the tenant's row lock.
@@ -271,6 +281,9 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 			stored     storedTenant
 			prevSealed Sealed
 		)
+		if p.InstallationID != "" {
+			tx.queue(lockSQL, forgeLinkLockClass, p.InstallationID)
+		}
 		tx.queue(insertTenantSQL, installArgs(&p, sealed, at, iat)).QueryRow(func(row pgx.Row) error {
 			t, _, err := scanTenant(row)
 			switch {
@@ -438,7 +451,7 @@ func (s *Store) updateExisting(ctx context.Context, tx *pipeTx, res *InstallResu
 // linked to its representative, which makes the group; res.LinkedClientKeys (and the
 // site_import_detected event) still name every other tenant, read in one query.
 func (s *Store) linkBaseURL(ctx context.Context, tx *pipeTx, res *InstallResult, ck, baseURL, prevBaseURL string, at, iat time.Time) error {
-	tx.queue(`SELECT pg_advisory_xact_lock($1, hashtext($2))`, linkLockClass, baseURL)
+	tx.queue(lockSQL, linkLockClass, baseURL)
 	var others []string
 	// Oldest first: the first row is the representative.
 	tx.queue(`SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
