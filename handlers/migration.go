@@ -76,8 +76,9 @@ func (s *Server) handleMigrationEvent(c echo.Context) error {
 		result = "duplicate"
 	}
 	s.d.Metrics.MigrationEvents.WithLabelValues(typeLabel, result).Inc()
-	s.d.Logger.LogAttrs(ctx, slog.LevelInfo, "migration event accepted",
-		slog.String("client_key", claims.Issuer), slog.String("event_type", string(ev.Type)),
+	// On the request's own log line, not one more: this route is the
+	// receiver's hottest, and a JSON line costs as much as the HMAC.
+	annotate(c, slog.String("client_key", claims.Issuer), slog.String("event_type", string(ev.Type)),
 		slog.String("transfer_id", ev.TransferID), slog.String("dedupe_key", key), slog.Bool("duplicate", dup))
 	return c.NoContent(http.StatusOK)
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/internal/testenv"
@@ -357,4 +359,39 @@ func repeat[T any](v T, n int) []T {
 		out[i] = v
 	}
 	return out
+}
+
+func TestMigrationEvents_LogOneLinePerRequestNamingTheEvent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.install("ck-1", site, secretA)
+	for range 2 {
+		if code, body := h.hs256(handlers.PathMigrationEvents, "ck-1", secretA, migrationEvent("listener-triggered", "tr-log", "msg-log", "ck-1")); code != http.StatusOK {
+			t.Fatalf("delivery = %d %s, want 200", code, body)
+		}
+	}
+	type rec struct {
+		Msg        string `json:"msg"`
+		Route      string `json:"route"`
+		Status     int    `json:"status"`
+		ClientKey  string `json:"client_key"`
+		EventType  string `json:"event_type"`
+		TransferID string `json:"transfer_id"`
+		DedupeKey  string `json:"dedupe_key"`
+		Duplicate  bool   `json:"duplicate"`
+	}
+	var got []rec
+	for _, line := range h.logs.Lines() {
+		var r rec
+		if json.Unmarshal([]byte(line), &r) == nil && (r.Route == handlers.PathMigrationEvents || r.TransferID != "") {
+			got = append(got, r)
+		}
+	}
+	want := []rec{
+		{"http request", handlers.PathMigrationEvents, 200, "ck-1", "listener-triggered", "tr-log", "msg:msg-log", false},
+		{"http request", handlers.PathMigrationEvents, 200, "ck-1", "listener-triggered", "tr-log", "msg:msg-log", true},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("log lines of two deliveries (-want +got):\n%s", diff)
+	}
 }

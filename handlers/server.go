@@ -353,6 +353,9 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			attrs = append(attrs, slog.String("reason", err.Error()))
 		}
+		if more, ok := c.Get(requestAttrsKey).([]slog.Attr); ok {
+			attrs = append(attrs, more...)
+		}
 		level := slog.LevelInfo
 		switch {
 		case route == PathHealth || route == PathReady || route == PathMetrics:
@@ -365,6 +368,16 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		s.d.Logger.LogAttrs(c.Request().Context(), level, "http request", attrs...)
 		return nil
 	}
+}
+
+// requestAttrsKey keys the attributes a handler adds to its request's log line.
+const requestAttrsKey = "connectrelay.log_attrs"
+
+// annotate adds attrs to the "http request" line observe logs for c, so that a
+// handler need not log a line of its own for what it did.
+func annotate(c echo.Context, attrs ...slog.Attr) {
+	prev, _ := c.Get(requestAttrsKey).([]slog.Attr)
+	c.Set(requestAttrsKey, append(prev, attrs...))
 }
 
 // readBody reads the request body up to the limit: 413 beyond it, decided from
