@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -63,23 +61,11 @@ func pace(args []string) error {
 		defer wg.Done()
 		defer func() { <-sem }()
 		body := fmt.Sprintf(`{"eventType":"listener-triggered","transferId":"tr-%s","messageId":"%s","migrationDetails":{"migrationId":"mig-pace","jiraClientKey":"ck-0","confluenceClientKey":"unknown"}}`, id, id)
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, *target+"/migration/events", bytes.NewBufferString(body))
-		if err != nil {
-			return
-		}
-		req.Header.Set("Authorization", "JWT "+tok)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
+		code, err := post(ctx, client, *target+"/migration/events", signed{token: tok, body: []byte(body)})
 		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()
-		if err != nil {
-			non2xx++
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
+		if err != nil || code/100 != 2 {
 			non2xx++
 			return
 		}
