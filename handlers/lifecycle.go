@@ -121,8 +121,7 @@ func (s *Server) installed(c echo.Context) error {
 	if err := s.markDone(ctx, bt, body); err != nil {
 		return err
 	}
-	s.d.Logger.InfoContext(ctx, "tenant installed",
-		slog.String("client_key", p.ClientKey), slog.String("base_url", p.BaseURL),
+	annotate(c, slog.String("client_key", p.ClientKey), slog.String("base_url", p.BaseURL),
 		slog.Bool("created", res.Created), slog.Any("changes", res.Changes),
 		slog.Any("linked_client_keys", res.LinkedClientKeys), slog.Int64("event_id", res.EventID))
 	return c.NoContent(http.StatusNoContent)
@@ -204,7 +203,7 @@ func (s *Server) uninstalled(c echo.Context) error {
 	}
 	// Nothing else to do now: the uninstalled event, recorded with the change,
 	// reaches the vendor through the event feed.
-	s.d.Logger.InfoContext(ctx, "tenant uninstalled", slog.String("client_key", lb.ClientKey), slog.Int64("event_id", eventID))
+	annotate(c, slog.String("client_key", lb.ClientKey), slog.Int64("event_id", eventID))
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -249,7 +248,7 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		if err := s.markDone(ctx, bt, body); err != nil {
 			return err
 		}
-		s.d.Logger.InfoContext(ctx, "tenant "+event, slog.String("client_key", claims.Issuer), slog.Int64("event_id", eventID))
+		annotate(c, slog.String("client_key", claims.Issuer), slog.Int64("event_id", eventID))
 		return c.NoContent(http.StatusNoContent)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -645,5 +646,32 @@ func TestUninstalled_RefusesAKeyEnvironmentOtherThanTheTenants(t *testing.T) {
 		atlassiantest.Token{Issuer: "ck-prod", IssuedAt: time.Now().Add(2 * time.Second)})
 	if code, body := h.do(req); code != http.StatusNoContent {
 		t.Errorf("production uninstalled = %d %s, want 204", code, body)
+	}
+}
+
+func TestEnabled_RequestLogLineNamesTheTenantAndItsHistoryRow(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.install("ck-log", site, secretA)
+	if code, body := h.hs256(handlers.PathEnabled, "ck-log", secretA, lifecycleBody("ck-log", site, "enabled")); code != http.StatusNoContent {
+		t.Fatalf("enabled = %d %s, want 204", code, body)
+	}
+	var lines []string
+	for _, line := range h.logs.Lines() {
+		var rec struct {
+			Msg       string `json:"msg"`
+			Route     string `json:"route"`
+			ClientKey string `json:"client_key"`
+			EventID   int64  `json:"event_id"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Route == handlers.PathEnabled {
+			if rec.Msg != "http request" || rec.ClientKey != "ck-log" || rec.EventID == 0 {
+				t.Errorf("request line %s: want client_key ck-log and an event_id", line)
+			}
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Errorf("%d request lines for /enabled, want 1", len(lines))
 	}
 }
