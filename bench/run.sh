@@ -18,6 +18,8 @@
 # Then, with a worker, enqueue-to-effect latency at the fixed rates LATENCY_RATES
 # ("50 200 1000" events/s, each for LATENCY_DURATION=10s; empty skips it): from the
 # receiver's 2xx to the worker's migration_events row marked handled in Postgres.
+# BENCH_DB_PARAMS=pool_max_conns=20 adds URL parameters to the floors' and the
+# receiver's database URL (not psql's).
 # BENCH_LOG_DIR=dir keeps the processes' logs and wrk's outputs there.
 # BENCH_PROFILE_DIR=dir runs bench/pprofreceiver (the receiver plus net/http/pprof
 # on loopback) instead and writes a CPU profile of each receiver row there:
@@ -65,7 +67,7 @@ go build -o "$work/atlassian" ./bench/atlassian
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >"$work/redis.log" 2>&1 &
 pids+=($!)
 psql "$PGURL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
-dburl="${PGURL/\/postgres\?//$DB?}"
+dburl="${PGURL/\/postgres\?//$DB?}${BENCH_DB_PARAMS:+&$BENCH_DB_PARAMS}"
 "$work/floors" -mint 20000 -tokens "$work/tokens.txt"
 "$work/floors" -addr "127.0.0.1:$PORT" -redis "127.0.0.1:$REDIS_PORT" -redis-db 0 -db "$dburl" 2>"$work/floors.log" &
 floors=$!
