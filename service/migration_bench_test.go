@@ -1,0 +1,115 @@
+package service_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/service"
+	"github.com/connectrelay/connectrelay/tasks"
+)
+
+// The worker's ceiling on migration events: b.N listener-triggered events of
+// one installed tenant, each of a transfer of its own (as bench/atlassian pace
+// sends them), are enqueued while no worker runs; then one worker at the
+// default concurrency (10) and pool (10) drains them. events/s is measured by
+// Postgres: b.N-1 over the time between the first and the last event's
+// transaction. tx/event is the committed Postgres transactions per event,
+// everything the worker does for it included (the transfer.ready delivery).
+// Compare against the same benchmark on another commit in the same session:
+//
+//	go test -run='^$' -bench=WorkerMigrationEvents -benchtime=3000x -count=3 ./service/
+func BenchmarkWorkerMigrationEvents(b *testing.B) {
+	e := newE2EWith(b, "", func(c *config.Config) {
+		c.WorkerConcurrency = 10
+		c.LogLevel = "info"
+	})
+	// The production worker logs JSON at LOG_LEVEL (info); encoding is kept.
+	logger := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	stop := e.startWorker(service.WorkerOptions{Logger: logger})
+	const secret = "shared-secret-migration-bench-0123456789"
+	e.install("ck-bench", newProduct(b, secret, newSite()), secret)
+	eventually(b, 20*time.Second, "the install's events delivered", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM event_outbox WHERE dispatched_at IS NULL`).Scan(&n)
+		return n == 0
+	})
+	stop()
+
+	ctx := context.Background()
+	rdb, err := tasks.OpenRedis(e.cfg.RedisURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rdb.Close()
+	client := asynq.NewClientFromRedisClient(rdb)
+	enq := tasks.NewEnqueuer(client)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < b.N; i += 8 {
+				id := fmt.Sprintf("bench-%d", i)
+				body := fmt.Sprintf(`{"eventType":"listener-triggered","transferId":"tr-%s","messageId":"%s","migrationDetails":{"migrationId":"mig-bench","jiraClientKey":"ck-bench","confluenceClientKey":"unknown"}}`, id, id)
+				if _, err := enq.MigrationEvent(ctx, "ck-bench", "msg:"+id, []byte(body)); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		b.Fatal(errs[0])
+	}
+	var commits0 int64
+	if err := e.pool.QueryRow(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits0); err != nil {
+		b.Fatal(err)
+	}
+
+	b.ResetTimer()
+	e.startWorker(service.WorkerOptions{Logger: logger})
+	handled := func() int {
+		var n int
+		_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM migration_events WHERE outcome = 'handled'`).Scan(&n)
+		return n
+	}
+	eventually(b, 5*time.Minute, fmt.Sprintf("%d events handled", b.N), func() bool { return handled() >= b.N })
+	b.StopTimer()
+	eventually(b, 20*time.Second, "the transfer events delivered", func() bool {
+		var n int
+		_ = e.pool.QueryRow(ctx, `SELECT count(*) FROM event_outbox WHERE dispatched_at IS NULL`).Scan(&n)
+		return n == 0
+	})
+	time.Sleep(500 * time.Millisecond) // the last deliveries' transactions
+	var (
+		secs     float64
+		commits1 int64
+	)
+	if err := e.pool.QueryRow(ctx, `SELECT extract(epoch FROM max(handled_at) - min(handled_at))::float8
+		FROM migration_events WHERE outcome = 'handled'`).Scan(&secs); err != nil {
+		b.Fatal(err)
+	}
+	// pg_stat_database lags by up to a stats flush; it is an estimate.
+	if err := e.pool.QueryRow(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&commits1); err != nil {
+		b.Fatal(err)
+	}
+	if secs > 0 {
+		b.ReportMetric(float64(b.N-1)/secs, "events/s")
+	}
+	b.ReportMetric(float64(commits1-commits0)/float64(b.N), "tx/event")
+}
