@@ -278,9 +278,15 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 			eventID int64
 			t       connectrelay.Transfer
 		)
-		p.queryRow("record event", sqlRecordEvent, []any{clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
-			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))}, &eventID, &first)
+		// An event to act on is recorded as handled at once; one rejected
+		// after all (the transfer is another tenant's) is marked again.
 		act := ev.Known() && !uninstalled && tenantOK
+		record := sqlRecordEvent
+		if act {
+			record = sqlRecordHandledEvent
+		}
+		p.queryRow("record event", record, []any{clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
+			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))}, &eventID, &first)
 		if act {
 			lockTransfer(p, clientKey, ev, &t)
 		}
@@ -314,7 +320,9 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 				return err
 			}
 		}
-		p.exec("mark event "+outcome, sqlMarkEvent, eventID, outcome)
+		if !act || outcome != "handled" {
+			p.exec("mark event "+outcome, sqlMarkEvent, eventID, outcome)
+		}
 		return p.commit(ctx)
 	})
 	if err != nil {
@@ -398,9 +406,11 @@ func lockTransfer(p *pipeTx, clientKey string, ev Event, t *connectrelay.Transfe
 }
 
 // apply queues the changes of the locked transfer t according to ev, with the
-// method of ev's type, and the read of whether a settle call is owed after the
-// commit (whatever the event: a settle call still owed is made again). ac is
-// filled in as the results arrive, complete once the transaction committed.
+// method of ev's type, and learns whether a settle call is owed after the
+// commit (whatever the event: a settle call still owed is made again), from t
+// when ev's type does not change it, else by reading the row after the
+// change. ac is filled in as the results arrive, complete once the
+// transaction committed.
 func (m *Machine) apply(ctx context.Context, p *pipeTx, log *slog.Logger, t connectrelay.Transfer, ev Event, errDetails json.RawMessage, ac *afterCommit) error {
 	recordForgeMessage(p, ev)
 	var err error
@@ -417,7 +427,14 @@ func (m *Machine) apply(ctx context.Context, p *pipeTx, log *slog.Logger, t conn
 	if err != nil {
 		return err
 	}
-	p.queryRow("read settle state", sqlSettleOwed, []any{t.TransferID}, &ac.settle)
+	switch ev.Type {
+	case EventListenerTriggered, EventAppDataUploaded:
+		// Neither changes the transfer's settle state, and its row is
+		// locked since t was read: what t says is what the row says.
+		ac.settle = settlePending(t)
+	default:
+		p.queryRow("read settle state", sqlSettleOwed, []any{t.TransferID}, &ac.settle)
+	}
 	return nil
 }
 
