@@ -10,13 +10,16 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/connectrelay/connectrelay/config"
+	"github.com/connectrelay/connectrelay/internal/testenv"
 	"github.com/connectrelay/connectrelay/service"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -34,9 +37,18 @@ import (
 // Compare against the same benchmark on another commit in the same session:
 //
 //	go test -run='^$' -bench=WorkerMigrationEvents -benchtime=3000x -count=3 ./service/
+//
+// BENCH_WORKER_CONCURRENCY and BENCH_POOL_MAX_CONNS, when set, replace the
+// defaults, to see how the ceiling moves with them.
 func BenchmarkWorkerMigrationEvents(b *testing.B) {
 	e := newE2EWith(b, "", func(c *config.Config) {
 		c.WorkerConcurrency = 10
+		if n, err := strconv.Atoi(os.Getenv("BENCH_WORKER_CONCURRENCY")); err == nil {
+			c.WorkerConcurrency = n
+		}
+		if v := os.Getenv("BENCH_POOL_MAX_CONNS"); v != "" {
+			c.DatabaseURL += "&pool_max_conns=" + v
+		}
 		c.LogLevel = "info"
 	})
 	// The production worker logs JSON at LOG_LEVEL (info); encoding is kept.
@@ -130,6 +142,80 @@ func BenchmarkWorkerMigrationEvents(b *testing.B) {
 	}
 }
 
+// The floor under BenchmarkWorkerMigrationEvents: asynq alone, b.N tasks
+// enqueued as migration events are (queue, TaskID, retention, retries) and
+// run by a no-op handler on one server configured as the worker's. Each
+// migration event costs two such tasks (the event, its transfer.ready
+// delivery), so half of tasks/s bounds events/s whatever the handlers do.
+//
+//	go test -run='^$' -bench=AsynqNoop -benchtime=6000x ./service/
+func BenchmarkWorkerMigrationEvents_Floor_AsynqNoop(b *testing.B) {
+	ctx := context.Background()
+	rdb := testenv.RedisClient(b)
+	client := asynq.NewClientFromRedisClient(rdb)
+	for i := range b.N {
+		if _, err := client.Enqueue(asynq.NewTask("bench:noop", []byte(`{}`)), asynq.Queue(tasks.QueueMigration),
+			asynq.TaskID(fmt.Sprint("noop-", i)), asynq.Retention(tasks.MigrationRetention), asynq.MaxRetry(tasks.MaxRetry)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	redisPID, err := redisProcessID(ctx, rdb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	self0, err1 := procCPU(os.Getpid())
+	redis0, err2 := procCPU(redisPID)
+	var n, first, last atomic.Int64
+	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency: 10, Queues: tasks.Queues, StrictPriority: true, TaskCheckInterval: 20 * time.Millisecond,
+		LogLevel: asynq.ErrorLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc("bench:noop", func(context.Context, *asynq.Task) error {
+		first.CompareAndSwap(0, time.Now().UnixNano())
+		if n.Add(1) == int64(b.N) {
+			last.Store(time.Now().UnixNano())
+		}
+		return nil
+	})
+	b.ResetTimer()
+	if err := srv.Start(mux); err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Shutdown()
+	deadline := time.Now().Add(5 * time.Minute)
+	for last.Load() == 0 {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d tasks run in 5 minutes", n.Load(), b.N)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	self1, err3 := procCPU(os.Getpid())
+	redis1, err4 := procCPU(redisPID)
+	if secs := float64(last.Load()-first.Load()) / 1e9; secs > 0 {
+		b.ReportMetric(float64(b.N-1)/secs, "tasks/s")
+	}
+	if errors.Join(err1, err2, err3, err4) == nil {
+		b.ReportMetric(float64(self1-self0)/float64(time.Millisecond)/float64(b.N), "worker-ms/task")
+		b.ReportMetric(float64(redis1-redis0)/float64(time.Millisecond)/float64(b.N), "redis-ms/task")
+	}
+}
+
+// redisProcessID is the pid of the Redis server rdb talks to.
+func redisProcessID(ctx context.Context, rdb redis.UniversalClient) (int, error) {
+	info, err := rdb.Info(ctx, "server").Result()
+	if err != nil {
+		return 0, fmt.Errorf("redis info: %w", err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "process_id:"); ok {
+			return strconv.Atoi(v)
+		}
+	}
+	return 0, errors.New("redis info: no process_id")
+}
+
 // cpuUse is the CPU time used so far by this process, by the Postgres
 // backends of its database and by Redis; ok is false where /proc cannot tell.
 type cpuUse struct {
@@ -164,15 +250,9 @@ func cpuTimes(b *testing.B, e *e2e) cpuUse {
 		b.Fatal(err)
 	}
 	defer rdb.Close()
-	info, err := rdb.Info(ctx, "server").Result()
+	redisPID, err := redisProcessID(ctx, rdb)
 	if err != nil {
 		b.Fatal(err)
-	}
-	var redisPID int
-	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, "process_id:"); ok {
-			redisPID, _ = strconv.Atoi(v)
-		}
 	}
 	if u.redis, err = procCPU(redisPID); err != nil {
 		return u
