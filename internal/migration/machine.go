@@ -188,6 +188,10 @@ func NewMachine(pool *pgxpool.Pool, amp AMP, importer connectrelay.Importer, sch
 	return m, nil
 }
 
+// errGuessedWrong ends an event's transaction that guessed its tenant was
+// not uninstalled: it is rolled back and run again without the guess.
+var errGuessedWrong = errors.New("tenant uninstalled: run again without guessing")
+
 // afterCommit is what an event's transaction decided to do once committed: calls to
 // other systems never happen while the transfer row is locked.
 type afterCommit struct {
@@ -239,92 +243,116 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 		first       bool
 		dropped     int64
 	)
-	// The transaction is pipelined (see pipeTx): the tenant read with BEGIN,
-	// the event's record with the transfer's creation and lock, then the
-	// transition's writes with the reads owed after them and COMMIT. An
-	// app-data-uploaded reads its upload back before deciding on its label,
-	// and the unacted cap costs a round trip more.
-	err := inPipeTx(ctx, m.pool, func(p *pipeTx) error {
-		ac, rejected, uninstalled, first, dropped = afterCommit{}, nil, false, false, 0
-		var installed, found bool
-		p.pending.Queue(sqlTenantInstalled, clientKey).QueryRow(func(row pgx.Row) error {
-			switch err := row.Scan(&installed); {
-			case err == nil:
-				found = true
-			case !errors.Is(err, pgx.ErrNoRows):
-				return fmt.Errorf("read tenant: %w", err)
+	// The transaction is pipelined (see pipeTx). An event that will be acted
+	// on if its tenant is not uninstalled (the common case) sends BEGIN, the
+	// tenant read, the event's record and the transfer's creation and lock in
+	// one round trip; then the transition's writes with the reads owed after
+	// them and COMMIT. If the tenant turns out uninstalled, that transaction
+	// is rolled back and the event runs again without the guess: the tenant
+	// read alone first, then the unacted cap, then the record. An
+	// app-data-uploaded reads its upload back before deciding on its label.
+	attempt := func(guess bool) error {
+		return inPipeTx(ctx, m.pool, func(p *pipeTx) error {
+			ac, rejected, uninstalled, first, dropped = afterCommit{}, nil, false, false, 0
+			var (
+				installed, found bool
+				eventID          int64
+				t                connectrelay.Transfer
+			)
+			p.pending.Queue(sqlTenantInstalled, clientKey).QueryRow(func(row pgx.Row) error {
+				switch err := row.Scan(&installed); {
+				case err == nil:
+					found = true
+				case !errors.Is(err, pgx.ErrNoRows):
+					return fmt.Errorf("read tenant: %w", err)
+				}
+				return nil
+			})
+			record := func(act bool) {
+				// An event to act on is recorded as handled at once; one
+				// rejected after all (the transfer is another tenant's) is
+				// marked again.
+				sql := sqlRecordEvent
+				if act {
+					sql = sqlRecordHandledEvent
+				}
+				p.queryRow("record event", sql, []any{clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
+					ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))}, &eventID, &first)
+				if act {
+					lockTransfer(p, clientKey, ev, &t)
+				}
 			}
-			return nil
-		})
-		if err := p.flush(ctx); err != nil {
-			return err
-		}
-		uninstalled = found && !installed
-		if !ev.Known() || uninstalled {
-			// Stored but not acted on: capped per tenant.
-			var over bool
-			p.exec("lock the tenant's unacted events", sqlLockUnacted, clientKey)
-			p.queryRow("count the tenant's unacted events", sqlOverUnactedCap,
-				[]any{clientKey, ev.DedupeKey(), m.unactedCap}, &over)
-			if err := p.flush(ctx); err != nil {
+			if guess {
+				record(true)
+			}
+			err := p.flush(ctx)
+			uninstalled = found && !installed
+			switch {
+			case guess && uninstalled:
+				// Whatever the statements after the tenant read did, or
+				// failed to do, is rolled back.
+				return errGuessedWrong
+			case err != nil:
 				return err
 			}
-			if over {
-				p.queryRow("count the dropped event", sqlCountDrop, []any{clientKey}, &dropped)
-				return p.commit(ctx)
-			}
-		}
-		var (
-			eventID int64
-			t       connectrelay.Transfer
-		)
-		// An event to act on is recorded as handled at once; one rejected
-		// after all (the transfer is another tenant's) is marked again.
-		act := ev.Known() && !uninstalled && tenantOK
-		record := sqlRecordEvent
-		if act {
-			record = sqlRecordHandledEvent
-		}
-		p.queryRow("record event", record, []any{clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
-			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))}, &eventID, &first)
-		if act {
-			lockTransfer(p, clientKey, ev, &t)
-		}
-		if err := p.flush(ctx); err != nil {
-			return err
-		}
-		outcome := "handled"
-		switch {
-		case uninstalled:
-			// Its kept secret still verifies, but an uninstalled tenant's
-			// migration is over: recorded, acknowledged, not acted on.
-			outcome = "ignored"
-		case !ev.Known():
-			outcome = "unknown"
-			if first {
-				if err := p.appendEvent(clientKey, connectrelay.EventMigrationEvent, ev.TransferID,
-					outbox.Data{Raw: rawEvent(ev)}); err != nil {
+			act := ev.Known() && !uninstalled && tenantOK
+			if !guess {
+				if !ev.Known() || uninstalled {
+					// Stored but not acted on: capped per tenant.
+					var over bool
+					p.exec("lock the tenant's unacted events", sqlLockUnacted, clientKey)
+					p.queryRow("count the tenant's unacted events", sqlOverUnactedCap,
+						[]any{clientKey, ev.DedupeKey(), m.unactedCap}, &over)
+					if err := p.flush(ctx); err != nil {
+						return err
+					}
+					if over {
+						p.queryRow("count the dropped event", sqlCountDrop, []any{clientKey}, &dropped)
+						return p.commit(ctx)
+					}
+				}
+				record(act)
+				if err := p.flush(ctx); err != nil {
 					return err
 				}
 			}
-		case !tenantOK:
-			outcome = "rejected"
-			rejected = fmt.Errorf("migration: %s of transfer %s from %s, migration belongs to %v: %w",
-				ev.Type, ev.TransferID, clientKey, keys, ErrTenantMismatch)
-		case t.ClientKey != clientKey:
-			outcome = "rejected"
-			rejected = fmt.Errorf("migration: %s of transfer %s from %s, transfer belongs to %s: %w",
-				ev.Type, ev.TransferID, clientKey, t.ClientKey, ErrTenantMismatch)
-		default:
-			if err := m.apply(ctx, p, log, t, ev, errDetails, &ac); err != nil {
-				return err
+			outcome := "handled"
+			switch {
+			case uninstalled:
+				// Its kept secret still verifies, but an uninstalled tenant's
+				// migration is over: recorded, acknowledged, not acted on.
+				outcome = "ignored"
+			case !ev.Known():
+				outcome = "unknown"
+				if first {
+					if err := p.appendEvent(clientKey, connectrelay.EventMigrationEvent, ev.TransferID,
+						outbox.Data{Raw: rawEvent(ev)}); err != nil {
+						return err
+					}
+				}
+			case !tenantOK:
+				outcome = "rejected"
+				rejected = fmt.Errorf("migration: %s of transfer %s from %s, migration belongs to %v: %w",
+					ev.Type, ev.TransferID, clientKey, keys, ErrTenantMismatch)
+			case t.ClientKey != clientKey:
+				outcome = "rejected"
+				rejected = fmt.Errorf("migration: %s of transfer %s from %s, transfer belongs to %s: %w",
+					ev.Type, ev.TransferID, clientKey, t.ClientKey, ErrTenantMismatch)
+			default:
+				if err := m.apply(ctx, p, log, t, ev, errDetails, &ac); err != nil {
+					return err
+				}
 			}
-		}
-		if !act || outcome != "handled" {
-			p.exec("mark event "+outcome, sqlMarkEvent, eventID, outcome)
-		}
-		return p.commit(ctx)
-	})
+			if !act || outcome != "handled" {
+				p.exec("mark event "+outcome, sqlMarkEvent, eventID, outcome)
+			}
+			return p.commit(ctx)
+		})
+	}
+	err := attempt(ev.Known() && tenantOK)
+	if errors.Is(err, errGuessedWrong) {
+		err = attempt(false)
+	}
 	if err != nil {
 		return fmt.Errorf("migration: %s of transfer %s: %w", ev.Type, ev.TransferID, err)
 	}
