@@ -80,19 +80,16 @@ func (r *Reader) ForgeMessages(ctx context.Context, transferID string) ([]ForgeM
 // recordForgeMessage records, in the event's transaction, the message of a
 // Forge event that owes the platform a status: triggered:listener and
 // uploaded:app_data with a messageId.
-func recordForgeMessage(ctx context.Context, tx pgx.Tx, ev Event) error {
+func recordForgeMessage(p *pipeTx, ev Event) {
 	if ev.ForgeType == "" || ev.MessageID == "" ||
 		(ev.Type != EventListenerTriggered && ev.Type != EventAppDataUploaded) {
-		return nil
+		return
 	}
 	s3Key := ""
 	if ev.Type == EventAppDataUploaded {
 		s3Key = ev.S3Key
 	}
-	if _, err := tx.Exec(ctx, sqlRecordForgeMessage, ev.TransferID, ev.MessageID, string(ev.Type), s3Key); err != nil {
-		return fmt.Errorf("record Forge message: %w", err)
-	}
-	return nil
+	p.exec("record Forge message", sqlRecordForgeMessage, ev.TransferID, ev.MessageID, string(ev.Type), s3Key)
 }
 
 // acknowledge sends the statuses the transfer's Forge messages owe and that

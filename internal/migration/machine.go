@@ -188,12 +188,17 @@ func NewMachine(pool *pgxpool.Pool, amp AMP, importer connectrelay.Importer, sch
 	return m, nil
 }
 
+// errGuessedWrong ends an event's transaction that guessed its tenant was
+// not uninstalled: it is rolled back and run again without the guess.
+var errGuessedWrong = errors.New("tenant uninstalled: run again without guessing")
+
 // afterCommit is what an event's transaction decided to do once committed: calls to
 // other systems never happen while the transfer row is locked.
 type afterCommit struct {
 	schedule []UploadRef
 	stop     bool // cancel this process's imports of the transfer
 	settle   bool
+	ready    bool // log "transfer ready" (listener-triggered of an open transfer)
 }
 
 // HandleEvent applies one event, delivered by the tenant clientKey (the JWT's
@@ -238,71 +243,116 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 		first       bool
 		dropped     int64
 	)
-	err := pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		ac, rejected, uninstalled, first, dropped = afterCommit{}, nil, false, false, 0
-		var installed bool
-		switch err := tx.QueryRow(ctx, sqlTenantInstalled, clientKey).Scan(&installed); {
-		case err == nil:
-			uninstalled = !installed
-		case !errors.Is(err, pgx.ErrNoRows):
-			return fmt.Errorf("read tenant: %w", err)
-		}
-		if !ev.Known() || uninstalled {
-			// Stored but not acted on: capped per tenant.
-			if _, err := tx.Exec(ctx, sqlLockUnacted, clientKey); err != nil {
-				return fmt.Errorf("lock the tenant's unacted events: %w", err)
+	// The transaction is pipelined (see pipeTx). An event that will be acted
+	// on if its tenant is not uninstalled (the common case) sends BEGIN, the
+	// tenant read, the event's record and the transfer's creation and lock in
+	// one round trip; then the transition's writes with the reads owed after
+	// them and COMMIT. If the tenant turns out uninstalled, that transaction
+	// is rolled back and the event runs again without the guess: the tenant
+	// read alone first, then the unacted cap, then the record. An
+	// app-data-uploaded reads its upload back before deciding on its label.
+	attempt := func(guess bool) error {
+		return inPipeTx(ctx, m.pool, func(p *pipeTx) error {
+			ac, rejected, uninstalled, first, dropped = afterCommit{}, nil, false, false, 0
+			var (
+				installed, found bool
+				eventID          int64
+				t                connectrelay.Transfer
+			)
+			p.pending.Queue(sqlTenantInstalled, clientKey).QueryRow(func(row pgx.Row) error {
+				switch err := row.Scan(&installed); {
+				case err == nil:
+					found = true
+				case !errors.Is(err, pgx.ErrNoRows):
+					return fmt.Errorf("read tenant: %w", err)
+				}
+				return nil
+			})
+			record := func(act bool) {
+				// An event to act on is recorded as handled at once; one
+				// rejected after all (the transfer is another tenant's) is
+				// marked again.
+				sql := sqlRecordEvent
+				if act {
+					sql = sqlRecordHandledEvent
+				}
+				p.queryRow("record event", sql, []any{clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
+					ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))}, &eventID, &first)
+				if act {
+					lockTransfer(p, clientKey, ev, &t)
+				}
 			}
-			var over bool
-			if err := tx.QueryRow(ctx, sqlOverUnactedCap, clientKey, ev.DedupeKey(), m.unactedCap).Scan(&over); err != nil {
-				return fmt.Errorf("count the tenant's unacted events: %w", err)
+			if guess {
+				record(true)
 			}
-			if over {
-				return tx.QueryRow(ctx, sqlCountDrop, clientKey).Scan(&dropped)
+			err := p.flush(ctx)
+			uninstalled = found && !installed
+			switch {
+			case guess && uninstalled:
+				// Whatever the statements after the tenant read did, or
+				// failed to do, is rolled back.
+				return errGuessedWrong
+			case err != nil:
+				return err
 			}
-		}
-		var eventID int64
-		if err := tx.QueryRow(ctx, sqlRecordEvent, clientKey, ev.DedupeKey(), string(ev.Type), ev.TransferID,
-			ev.MessageID, ev.S3Key, ev.Known(), string(rawEvent(ev))).Scan(&eventID, &first); err != nil {
-			return fmt.Errorf("record event: %w", err)
-		}
-		outcome := "handled"
-		switch {
-		case uninstalled:
-			// Its kept secret still verifies, but an uninstalled tenant's
-			// migration is over: recorded, acknowledged, not acted on.
-			outcome = "ignored"
-		case !ev.Known():
-			outcome = "unknown"
-			if first {
-				if err := outbox.Append(ctx, tx, clientKey, connectrelay.EventMigrationEvent, ev.TransferID,
-					outbox.Data{Raw: rawEvent(ev)}); err != nil {
+			act := ev.Known() && !uninstalled && tenantOK
+			if !guess {
+				if !ev.Known() || uninstalled {
+					// Stored but not acted on: capped per tenant.
+					var over bool
+					p.exec("lock the tenant's unacted events", sqlLockUnacted, clientKey)
+					p.queryRow("count the tenant's unacted events", sqlOverUnactedCap,
+						[]any{clientKey, ev.DedupeKey(), m.unactedCap}, &over)
+					if err := p.flush(ctx); err != nil {
+						return err
+					}
+					if over {
+						p.queryRow("count the dropped event", sqlCountDrop, []any{clientKey}, &dropped)
+						return p.commit(ctx)
+					}
+				}
+				record(act)
+				if err := p.flush(ctx); err != nil {
 					return err
 				}
 			}
-		case !tenantOK:
-			outcome = "rejected"
-			rejected = fmt.Errorf("migration: %s of transfer %s from %s, migration belongs to %v: %w",
-				ev.Type, ev.TransferID, clientKey, keys, ErrTenantMismatch)
-		default:
-			t, err := lockTransfer(ctx, tx, clientKey, ev)
-			if err != nil {
-				return err
-			}
-			if t.ClientKey != clientKey {
+			outcome := "handled"
+			switch {
+			case uninstalled:
+				// Its kept secret still verifies, but an uninstalled tenant's
+				// migration is over: recorded, acknowledged, not acted on.
+				outcome = "ignored"
+			case !ev.Known():
+				outcome = "unknown"
+				if first {
+					if err := p.appendEvent(clientKey, connectrelay.EventMigrationEvent, ev.TransferID,
+						outbox.Data{Raw: rawEvent(ev)}); err != nil {
+						return err
+					}
+				}
+			case !tenantOK:
+				outcome = "rejected"
+				rejected = fmt.Errorf("migration: %s of transfer %s from %s, migration belongs to %v: %w",
+					ev.Type, ev.TransferID, clientKey, keys, ErrTenantMismatch)
+			case t.ClientKey != clientKey:
 				outcome = "rejected"
 				rejected = fmt.Errorf("migration: %s of transfer %s from %s, transfer belongs to %s: %w",
 					ev.Type, ev.TransferID, clientKey, t.ClientKey, ErrTenantMismatch)
-				break
+			default:
+				if err := m.apply(ctx, p, log, t, ev, errDetails, &ac); err != nil {
+					return err
+				}
 			}
-			if ac, err = m.apply(ctx, tx, log, t, ev, errDetails); err != nil {
-				return err
+			if !act || outcome != "handled" {
+				p.exec("mark event "+outcome, sqlMarkEvent, eventID, outcome)
 			}
-		}
-		if _, err := tx.Exec(ctx, sqlMarkEvent, eventID, outcome); err != nil {
-			return fmt.Errorf("mark event %s: %w", outcome, err)
-		}
-		return nil
-	})
+			return p.commit(ctx)
+		})
+	}
+	err := attempt(ev.Known() && tenantOK)
+	if errors.Is(err, errGuessedWrong) {
+		err = attempt(false)
+	}
 	if err != nil {
 		return fmt.Errorf("migration: %s of transfer %s: %w", ev.Type, ev.TransferID, err)
 	}
@@ -328,6 +378,9 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 	if !ev.Known() {
 		log.InfoContext(ctx, "unknown migration event type recorded")
 		return nil
+	}
+	if ac.ready {
+		log.InfoContext(ctx, "transfer ready", slog.Int("queued_uploads", len(ac.schedule)))
 	}
 	if ac.stop {
 		m.stopLocal(ev.TransferID, string(ev.Type))
@@ -363,93 +416,88 @@ func rawEvent(ev Event) json.RawMessage {
 	return b
 }
 
-// lockTransfer creates the transfer on first sight and locks its row.
-func lockTransfer(ctx context.Context, tx pgx.Tx, clientKey string, ev Event) (connectrelay.Transfer, error) {
+// lockTransfer queues the transfer's creation on first sight and the read
+// that locks its row into t.
+func lockTransfer(p *pipeTx, clientKey string, ev Event, t *connectrelay.Transfer) {
 	details := ev.Details.Raw
 	if len(details) == 0 || !json.Valid(details) {
 		details = json.RawMessage("{}")
 	}
-	if _, err := tx.Exec(ctx, sqlCreateTransfer, ev.TransferID, clientKey, ev.Details.MigrationID, string(details)); err != nil {
-		return connectrelay.Transfer{}, fmt.Errorf("create transfer: %w", err)
+	p.exec("create transfer", sqlCreateTransfer, ev.TransferID, clientKey, ev.Details.MigrationID, string(details))
+	p.pending.Queue(sqlLockTransfer, ev.TransferID).Fn = func(br pgx.BatchResults) error {
+		var err error
+		if *t, err = scanTransfer(br.QueryRow()); err != nil {
+			return fmt.Errorf("lock transfer: %w", err)
+		}
+		return nil
 	}
-	t, err := scanTransfer(tx.QueryRow(ctx, sqlLockTransfer, ev.TransferID))
-	if err != nil {
-		return connectrelay.Transfer{}, fmt.Errorf("lock transfer: %w", err)
-	}
-	return t, nil
 }
 
-// apply changes the locked transfer t according to ev, with the method of ev's
-// type, and decides whether a settle call is owed after the commit (whatever the
-// event: a settle call still owed is made again).
-func (m *Machine) apply(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer, ev Event, errDetails json.RawMessage) (afterCommit, error) {
-	var (
-		ac  afterCommit
-		err error
-	)
-	if err := recordForgeMessage(ctx, tx, ev); err != nil {
-		return ac, err
-	}
+// apply queues the changes of the locked transfer t according to ev, with the
+// method of ev's type, and learns whether a settle call is owed after the
+// commit (whatever the event: a settle call still owed is made again), from t
+// when ev's type does not change it, else by reading the row after the
+// change. ac is filled in as the results arrive, complete once the
+// transaction committed.
+func (m *Machine) apply(ctx context.Context, p *pipeTx, log *slog.Logger, t connectrelay.Transfer, ev Event, errDetails json.RawMessage, ac *afterCommit) error {
+	recordForgeMessage(p, ev)
+	var err error
 	switch ev.Type {
 	case EventListenerTriggered:
-		ac, err = m.onListenerTriggered(ctx, tx, log, t)
+		err = m.onListenerTriggered(ctx, p, log, t, ac)
 	case EventAppDataUploaded:
-		ac, err = m.onAppDataUploaded(ctx, tx, log, t, ev)
+		err = m.onAppDataUploaded(ctx, p, log, t, ev, ac)
 	case EventTransferCancellationRequested:
-		ac, err = m.onCancellationRequested(ctx, tx, log, t)
+		m.onCancellationRequested(ctx, p, log, t, ac)
 	case EventListenerErrored:
-		ac, err = m.onListenerErrored(ctx, tx, log, t, errDetails)
+		m.onListenerErrored(ctx, p, log, t, errDetails, ac)
 	}
 	if err != nil {
-		return ac, err
+		return err
 	}
-	if err := tx.QueryRow(ctx, sqlSettleOwed, t.TransferID).Scan(&ac.settle); err != nil {
-		return ac, fmt.Errorf("read settle state: %w", err)
+	switch ev.Type {
+	case EventListenerTriggered, EventAppDataUploaded:
+		// Neither changes the transfer's settle state, and its row is
+		// locked since t was read: what t says is what the row says.
+		ac.settle = settlePending(t)
+	default:
+		p.queryRow("read settle state", sqlSettleOwed, []any{t.TransferID}, &ac.settle)
 	}
-	return ac, nil
+	return nil
 }
 
 // onListenerTriggered: waiting -> ready; parked uploads are queued, and every
 // queued upload is scheduled (again: scheduling may have failed after an earlier
 // commit, and this retry makes up for it). A closed transfer ignores it.
-func (m *Machine) onListenerTriggered(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer) (afterCommit, error) {
-	var ac afterCommit
+func (m *Machine) onListenerTriggered(ctx context.Context, p *pipeTx, log *slog.Logger, t connectrelay.Transfer, ac *afterCommit) error {
 	if t.Closed() {
 		log.InfoContext(ctx, "listener-triggered for a closed transfer ignored", slog.String("state", string(t.State)))
-		return ac, nil
+		return nil
 	}
 	if t.State == connectrelay.TransferWaiting {
-		if _, err := tx.Exec(ctx, sqlMarkReady, t.TransferID); err != nil {
-			return ac, fmt.Errorf("mark ready: %w", err)
-		}
-		if err := outbox.Append(ctx, tx, t.ClientKey, connectrelay.EventTransferReady, t.TransferID, outbox.Data{}); err != nil {
-			return ac, err
+		p.exec("mark ready", sqlMarkReady, t.TransferID)
+		if err := p.appendEvent(t.ClientKey, connectrelay.EventTransferReady, t.TransferID, outbox.Data{}); err != nil {
+			return err
 		}
 	}
-	if _, err := tx.Exec(ctx, sqlQueueParked, t.TransferID); err != nil {
-		return ac, fmt.Errorf("queue parked uploads: %w", err)
-	}
-	rows, err := tx.Query(ctx, sqlListQueued, t.TransferID)
-	if err != nil {
-		return ac, fmt.Errorf("list queued uploads: %w", err)
-	}
-	ac.schedule, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (UploadRef, error) {
+	p.exec("queue parked uploads", sqlQueueParked, t.TransferID)
+	p.query("list queued uploads", sqlListQueued, []any{t.TransferID}, func(r pgx.CollectableRow) error {
 		ref := UploadRef{ClientKey: t.ClientKey, TransferID: t.TransferID}
-		return ref, r.Scan(&ref.S3Key, &ref.Label)
+		if err := r.Scan(&ref.S3Key, &ref.Label); err != nil {
+			return err
+		}
+		ac.schedule = append(ac.schedule, ref)
+		return nil
 	})
-	if err != nil {
-		return ac, fmt.Errorf("list queued uploads: %w", err)
-	}
-	log.InfoContext(ctx, "transfer ready", slog.Int("queued_uploads", len(ac.schedule)))
-	return ac, nil
+	ac.ready = true // logged once committed, with the queued uploads
+	return nil
 }
 
 // onAppDataUploaded records the upload once per s3Key: parked while the transfer
 // waits, queued and scheduled once it is ready, skipped (never fetched) once it
 // is closed. A repeat announces nothing new, except a label for an upload the
 // product's list recorded without one.
-func (m *Machine) onAppDataUploaded(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer, ev Event) (afterCommit, error) {
-	var ac afterCommit
+func (m *Machine) onAppDataUploaded(ctx context.Context, p *pipeTx, log *slog.Logger, t connectrelay.Transfer, ev Event, ac *afterCommit) error {
 	state, reason := UploadParked, ""
 	switch {
 	case t.Closed():
@@ -457,22 +505,19 @@ func (m *Machine) onAppDataUploaded(ctx context.Context, tx pgx.Tx, log *slog.Lo
 	case t.State == connectrelay.TransferReady:
 		state = UploadQueued
 	}
-	if _, err := tx.Exec(ctx, sqlRecordUpload, t.TransferID, ev.S3Key, ev.Label, state, reason); err != nil {
-		return ac, fmt.Errorf("record upload: %w", err)
-	}
 	var (
 		cur   UploadState
 		label string
 	)
-	if err := tx.QueryRow(ctx, sqlGetUpload, t.TransferID, ev.S3Key).Scan(&cur, &label); err != nil {
-		return ac, fmt.Errorf("read upload: %w", err)
+	p.exec("record upload", sqlRecordUpload, t.TransferID, ev.S3Key, ev.Label, state, reason)
+	p.queryRow("read upload", sqlGetUpload, []any{t.TransferID, ev.S3Key}, &cur, &label)
+	if err := p.flush(ctx); err != nil {
+		return err
 	}
 	if label == "" && ev.Label != "" && (cur == UploadParked || cur == UploadQueued) {
 		// Recorded from the product's list (ReconcileStale), which has no
 		// labels: its event, arriving before the import started, supplies it.
-		if _, err := tx.Exec(ctx, sqlLabelUpload, t.TransferID, ev.S3Key, ev.Label); err != nil {
-			return ac, fmt.Errorf("label upload: %w", err)
-		}
+		p.exec("label upload", sqlLabelUpload, t.TransferID, ev.S3Key, ev.Label)
 		label = ev.Label
 	}
 	if label != ev.Label {
@@ -484,47 +529,35 @@ func (m *Machine) onAppDataUploaded(ctx context.Context, tx pgx.Tx, log *slog.Lo
 	}
 	log.InfoContext(ctx, "upload recorded", slog.String("s3_key", ev.S3Key), slog.String("label", label),
 		slog.String("upload_state", string(cur)))
-	return ac, nil
+	return nil
 }
 
 // onCancellationRequested: an open transfer -> cancelled, its waiting uploads
 // skipped, INCOMPLETE owed; running imports are stopped in any case.
-func (m *Machine) onCancellationRequested(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer) (afterCommit, error) {
-	ac := afterCommit{stop: true}
+func (m *Machine) onCancellationRequested(ctx context.Context, p *pipeTx, log *slog.Logger, t connectrelay.Transfer, ac *afterCommit) {
+	ac.stop = true
 	if t.State.Final() {
 		log.InfoContext(ctx, "cancellation of a finished transfer ignored", slog.String("state", string(t.State)))
-		return ac, nil
+		return
 	}
-	if _, err := tx.Exec(ctx, sqlMarkCancelled, t.TransferID); err != nil {
-		return ac, fmt.Errorf("mark cancelled: %w", err)
-	}
-	if err := skipOpenUploads(ctx, tx, t.TransferID, "transfer cancelled"); err != nil {
-		return ac, err
-	}
+	p.exec("mark cancelled", sqlMarkCancelled, t.TransferID)
+	p.exec("skip open uploads", sqlSkipOpenUploads, t.TransferID, "transfer cancelled")
 	log.InfoContext(ctx, "transfer cancelled")
-	return ac, nil
 }
 
 // onListenerErrored: an open transfer -> failed with the listener's error
 // details, its waiting uploads skipped, FAILED owed; a final transfer only keeps
 // the details. Running imports are stopped in any case.
-func (m *Machine) onListenerErrored(ctx context.Context, tx pgx.Tx, log *slog.Logger, t connectrelay.Transfer, errDetails json.RawMessage) (afterCommit, error) {
-	ac := afterCommit{stop: true}
+func (m *Machine) onListenerErrored(ctx context.Context, p *pipeTx, log *slog.Logger, t connectrelay.Transfer, errDetails json.RawMessage, ac *afterCommit) {
+	ac.stop = true
 	if t.State.Final() {
-		if _, err := tx.Exec(ctx, sqlRecordErrorDetails, t.TransferID, string(errDetails)); err != nil {
-			return ac, fmt.Errorf("record error details: %w", err)
-		}
+		p.exec("record error details", sqlRecordErrorDetails, t.TransferID, string(errDetails))
 		log.InfoContext(ctx, "listener-errored for a finished transfer recorded", slog.String("state", string(t.State)))
-		return ac, nil
+		return
 	}
-	if _, err := tx.Exec(ctx, sqlMarkListenerErrored, t.TransferID, string(errDetails)); err != nil {
-		return ac, fmt.Errorf("mark failed: %w", err)
-	}
-	if err := skipOpenUploads(ctx, tx, t.TransferID, "listener errored"); err != nil {
-		return ac, err
-	}
+	p.exec("mark failed", sqlMarkListenerErrored, t.TransferID, string(errDetails))
+	p.exec("skip open uploads", sqlSkipOpenUploads, t.TransferID, "listener errored")
 	log.WarnContext(ctx, "transfer failed: listener errored", slog.String("error_details", string(errDetails)))
-	return ac, nil
 }
 
 // closedReason is the skip reason of an upload of the closed transfer t.

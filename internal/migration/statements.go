@@ -28,6 +28,19 @@ const (
 		SET deliveries = migration_events.deliveries + 1, last_received_at = now()
 		RETURNING id, xmax = 0`
 
+	// sqlRecordHandledEvent is sqlRecordEvent, with the same arguments, for an
+	// event about to be acted on: it records the outcome "handled" as
+	// sqlMarkEvent would at the end of the same transaction (now() is the
+	// transaction's time), saving that statement. An event rejected after all
+	// is marked so with sqlMarkEvent.
+	sqlRecordHandledEvent = `
+		INSERT INTO migration_events (client_key, dedupe_key, event_type, transfer_id, message_id, s3_key, known, raw,
+			outcome, handled_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::json, 'handled', now())
+		ON CONFLICT (client_key, dedupe_key) DO UPDATE
+		SET deliveries = migration_events.deliveries + 1, last_received_at = now(), outcome = 'handled', handled_at = now()
+		RETURNING id, xmax = 0`
+
 	// sqlMarkEvent records an event's outcome (handled, unknown, rejected, ignored).
 	// $1 event id, $2 outcome.
 	sqlMarkEvent = `UPDATE migration_events SET outcome = $2, handled_at = now() WHERE id = $1`
