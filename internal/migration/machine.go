@@ -259,7 +259,7 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 				eventID          int64
 				t                connectrelay.Transfer
 			)
-			p.pending.Queue(sqlTenantInstalled, clientKey).QueryRow(func(row pgx.Row) error {
+			p.Queue(sqlTenantInstalled, clientKey).QueryRow(func(row pgx.Row) error {
 				switch err := row.Scan(&installed); {
 				case err == nil:
 					found = true
@@ -285,7 +285,7 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 			if guess {
 				record(true)
 			}
-			err := p.flush(ctx)
+			err := p.Flush(ctx)
 			uninstalled = found && !installed
 			switch {
 			case guess && uninstalled:
@@ -303,16 +303,16 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 					p.exec("lock the tenant's unacted events", sqlLockUnacted, clientKey)
 					p.queryRow("count the tenant's unacted events", sqlOverUnactedCap,
 						[]any{clientKey, ev.DedupeKey(), m.unactedCap}, &over)
-					if err := p.flush(ctx); err != nil {
+					if err := p.Flush(ctx); err != nil {
 						return err
 					}
 					if over {
 						p.queryRow("count the dropped event", sqlCountDrop, []any{clientKey}, &dropped)
-						return p.commit(ctx)
+						return p.Commit(ctx)
 					}
 				}
 				record(act)
-				if err := p.flush(ctx); err != nil {
+				if err := p.Flush(ctx); err != nil {
 					return err
 				}
 			}
@@ -346,7 +346,7 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 			if !act || outcome != "handled" {
 				p.exec("mark event "+outcome, sqlMarkEvent, eventID, outcome)
 			}
-			return p.commit(ctx)
+			return p.Commit(ctx)
 		})
 	}
 	err := attempt(ev.Known() && tenantOK)
@@ -424,7 +424,7 @@ func lockTransfer(p *pipeTx, clientKey string, ev Event, t *connectrelay.Transfe
 		details = json.RawMessage("{}")
 	}
 	p.exec("create transfer", sqlCreateTransfer, ev.TransferID, clientKey, ev.Details.MigrationID, string(details))
-	p.pending.Queue(sqlLockTransfer, ev.TransferID).Fn = func(br pgx.BatchResults) error {
+	p.Queue(sqlLockTransfer, ev.TransferID).Fn = func(br pgx.BatchResults) error {
 		var err error
 		if *t, err = scanTransfer(br.QueryRow()); err != nil {
 			return fmt.Errorf("lock transfer: %w", err)
@@ -511,7 +511,7 @@ func (m *Machine) onAppDataUploaded(ctx context.Context, p *pipeTx, log *slog.Lo
 	)
 	p.exec("record upload", sqlRecordUpload, t.TransferID, ev.S3Key, ev.Label, state, reason)
 	p.queryRow("read upload", sqlGetUpload, []any{t.TransferID, ev.S3Key}, &cur, &label)
-	if err := p.flush(ctx); err != nil {
+	if err := p.Flush(ctx); err != nil {
 		return err
 	}
 	if label == "" && ev.Label != "" && (cur == UploadParked || cur == UploadQueued) {

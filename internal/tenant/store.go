@@ -16,6 +16,7 @@ import (
 	"github.com/connectrelay/connectrelay/connect"
 	"github.com/connectrelay/connectrelay/forge"
 	"github.com/connectrelay/connectrelay/internal/outbox"
+	"github.com/connectrelay/connectrelay/internal/pgpipe"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -275,16 +276,16 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 	// baseUrl: BEGIN, the insert of a new tenant and the locking read of the
 	// stored one (which an insert that made the tenant reads back); the link
 	// lookup when the baseUrl is new for the tenant; then every write and COMMIT.
-	err = s.inPipeTx(ctx, func(tx *pipeTx) error {
+	err = s.inPipeTx(ctx, func(tx *pgpipe.Tx) error {
 		var (
 			inserted   connectrelay.Tenant
 			stored     storedTenant
 			prevSealed Sealed
 		)
 		if p.InstallationID != "" {
-			tx.queue(lockSQL, forgeLinkLockClass, p.InstallationID)
+			tx.Queue(lockSQL, forgeLinkLockClass, p.InstallationID)
 		}
-		tx.queue(insertTenantSQL, installArgs(&p, sealed, at, iat)).QueryRow(func(row pgx.Row) error {
+		tx.Queue(insertTenantSQL, installArgs(&p, sealed, at, iat)).QueryRow(func(row pgx.Row) error {
 			t, _, err := scanTenant(row)
 			switch {
 			case err == nil:
@@ -299,7 +300,7 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 				return fmt.Errorf("insert tenant: %w", err)
 			}
 		})
-		tx.queue(lockInstallSQL, p.ClientKey, p.Extra).QueryRow(func(row pgx.Row) (err error) {
+		tx.Queue(lockInstallSQL, p.ClientKey, p.Extra).QueryRow(func(row pgx.Row) (err error) {
 			stored.Tenant, prevSealed, err = scanTenant(row, &stored.keyEnv, &stored.changedExtra)
 			if errors.Is(err, pgx.ErrNoRows) {
 				return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
@@ -309,7 +310,7 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 			}
 			return nil
 		})
-		if err := tx.flush(ctx); err != nil {
+		if err := tx.Flush(ctx); err != nil {
 			return err
 		}
 		if res.Created {
@@ -321,14 +322,14 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 		} else if err := s.updateExisting(ctx, tx, &res, p, sealed, stored, prevSealed, at, iat); err != nil {
 			return err
 		}
-		queueEvent(&tx.pending, p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes, &res.EventID)
+		queueEvent(tx.Batch(), p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes, &res.EventID)
 		if res.Applied {
-			queueLinkForgeTenant(&tx.pending, p.ClientKey, p.InstallationID)
+			queueLinkForgeTenant(tx.Batch(), p.ClientKey, p.InstallationID)
 		}
-		if err := queueInstallEvents(&tx.pending, p.ClientKey, &res); err != nil {
+		if err := queueInstallEvents(tx.Batch(), p.ClientKey, &res); err != nil {
 			return err
 		}
-		if err := tx.commit(ctx); err != nil {
+		if err := tx.Commit(ctx); err != nil {
 			return fmt.Errorf("record install: %w", err)
 		}
 		return nil
@@ -377,7 +378,7 @@ func queueInstallEvents(b *pgx.Batch, ck string, res *InstallResult) error {
 
 // updateExisting applies an installed to the existing tenant prev (read under
 // its row lock), filling res and queuing the tenant's update on tx.
-func (s *Store) updateExisting(ctx context.Context, tx *pipeTx, res *InstallResult, p InstallPayload, sealed Sealed,
+func (s *Store) updateExisting(ctx context.Context, tx *pgpipe.Tx, res *InstallResult, p InstallPayload, sealed Sealed,
 	prev storedTenant, prevSealed Sealed, at, iat time.Time) error {
 	if env := connect.KeyEnvironment(p.BaseURL); env != prev.keyEnv {
 		s.log.WarnContext(ctx, "install refused: key environment differs from the tenant's",
@@ -395,7 +396,7 @@ func (s *Store) updateExisting(ctx context.Context, tx *pipeTx, res *InstallResu
 	if iat.Before(prev.DataIssuedAt) {
 		res.Changes = []string{fmt.Sprintf("not applied: iat %s is older than the last applied installed (iat %s)",
 			fmtTime(iat), fmtTime(prev.DataIssuedAt))}
-		tx.queue(`UPDATE tenants
+		tx.Queue(`UPDATE tenants
 			SET last_lifecycle_at = GREATEST(last_lifecycle_at, $2), updated_at = now()
 			WHERE client_key = $1 RETURNING `+tenantColumns, p.ClientKey, at).QueryRow(scanInto)
 		return nil
@@ -432,7 +433,7 @@ func (s *Store) updateExisting(ctx context.Context, tx *pipeTx, res *InstallResu
 
 	args := installArgs(&p, sealed, at, iat)
 	args["installed"], args["installed_iat"] = installed, installedIAT
-	tx.queue(updateInstallSQL, args).QueryRow(scanInto)
+	tx.Queue(updateInstallSQL, args).QueryRow(scanInto)
 	if prev.BaseURL != p.BaseURL {
 		return s.linkBaseURL(ctx, tx, res, p.ClientKey, p.BaseURL, prev.BaseURL, at, iat)
 	}
@@ -450,16 +451,16 @@ func (s *Store) updateExisting(ctx context.Context, tx *pipeTx, res *InstallResu
 // one linked history row on that representative. Every tenant of a baseUrl is thus
 // linked to its representative, which makes the group; res.LinkedClientKeys (and the
 // site_import_detected event) still name every other tenant, read in one query.
-func (s *Store) linkBaseURL(ctx context.Context, tx *pipeTx, res *InstallResult, ck, baseURL, prevBaseURL string, at, iat time.Time) error {
-	tx.queue(lockSQL, linkLockClass, baseURL)
+func (s *Store) linkBaseURL(ctx context.Context, tx *pgpipe.Tx, res *InstallResult, ck, baseURL, prevBaseURL string, at, iat time.Time) error {
+	tx.Queue(lockSQL, linkLockClass, baseURL)
 	var others []string
 	// Oldest first: the first row is the representative.
-	tx.queue(`SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
+	tx.Queue(`SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
 		ORDER BY first_installed_at, client_key`, baseURL, ck).Query(func(rows pgx.Rows) (err error) {
 		others, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		return err
 	})
-	if err := tx.flush(ctx); err != nil {
+	if err := tx.Flush(ctx); err != nil {
 		return fmt.Errorf("find tenants with baseUrl: %w", err)
 	}
 	if len(others) == 0 {
@@ -473,10 +474,10 @@ func (s *Store) linkBaseURL(ctx context.Context, tx *pipeTx, res *InstallResult,
 		held = "site import: " + held
 		theirs = fmt.Sprintf("site import: baseUrl %q now also held by new clientKey %s", baseURL, ck)
 	}
-	tx.queue(`INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
+	tx.Queue(`INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
 		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, ck, rep, baseURL, at)
 	var repEvent int64
-	queueEvent(&tx.pending, rep, EventLinked, at, iat, true, []string{theirs}, &repEvent)
+	queueEvent(tx.Batch(), rep, EventLinked, at, iat, true, []string{theirs}, &repEvent)
 	res.Changes = append(res.Changes, held)
 	res.LinkedClientKeys = others
 	s.log.WarnContext(ctx, "baseUrl held by several tenants",
@@ -584,15 +585,15 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 	defer cancel()
 	var id int64
 	// Two round trips: BEGIN and the locking read, then the writes and COMMIT.
-	err := s.inPipeTx(ctx, func(p *pipeTx) error {
+	err := s.inPipeTx(ctx, func(p *pgpipe.Tx) error {
 		var prev lifecycleState
 		// Only the state this event changes: the whole row (its sealed secret
 		// among it) is not needed here.
-		p.queue(`SELECT installed, enabled, installed_iat, enabled_iat FROM tenants
+		p.Queue(`SELECT installed, enabled, installed_iat, enabled_iat FROM tenants
 			WHERE client_key = $1 FOR NO KEY UPDATE`, clientKey).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&prev.installed, &prev.enabled, &prev.installedIAT, &prev.enabledIAT)
 		})
-		if err := p.flush(ctx); errors.Is(err, pgx.ErrNoRows) {
+		if err := p.Flush(ctx); errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("clientKey %s: %w", clientKey, ErrNotFound)
 		} else if err != nil {
 			return fmt.Errorf("lock tenant: %w", err)
@@ -608,10 +609,10 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 		if next.enabled != prev.enabled {
 			changes = append(changes, fmt.Sprintf("enabled %t -> %t", prev.enabled, next.enabled))
 		}
-		p.queue(`UPDATE tenants SET installed = $2, enabled = $3, installed_iat = $4, enabled_iat = $5,
+		p.Queue(`UPDATE tenants SET installed = $2, enabled = $3, installed_iat = $4, enabled_iat = $5,
 			last_lifecycle_at = GREATEST(last_lifecycle_at, $6), updated_at = now()
 			WHERE client_key = $1`, clientKey, next.installed, next.enabled, next.installedIAT, next.enabledIAT, at)
-		queueEvent(&p.pending, clientKey, typ, at, iat, why == "", changes, &id)
+		queueEvent(p.Batch(), clientKey, typ, at, iat, why == "", changes, &id)
 		var ev connectrelay.EventType
 		switch {
 		case typ == EventUninstalled && prev.installed && !next.installed:
@@ -622,11 +623,11 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 			ev = connectrelay.EventDisabled
 		}
 		if ev != "" {
-			if err := outbox.Queue(&p.pending, clientKey, ev, "", outbox.Data{}); err != nil {
+			if err := outbox.Queue(p.Batch(), clientKey, ev, "", outbox.Data{}); err != nil {
 				return err
 			}
 		}
-		if err := p.commit(ctx); err != nil {
+		if err := p.Commit(ctx); err != nil {
 			return fmt.Errorf("record %s: %w", typ, err)
 		}
 		return nil
