@@ -32,7 +32,8 @@ type clock struct {
 	mu       sync.Mutex
 	deadline time.Time // the answer deadline while running
 	hard     time.Time
-	paused   int // nesting depth of Pause
+	paused   bool
+	gen      uint64 // counts pauses, so a resume ends only its own
 	pausedAt time.Time
 	// progress, while paused by PauseWhile, says whether the dependency made
 	// progress since its last call; it is asked every step. lastSeen is when
@@ -63,26 +64,18 @@ func New(parent context.Context, answer, busy time.Duration) (context.Context, c
 	c.timer = time.AfterFunc(time.Until(c.deadline), c.expire)
 	c.stop = context.AfterFunc(parent, func() { c.cancel(context.Cause(parent)) })
 	c.mu.Unlock()
+	if parent.Err() != nil {
+		c.cancel(context.Cause(parent)) // at once, not when AfterFunc's goroutine runs
+	}
 	return c, func() { c.cancel(context.Canceled) }
 }
 
 // Pause stops the answer clock of ctx's budget until resume is called: the
-// wait in between counts only against the busy budget. It nests, and is a
-// no-op for a context without a budget. resume must be called once.
+// wait in between counts only against the busy budget. Pauses do not nest: a
+// Pause or PauseWhile of a budget already paused is a no-op, as is either
+// for a context without a budget. resume must be called once.
 func Pause(ctx context.Context) (resume func()) {
-	c, ok := ctx.Value(key{}).(*clock)
-	if !ok {
-		return func() {}
-	}
-	c.mu.Lock()
-	if c.paused == 0 && c.err == nil {
-		c.pausedAt = time.Now()
-		c.timer.Reset(time.Until(c.hard))
-	}
-	c.paused++
-	c.mu.Unlock()
-	var once sync.Once
-	return func() { once.Do(c.resume) }
+	return pause(ctx, 0, nil)
 }
 
 // PauseWhile is Pause for as long as the dependency waited on makes progress:
@@ -91,25 +84,38 @@ func Pause(ctx context.Context) (resume func()) {
 // another request). When it reports none, the pause lapses and the time since
 // the last progress counts against the answer budget after all, so a hung
 // dependency, which makes no progress for anyone, still ends the callback at
-// its answer deadline. It does not nest with Pause; resume must be called
-// once.
+// its answer deadline (or, for a pause begun less than a step before that
+// deadline, up to a step after it). Like Pause, it does not nest; resume must
+// be called once.
 func PauseWhile(ctx context.Context, step time.Duration, progress func() bool) (resume func()) {
+	return pause(ctx, step, progress)
+}
+
+func pause(ctx context.Context, step time.Duration, progress func() bool) (resume func()) {
 	c, ok := ctx.Value(key{}).(*clock)
 	if !ok {
 		return func() {}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.paused > 0 || c.err != nil {
-		return func() {} // already paused (or over): nothing to add
+	if c.paused || c.err != nil {
+		return func() {}
 	}
 	now := time.Now()
-	c.pausedAt, c.lastSeen = now, now
+	c.paused, c.pausedAt, c.lastSeen = true, now, now
+	c.gen++
+	gen := c.gen
 	c.progress, c.step = progress, step
-	c.timer.Reset(min(step, c.hard.Sub(now)))
-	c.paused++
+	if progress != nil {
+		// A whole step before the first look: progress is judged over a
+		// window long enough to see some. A pause begun less than a step
+		// before the answer deadline can thus end up to a step after it.
+		c.timer.Reset(min(step, c.hard.Sub(now)))
+	} else {
+		c.timer.Reset(c.hard.Sub(now))
+	}
 	var once sync.Once
-	return func() { once.Do(c.resume) }
+	return func() { once.Do(func() { c.resume(gen) }) }
 }
 
 // Active reports whether ctx carries a callback budget, that is whether a
@@ -119,14 +125,10 @@ func Active(ctx context.Context) bool {
 	return ok
 }
 
-func (c *clock) resume() {
+func (c *clock) resume(gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.paused == 0 { // a PauseWhile that lapsed
-		return
-	}
-	c.paused--
-	if c.paused > 0 || c.err != nil {
+	if !c.paused || c.gen != gen || c.err != nil { // lapsed, or over
 		return
 	}
 	c.endPause(time.Now())
@@ -136,7 +138,7 @@ func (c *clock) resume() {
 // endPause moves the answer deadline by the time paused until until, never
 // past the hard deadline. c.mu is held.
 func (c *clock) endPause(until time.Time) {
-	c.paused, c.progress = 0, nil
+	c.paused, c.progress = false, nil
 	c.deadline = c.deadline.Add(until.Sub(c.pausedAt))
 	if c.deadline.After(c.hard) {
 		c.deadline = c.hard
@@ -147,8 +149,12 @@ func (c *clock) endPause(until time.Time) {
 // deadline since it was set, so it checks again.
 func (c *clock) expire() {
 	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
 	now := time.Now()
-	if c.paused > 0 && c.progress != nil && now.Before(c.hard) {
+	if c.paused && c.progress != nil && now.Before(c.hard) {
 		if c.progress() {
 			c.lastSeen = now
 			c.timer.Reset(min(c.step, c.hard.Sub(now)))
@@ -159,7 +165,7 @@ func (c *clock) expire() {
 		c.endPause(c.lastSeen)
 	}
 	var due time.Time
-	if c.paused > 0 {
+	if c.paused {
 		due = c.hard
 	} else {
 		due = c.deadline
@@ -189,7 +195,7 @@ func (c *clock) cancel(err error) {
 func (c *clock) Deadline() (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.paused > 0 {
+	if c.paused {
 		return c.hard, true
 	}
 	return c.deadline, true

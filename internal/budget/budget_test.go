@@ -165,3 +165,36 @@ func TestPauseWhile_ProgressThatStopsCountsOnlyUntilItStopped(t *testing.T) {
 		t.Errorf("ended after %v, want about 400 ms", d)
 	}
 }
+
+func TestPause_ALapsedPauseDoesNotEndALaterOne(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := New(context.Background(), 80*time.Millisecond, 5*time.Second)
+	defer cancel()
+	stale := PauseWhile(ctx, 10*time.Millisecond, func() bool { return false })
+	time.Sleep(30 * time.Millisecond) // lapsed: no progress
+	later := Pause(ctx)
+	inner := Pause(ctx) // already paused: a no-op
+	inner()
+	stale() // the lapsed pause's resume must not end the later pause
+	time.Sleep(150 * time.Millisecond)
+	if ctx.Err() != nil {
+		t.Fatalf("Err() = %v: a resume ended a pause that was not its own", ctx.Err())
+	}
+	later()
+	select {
+	case <-ctx.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("not ended after the later pause resumed")
+	}
+}
+
+func TestNew_WithAParentAlreadyDoneIsDoneAtOnce(t *testing.T) {
+	t.Parallel()
+	parent, stop := context.WithCancel(context.Background())
+	stop()
+	ctx, cancel := New(parent, time.Minute, time.Minute)
+	defer cancel()
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		t.Fatalf("Err() = %v right after New, want Canceled", ctx.Err())
+	}
+}

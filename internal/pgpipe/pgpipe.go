@@ -31,9 +31,9 @@ import (
 // failed, so nothing of it was written.
 var ErrRolledBack = errors.New("transaction rolled back by the server")
 
-// rollbackTimeout bounds the ROLLBACK of a failed transaction; it runs after
-// the caller's context may have ended.
-const rollbackTimeout = 2 * time.Second
+// rollbackTimeout bounds the ROLLBACK (or the close) of a failed
+// transaction; it runs after the caller's context may have ended.
+const rollbackTimeout = 250 * time.Millisecond
 
 // Tx is one pipelined transaction on one connection. Its zero value is not
 // usable; Run makes one.
@@ -46,8 +46,8 @@ type Tx struct {
 // Run runs fn in a pipelined transaction on conn, which the caller acquired
 // and releases. fn queues statements, flushes them when it needs a result,
 // and ends with Commit; an error from fn, or a transaction fn left open, is
-// rolled back, and a connection that cannot roll back is closed, so it never
-// returns to a pool inside a transaction.
+// rolled back, and a connection that cannot roll back, or whose ctx has
+// ended, is closed, so it never returns to a pool inside a transaction.
 func Run(ctx context.Context, conn *pgx.Conn, fn func(tx *Tx) error) error {
 	tx := &Tx{conn: conn}
 	err := fn(tx)
@@ -57,7 +57,12 @@ func Run(ctx context.Context, conn *pgx.Conn, fn func(tx *Tx) error) error {
 	if err != nil && !conn.IsClosed() && conn.PgConn().TxStatus() != 'I' {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 		defer cancel()
-		if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
+		// Out of time (a callback's budget ended): closing the connection
+		// ends the transaction without waiting for a server that may be the
+		// reason. Otherwise roll back and keep the connection.
+		if ctx.Err() != nil {
+			_ = conn.Close(rctx)
+		} else if _, rerr := conn.Exec(rctx, "ROLLBACK"); rerr != nil {
 			_ = conn.Close(rctx)
 		}
 	}

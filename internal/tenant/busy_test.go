@@ -105,8 +105,10 @@ func TestSetEnabled_APoolThatHandsOutNothingIsDownAndFailsFast(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("SetEnabled with no connection coming back = %v, want ErrUnavailable", err)
 	}
-	if d := time.Since(start); d > 950*time.Millisecond {
-		t.Errorf("gave up after %v, want within the answer budget (two stall timeouts of %v)", d, StallTimeout)
+	// Three stall timeouts (a baseline, then two without a hand-out), or the
+	// answer budget, whichever ends first: within the second of the contract.
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("gave up after %v, want within 1 s (three stall timeouts of %v)", d, StallTimeout)
 	}
 }
 

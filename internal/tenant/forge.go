@@ -258,6 +258,7 @@ func (s *Store) RecordForge(ctx context.Context, ev ForgeEvent) (ForgeResult, er
 	if err != nil {
 		return ForgeResult{}, storeErr(err, "record forge %s of %s", ev.Type, id)
 	}
+	s.committed.Add(1)
 	if ev.Type != "" {
 		s.log.InfoContext(ctx, "forge event recorded", slog.String("installation_id", id), slog.String("event", ev.Type),
 			slog.Bool("duplicate", res.Duplicate), slog.Bool("created", res.Created), slog.Bool("applied", res.Applied),

@@ -31,8 +31,8 @@ func (s *Store) inPipeTx(ctx context.Context, fn func(tx *pgpipe.Tx) error) erro
 	return nil
 }
 
-// progress returns a function that reports whether a pipelined transaction
-// of this Store committed since its last call (the first call: since now).
+// progress returns a function that reports whether a write transaction of
+// this Store committed since its last call (the first call: since now).
 // Calls must not be concurrent.
 func (s *Store) progress() func() bool {
 	last := s.committed.Load()
@@ -54,8 +54,8 @@ const StallTimeout = 250 * time.Millisecond
 // connection is in use is "busy", not "down", as long as connections keep
 // being handed out (inPipeTx does not count such waits against the answer
 // budget). A wait in which no connection was handed out to anyone for two
-// StallTimeouts means Postgres does not answer, and fails with ErrUnavailable
-// at once. Other callers (the worker, whose transactions may hold connections
+// StallTimeouts in a row (after a first one without a free connection) means
+// Postgres does not answer, and fails with ErrUnavailable at once. Other callers (the worker, whose transactions may hold connections
 // for long) wait as ctx allows.
 func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 	if !budget.Active(ctx) {
@@ -65,7 +65,10 @@ func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 		}
 		return conn, nil
 	}
-	var handedOut int64 = -1 // unknown until the first wait times out
+	// Down only after two stall timeouts in a row in which nobody was handed
+	// a connection: the first wait's count is the baseline.
+	var handedOut int64 = -1
+	idle := 0
 	for {
 		actx, cancel := context.WithTimeout(ctx, StallTimeout)
 		conn, err := s.pool.Acquire(actx)
@@ -78,7 +81,12 @@ func (s *Store) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 		}
 		n := s.pool.Stat().AcquireCount()
 		if n == handedOut {
-			return nil, fmt.Errorf("acquire connection: %w: no pooled connection handed out for %v", ErrUnavailable, StallTimeout)
+			idle++
+		} else {
+			idle = 0
+		}
+		if idle == 2 {
+			return nil, fmt.Errorf("acquire connection: %w: no pooled connection handed out for %v", ErrUnavailable, 2*StallTimeout)
 		}
 		handedOut = n
 	}

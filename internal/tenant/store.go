@@ -48,8 +48,8 @@ type Store struct {
 	pool *pgxpool.Pool
 	box  *SecretBox
 	log  *slog.Logger
-	// committed counts the pipelined transactions committed, the progress a
-	// waiting callback watches (inPipeTx).
+	// committed counts the write transactions committed (pipelined, Forge
+	// and worker updates), the progress a waiting callback watches (inPipeTx).
 	committed atomic.Int64
 }
 
@@ -894,6 +894,7 @@ func (s *Store) workerUpdate(ctx context.Context, clientKey, what string, fn fun
 	if err != nil {
 		return storeErr(err, "%s of %s", what, clientKey)
 	}
+	s.committed.Add(1)
 	return nil
 }
 
