@@ -101,14 +101,33 @@ rper() {
   awk -v name="$1" -v n="$3" 'NR == FNR {b[$1] = $2; next} {d = $2 - b[$1]; if (d > 0) print d / n, $1}' "$2" "$work/after.txt" |
     sort -rn | head -8 | awk -v name="$1" '{s = s sprintf(" %s %.1f", $2, $1)} END {print "  " name ":" s}' >>"$work/redis.txt"
 }
+# CPU per request: ticks of every postgres process (the local server: other
+# users of it count too) and of one process, before and after a row.
+hz=$(getconf CLK_TCK)
+pgticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" {t += $14 + $15} END {print t + 0}'; }
+pticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpusnap PID: remembers both; cpuper NAME WHO PID N: appends "NAME: postgres
+# X ms, WHO Y ms" per request of a row of N requests since cpusnap.
+cpusnap() { cpu_pg0=$(pgticks); cpu_p0=$(pticks "$1"); }
+cpuper() {
+  local pg p
+  pg=$(pgticks)
+  p=$(pticks "$3")
+  awk -v name="$1" -v who="$2" -v hz="$hz" -v n="$4" -v a="$((pg - cpu_pg0))" -v b="$((p - cpu_p0))" \
+    'BEGIN { if (n > 0) printf "  %s: postgres %.2f ms, %s %.2f ms\n", name, a * 1000 / hz / n, who, b * 1000 / hz / n }' >>"$work/cpu.txt"
+}
 url="http://127.0.0.1:$PORT"
 # Warm up (unmeasured): the floors' pools open their connections on first use.
 for path in /enqueue /durable; do
   wrk -t"$THREADS" -c"$CONNS" -d2s -s bench/signed.lua "$url" -- "$path" "$work/tokens.txt" >/dev/null 2>&1
 done
 read -r ceil ceil_bad ceil50 ceil99 _ < <(run "$url/ceiling")
-read -r enq enq_bad enq50 enq99 _ < <(run -s bench/signed.lua "$url" -- /enqueue "$work/tokens.txt")
-read -r dur dur_bad dur50 dur99 _ < <(run -s bench/signed.lua "$url" -- /durable "$work/tokens.txt")
+cpusnap "$floors"
+read -r enq enq_bad enq50 enq99 enq_n < <(run -s bench/signed.lua "$url" -- /enqueue "$work/tokens.txt")
+cpuper "enqueue floor" floors "$floors" "$enq_n"
+cpusnap "$floors"
+read -r dur dur_bad dur50 dur99 dur_n < <(run -s bench/signed.lua "$url" -- /durable "$work/tokens.txt")
+cpuper "durable floor" floors "$floors" "$dur_n"
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$floors/status")
 
 # The receiver, configured as a vendor would, against the private Redis and database.
@@ -164,16 +183,22 @@ psecs=$((secs > 1 ? secs - 1 : 1))
 want=$(awk -v r="$dur" -v s="$secs" 'BEGIN { n = int(r * s * 1.5) + 1000; if (n > 60000) n = 60000; print n }')
 atl mint -kind migration -out "$work/migration.txt"
 rsnap "$work/before.txt"
+cpusnap "$receiver"
 read -r mig mig_bad mig50 mig99 mig_n < <(prof migration "$psecs" run -s bench/migration.lua "$rurl" -- /migration/events "$work/migration.txt" "r$RANDOM")
 rper /migration/events "$work/before.txt" "$mig_n"
+cpuper /migration/events receiver "$receiver" "$mig_n"
 atl mint -kind enabled -n "$want" -out "$work/enabled.txt"
 rsnap "$work/before.txt"
+cpusnap "$receiver"
 read -r ena ena_bad ena50 ena99 ena_n < <(prof enabled "$psecs" run -s bench/pairs.lua "$rurl" -- /enabled "$work/enabled.txt" "$THREADS")
 rper /enabled "$work/before.txt" "$ena_n"
+cpuper /enabled receiver "$receiver" "$ena_n"
 atl mint -kind installed -n "$want" -out "$work/installed.txt"
 rsnap "$work/before.txt"
+cpusnap "$receiver"
 read -r ins ins_bad ins50 ins99 ins_n < <(prof installed "$psecs" run -s bench/pairs.lua "$rurl" -- /installed "$work/installed.txt" "$THREADS")
 rper /installed "$work/before.txt" "$ins_n"
+cpuper /installed receiver "$receiver" "$ins_n"
 repeated=$(cat "$work"/wrk-*.txt | awk '/^repeated tokens:/ {n += $3} END {print n + 0}')
 rsnap "$work/before.txt"
 read -r fresh fresh_bad fresh50 fresh99 < <(prof storm 5 atl install -url "$rurl" -n "$STORM_TENANTS" -prefix fresh- -conns "$CONNS" 2>>"$work/storm.log")
@@ -271,6 +296,8 @@ if [ ${#lat_rows[@]} -gt 0 ]; then
   if [ -s "$work/pace.log" ]; then sed 's/^/  /' "$work/pace.log"; fi
 fi
 echo "tokens repeated by wrk: $repeated; copies acknowledged without applying: $copies; duplicate migration events: $dups"
+echo "CPU per request (user + system):"
+cat "$work/cpu.txt"
 echo "Redis commands per request:"
 cat "$work/redis.txt"
 if grep -q '"status":5' "$work/receiver.log"; then
