@@ -94,6 +94,9 @@ var (
 		WHERE client_key = @client_key
 		RETURNING ` + tenantColumns
 
+	insertTenantPos  = positional(insertTenantSQL)
+	updateInstallPos = positional(updateInstallSQL)
+
 	lockTenantSQL = `SELECT ` + tenantColumns + ` FROM tenants WHERE client_key = $1 FOR NO KEY UPDATE`
 	// lockInstallSQL is lockTenantSQL with what an install compares in the same
 	// round trip: the key environment and the keys of extra ($2) whose values
@@ -285,7 +288,7 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 		if p.InstallationID != "" {
 			tx.Queue(lockSQL, forgeLinkLockClass, p.InstallationID)
 		}
-		tx.Queue(insertTenantSQL, installArgs(&p, sealed, at, iat)).QueryRow(func(row pgx.Row) error {
+		tx.Queue(insertTenantPos.sql, insertTenantPos.args(installArgs(&p, sealed, at, iat))...).QueryRow(func(row pgx.Row) error {
 			t, _, err := scanTenant(row)
 			switch {
 			case err == nil:
@@ -433,7 +436,7 @@ func (s *Store) updateExisting(ctx context.Context, tx *pgpipe.Tx, res *InstallR
 
 	args := installArgs(&p, sealed, at, iat)
 	args["installed"], args["installed_iat"] = installed, installedIAT
-	tx.Queue(updateInstallSQL, args).QueryRow(scanInto)
+	tx.Queue(updateInstallPos.sql, updateInstallPos.args(args)...).QueryRow(scanInto)
 	if prev.BaseURL != p.BaseURL {
 		return s.linkBaseURL(ctx, tx, res, p.ClientKey, p.BaseURL, prev.BaseURL, at, iat)
 	}
