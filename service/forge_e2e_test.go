@@ -337,3 +337,26 @@ func redisContents(t *testing.T, ctx context.Context, rdb redis.UniversalClient)
 	}
 	return b.String()
 }
+
+func TestReceiver_WarnsAtStartUpOfEachForgeRouteWithoutModuleKeys(t *testing.T) {
+	t.Parallel()
+	w := newForgeWorld(t)
+	e := newE2EWith(t, "admin-token-forge-modules-0123456789", func(c *config.Config) {
+		w.configure(c)
+		c.ForgeMigrationModules = []string{"connectrelay-migration"}
+	})
+	var warned []string
+	for _, line := range e.logs.Lines() {
+		var rec struct {
+			Msg      string `json:"msg"`
+			Variable string `json:"variable"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && strings.HasPrefix(rec.Msg, "Forge module keys not set") {
+			warned = append(warned, rec.Variable)
+		}
+	}
+	want := []string{"FORGE_LIFECYCLE_MODULE_KEYS", "FORGE_PREUNINSTALL_MODULE_KEYS"}
+	if !slices.Equal(warned, want) {
+		t.Errorf("start-up warnings for %v, want %v (FORGE_MIGRATION_MODULE_KEYS is set)", warned, want)
+	}
+}

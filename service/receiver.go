@@ -160,6 +160,19 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		}
 		cancel()
 		forgeDeps = handlers.ForgeDeps{Verifier: v, Store: st.tenants}
+		for _, m := range []struct {
+			env, route string
+			keys       []string
+		}{
+			{"FORGE_LIFECYCLE_MODULE_KEYS", handlers.PathForgeLifecycle, cfg.ForgeLifecycleModules},
+			{"FORGE_PREUNINSTALL_MODULE_KEYS", handlers.PathForgePreUninstall, cfg.ForgePreUninstallModules},
+			{"FORGE_MIGRATION_MODULE_KEYS", handlers.PathForgeMigration, cfg.ForgeMigrationModules},
+		} {
+			if len(m.keys) == 0 {
+				r.log.Warn("Forge module keys not set: the route accepts a token of any module of the app; name the manifest's module keys",
+					slog.String("variable", m.env), slog.String("route", m.route))
+			}
+		}
 	}
 	srv, err := handlers.New(handlers.Deps{
 		Config:   cfg,
