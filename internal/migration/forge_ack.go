@@ -204,23 +204,6 @@ func (m *Machine) AcknowledgePending(ctx context.Context, limit int) (int, error
 	if limit <= 0 {
 		limit = 100
 	}
-	rows, err := m.pool.Query(ctx, sqlListForgeAckOwed, limit)
-	if err != nil {
-		return 0, fmt.Errorf("migration: list transfers owing Forge message statuses: %w", err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return 0, fmt.Errorf("migration: list transfers owing Forge message statuses: %w", err)
-	}
-	var errs []error
-	for _, id := range ids {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
-			break
-		}
-		if err := m.acknowledge(ctx, id); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return len(ids), errors.Join(errs...)
+	n, err := m.eachListed(ctx, "list transfers owing Forge message statuses", sqlListForgeAckOwed, limit, m.acknowledge)
+	return max(n, 0), err
 }

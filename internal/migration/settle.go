@@ -163,32 +163,13 @@ func (m *Machine) SettlePending(ctx context.Context, limit int) (int, error) {
 	}
 	// A transfer whose settle call another worker has claimed is left to it; a
 	// claim whose worker died expires (settleClaimTTL) and is taken here.
-	rows, err := m.pool.Query(ctx, sqlListSettleOwed, limit)
-	if err != nil {
-		return 0, fmt.Errorf("migration: list transfers owed a settle call: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("migration: list transfers owed a settle call: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("migration: list transfers owed a settle call: %w", err)
+	ids, err := m.eachListed(ctx, "list transfers owed a settle call", sqlListSettleOwed, limit, m.settle)
+	if ids < 0 {
+		return 0, err
 	}
 	var errs []error
-	for _, id := range ids {
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
-			break
-		}
-		if err := m.settle(ctx, id); err != nil {
-			errs = append(errs, err)
-		}
+	if err != nil {
+		errs = append(errs, err)
 	}
 	// Forge message statuses still owed, of transfers that may owe no settle
 	// call yet.
@@ -196,7 +177,34 @@ func (m *Machine) SettlePending(ctx context.Context, limit int) (int, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	return len(ids) + n, errors.Join(errs...)
+	return ids + n, errors.Join(errs...)
+}
+
+// eachListed runs do for each transfer id the query sql (with limit as $1)
+// lists, in order, while ctx lasts. It returns how many ids were listed (-1
+// when the list itself failed, what naming it in the error) and the failures
+// of do, joined.
+func (m *Machine) eachListed(ctx context.Context, what, sql string, limit int,
+	do func(ctx context.Context, transferID string) error) (int, error) {
+	rows, err := m.pool.Query(ctx, sql, limit)
+	if err != nil {
+		return -1, fmt.Errorf("migration: %s: %w", what, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return -1, fmt.Errorf("migration: %s: %w", what, err)
+	}
+	var errs []error
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if err := do(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return len(ids), errors.Join(errs...)
 }
 
 // markExpired records that the product answered the transfer is past AMP's 14-day
