@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/internal/jsonobj"
 )
 
 // InstallPayload is a parsed lifecycle body: what installed (or another lifecycle
@@ -157,6 +158,28 @@ func (p *InstallPayload) validate() error {
 // duplicate names (two parsers reading one body differently is how signed data gets
 // smuggled).
 func objectFields(body []byte) (map[string]json.RawMessage, error) {
+	// A valid object is walked in place (no reflection, no copies); anything
+	// else goes through the decoder, whose errors are the messages.
+	if json.Valid(body) {
+		fields := make(map[string]json.RawMessage, len(hostFields)+4)
+		dup := false
+		if jsonobj.Each(body, func(name string, value []byte) bool {
+			if _, seen := fields[name]; seen {
+				dup = true
+				return false
+			}
+			fields[name] = value
+			return true
+		}) && !dup {
+			return fields, nil
+		}
+	}
+	return decodeObjectFields(body)
+}
+
+// decodeObjectFields is objectFields with encoding/json's decoder, for the
+// bodies that are not a valid JSON object without duplicate names.
+func decodeObjectFields(body []byte) (map[string]json.RawMessage, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	tok, err := dec.Token()
 	if err != nil {

@@ -211,3 +211,31 @@ func hasNUL(v any) bool {
 	}
 	return false
 }
+
+// FuzzObjectFields_WalkerDecidesAsTheDecoder checks that objectFields' in-place
+// walk of a valid object accepts, rejects and splits exactly as the
+// json.Decoder path does, error messages included.
+func FuzzObjectFields_WalkerDecidesAsTheDecoder(f *testing.F) {
+	for _, s := range []string{
+		`{}`, ` {"a":1, "b" : [1,{"c":"d"}] } `, `{"a":1,"a":2}`, `{"a":1,"\u0061":2}`, `{"a":{"x":1,"x":2}}`,
+		`[]`, `null`, `"x"`, `{"a":1} {}`, `{"a":"\ud800"}`, "{\"\xff\":1}", `{"a":1e400}`, ``, `{"a":}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Add(body(f, "c", nil))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got, err := objectFields(in)
+		want, wantErr := decodeObjectFields(in)
+		if (err == nil) != (wantErr == nil) || err != nil && err.Error() != wantErr.Error() {
+			t.Fatalf("objectFields(%q) error %v, decoder %v", in, err, wantErr)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("objectFields(%q) = %d members, decoder %d", in, len(got), len(want))
+		}
+		for k, v := range want {
+			if g, ok := got[k]; !ok || !bytes.Equal(g, v) {
+				t.Fatalf("objectFields(%q)[%q] = %q, decoder %q", in, k, g, v)
+			}
+		}
+	})
+}
