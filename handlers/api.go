@@ -431,7 +431,11 @@ func (s *Server) apiResult(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if u.State != migration.UploadPending && u.State != migration.UploadImported && u.State != migration.UploadFailed {
+	// importing too: a backend may report as soon as it answered 202, before
+	// the worker has recorded the hand-over; the queued result waits for it.
+	switch u.State {
+	case migration.UploadPending, migration.UploadImporting, migration.UploadImported, migration.UploadFailed:
+	default:
 		return apiError(http.StatusConflict, "s3Key", "the upload is not waiting for a result (state "+string(u.State)+")")
 	}
 	ref := migration.UploadRef{ClientKey: t.ClientKey, TransferID: t.TransferID, S3Key: u.S3Key, Label: u.Label}

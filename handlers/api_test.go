@@ -267,7 +267,7 @@ func TestAPIUploads_StreamTheDataAndQueueResults(t *testing.T) {
 	ctx := context.Background()
 	for _, q := range []string{
 		`INSERT INTO migration_transfers (transfer_id, client_key, migration_details, state) VALUES ('tr-1', 'ck-1', '{}', 'ready')`,
-		`INSERT INTO migration_uploads (transfer_id, s3_key, label, state) VALUES ('tr-1', 'a1/b2', 'final', 'pending'), ('tr-1', 'gone', '', 'pending'), ('tr-1', 'q', '', 'queued')`,
+		`INSERT INTO migration_uploads (transfer_id, s3_key, label, state) VALUES ('tr-1', 'a1/b2', 'final', 'pending'), ('tr-1', 'gone', '', 'pending'), ('tr-1', 'q', '', 'queued'), ('tr-1', 'busy', '', 'importing')`,
 	} {
 		if _, err := h.pool.Exec(ctx, q); err != nil {
 			t.Fatal(err)
@@ -298,9 +298,14 @@ func TestAPIUploads_StreamTheDataAndQueueResults(t *testing.T) {
 	if code, _ := h.api(http.MethodPost, "/v1/migrations/tr-1/uploads/q/result", map[string]any{"status": "imported"}); code != http.StatusConflict {
 		t.Errorf("result of a queued upload = %d, want 409", code)
 	}
+	// A backend may report as soon as it answered 202, before the worker has
+	// recorded the hand-over: queued, and the task waits for it.
+	if code, out := h.api(http.MethodPost, "/v1/migrations/tr-1/uploads/busy/result", map[string]any{"status": "imported"}); code != http.StatusAccepted {
+		t.Errorf("result of an upload being handed over = %d %v, want 202", code, out)
+	}
 	list := h.tasksIn(tasks.QueueMigration)
-	if len(list) != 1 || list[0].Type != tasks.TypeMigrationResult {
-		t.Errorf("queued tasks = %v, want one migration:result (a repeated report is one task)", taskTypes(list))
+	if len(list) != 2 || list[0].Type != tasks.TypeMigrationResult || list[1].Type != tasks.TypeMigrationResult {
+		t.Errorf("queued tasks = %v, want two migration:result (a repeated report is one task)", taskTypes(list))
 	}
 }
 

@@ -57,6 +57,13 @@ func newE2E(t testing.TB, adminToken string) *e2e {
 func newE2EWith(t testing.TB, adminToken string, edit func(*config.Config)) *e2e {
 	t.Helper()
 	e := &e2e{t: t, atl: atlassiantest.New(t), logs: &testenv.LogBuffer{}, metrics: metrics.New()}
+	t.Cleanup(func() {
+		// A failed end-to-end test shows what the processes logged last.
+		if t.Failed() {
+			lines := e.logs.Lines()
+			t.Logf("last %d log lines:\n%s", min(len(lines), 150), strings.Join(lines[max(0, len(lines)-150):], "\n"))
+		}
+	})
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

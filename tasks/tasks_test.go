@@ -152,3 +152,18 @@ func TestEnqueuer_RedisDownIsUnavailableWithinASecond(t *testing.T) {
 		}
 	}
 }
+
+func TestPermanent_AResultReportedDuringTheHandOverIsRetried(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err       error
+		skipRetry bool
+	}{
+		{fmt.Errorf("result: %w", migration.ErrUploadHandingOver), false},
+		{fmt.Errorf("result: %w", migration.ErrUploadNotPending), true},
+	} {
+		if got := errors.Is(permanent(tc.err), asynq.SkipRetry); got != tc.skipRetry {
+			t.Errorf("permanent(%v) skips retries = %v, want %v", tc.err, got, tc.skipRetry)
+		}
+	}
+}

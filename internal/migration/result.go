@@ -15,12 +15,19 @@ import (
 // waiting for a result: it was not handed over, or it is being imported again.
 var ErrUploadNotPending = errors.New("upload is not waiting for a result")
 
+// ErrUploadHandingOver is returned by ReportResult for an upload still being
+// imported: a backend may report its result as soon as it answered 202 to
+// migration.upload_ready, before the worker that sent it has recorded the
+// hand-over. It is transient: the caller retries, and the result applies once
+// the upload waits for it.
+var ErrUploadHandingOver = errors.New("upload is still being handed over")
+
 // ReportResult records the result of an upload that the Importer handed over
 // (connectrelay.ErrImportPending). imported makes it imported, its size and
 // SHA-256 unknown, and completes the transfer as an import does; !imported fails
 // it with message, as FailUpload does. Reporting the same result again is a
 // no-op. Errors wrap ErrUploadNotFound (no such upload of ref.ClientKey's),
-// ErrUploadNotPending, or a database failure.
+// ErrUploadHandingOver (retry), ErrUploadNotPending, or a database failure.
 func (m *Machine) ReportResult(ctx context.Context, ref UploadRef, imported bool, message string) error {
 	t, err := scanTransfer(m.pool.QueryRow(ctx, sqlGetTransfer, ref.TransferID, ref.ClientKey))
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -43,6 +50,8 @@ func (m *Machine) ReportResult(ctx context.Context, ref UploadRef, imported bool
 	switch {
 	case imported && state == UploadImported, !imported && state == UploadFailed:
 		return nil
+	case state == UploadImporting:
+		return fmt.Errorf("migration: result of upload %q of transfer %s: %w", ref.S3Key, ref.TransferID, ErrUploadHandingOver)
 	case state != UploadPending:
 		return fmt.Errorf("migration: result of upload %q of transfer %s (%s): %w", ref.S3Key, ref.TransferID, state, ErrUploadNotPending)
 	}
