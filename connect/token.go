@@ -142,7 +142,7 @@ func parseHeader(raw string) (tokenHeader, error) {
 	// Read exact member names, as golang-jwt does (its header is a map):
 	// encoding/json's case-insensitive struct matching would let
 	// {"alg":"none","ALG":"HS256"} mean one thing here and another there.
-	members, err := headerMembers(b)
+	members, err := jsonobj.Members(b)
 	if err != nil {
 		return h, fmt.Errorf("%w: header is not a JSON object: %v", ErrMalformedToken, err)
 	}
@@ -174,23 +174,6 @@ func parseHeader(raw string) (tokenHeader, error) {
 		}
 	}
 	return h, nil
-}
-
-// headerMembers is json.Unmarshal of b into a map[string]json.RawMessage,
-// with its result and error, without reflection for a valid JSON object.
-func headerMembers(b []byte) (map[string]json.RawMessage, error) {
-	if json.Valid(b) {
-		m := make(map[string]json.RawMessage, 4)
-		if jsonobj.Each(b, func(name string, value []byte) bool {
-			m[name] = value
-			return true
-		}) {
-			return m, nil
-		}
-	}
-	var m map[string]json.RawMessage
-	err := json.Unmarshal(b, &m)
-	return m, err
 }
 
 // extractWithAlg extracts the request's token and decodes its header, which must
@@ -273,22 +256,15 @@ func (c *jwtClaims) UnmarshalJSON(b []byte) error {
 // else, a member name given twice, and trailing data.
 func decodeMembers(b []byte) (map[string]json.RawMessage, error) {
 	if json.Valid(b) {
-		// Only the errors that valid JSON can have, in the order the
-		// decoder below would find them.
-		members := make(map[string]json.RawMessage, 8)
-		var err error
-		if !jsonobj.Each(b, func(name string, value []byte) bool {
-			if _, dup := members[name]; dup {
-				err = fmt.Errorf("claim %s appears more than once", truncate(name, 32))
-				return false
-			}
-			members[name] = value
-			return true
-		}) {
+		// Only the errors that valid JSON can have, as the decoder below
+		// words them.
+		members, err := jsonobj.Unique(b)
+		var dup *jsonobj.DuplicateError
+		switch {
+		case errors.As(err, &dup):
+			return nil, fmt.Errorf("claim %s appears more than once", truncate(dup.Name, 32))
+		case err != nil:
 			return nil, errors.New("claims are not a JSON object")
-		}
-		if err != nil {
-			return nil, err
 		}
 		return members, nil
 	}

@@ -6,8 +6,70 @@ package jsonobj
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"unicode/utf8"
 )
+
+// Members is json.Unmarshal of b into a map[string]json.RawMessage, with its
+// result and error: the same error for input that is not JSON or not an
+// object, a nil map and no error for null, the last value of a name given
+// twice. A valid object is walked (Each) instead of decoded by reflection, so
+// each value is a sub-slice of b (capacity capped), which the caller must not
+// modify while it uses the map.
+func Members(b []byte) (map[string]json.RawMessage, error) {
+	if json.Valid(b) {
+		m := make(map[string]json.RawMessage, 8)
+		if Each(b, func(name string, value []byte) bool {
+			m[name] = value
+			return true
+		}) {
+			return m, nil
+		}
+	}
+	// Not JSON, null, or a JSON value of another kind: json.Unmarshal says
+	// which.
+	var m map[string]json.RawMessage
+	err := json.Unmarshal(b, &m)
+	return m, err
+}
+
+// ErrNotObject is Unique's error for valid JSON that is not an object.
+var ErrNotObject = errors.New("jsonobj: not a JSON object")
+
+// DuplicateError is Unique's error for a member name given twice.
+type DuplicateError struct {
+	// Name is the name, decoded.
+	Name string
+}
+
+func (e *DuplicateError) Error() string {
+	return fmt.Sprintf("jsonobj: member %q appears more than once", e.Name)
+}
+
+// Unique collects the members of the JSON object b, which must be valid JSON
+// (json.Valid), as Members does, but refuses a name given twice
+// (*DuplicateError, for the first repeated name) and anything but an object
+// (ErrNotObject). Callers that parse signed or stored data use it: two
+// parsers reading a duplicated name differently is how data gets smuggled.
+func Unique(b []byte) (map[string]json.RawMessage, error) {
+	m := make(map[string]json.RawMessage, 8)
+	var dup *DuplicateError
+	if !Each(b, func(name string, value []byte) bool {
+		if _, seen := m[name]; seen {
+			dup = &DuplicateError{Name: name}
+			return false
+		}
+		m[name] = value
+		return true
+	}) {
+		return nil, ErrNotObject
+	}
+	if dup != nil {
+		return nil, dup
+	}
+	return m, nil
+}
 
 // Each calls fn with each member of the JSON object b, in order, until fn
 // returns false: the name decoded as json.Unmarshal into a string decodes it

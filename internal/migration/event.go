@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/connectrelay/connectrelay"
+	"github.com/connectrelay/connectrelay/internal/jsonobj"
 )
 
 // EventType is the AMP webhook's eventType. Values outside the known constants are
@@ -97,7 +98,7 @@ func ParseEvent(body []byte) (Event, error) {
 	if !utf8.Valid(body) {
 		return Event{}, invalid("body is not valid UTF-8")
 	}
-	top, err := objectMembers(body)
+	top, err := jsonobj.Members(body)
 	if err != nil {
 		return Event{}, invalid("body is not a JSON object: %v", err)
 	}
@@ -160,7 +161,7 @@ func ParseEvent(body []byte) (Event, error) {
 // parseDetails reads a migrationDetails object liberally (see connectrelay.MigrationDetails).
 // It is also used on the copy stored with a transfer.
 func parseDetails(raw json.RawMessage) (connectrelay.MigrationDetails, error) {
-	m, err := objectMembers(raw)
+	m, err := jsonobj.Members(raw)
 	if err != nil || m == nil {
 		return connectrelay.MigrationDetails{}, invalid("migrationDetails is not a JSON object")
 	}
@@ -180,7 +181,7 @@ func parseDetails(raw json.RawMessage) (connectrelay.MigrationDetails, error) {
 		if !present {
 			continue
 		}
-		s, ok := decodeString(v)
+		s, ok := jsonobj.String(v)
 		if !ok || checkField(f.name, s) != nil {
 			continue // not a string, or not storable: left empty (kept in Raw)
 		}
@@ -247,7 +248,7 @@ func optionalString(m map[string]json.RawMessage, name string) (string, bool, er
 	if !ok || string(raw) == "null" {
 		return "", false, nil
 	}
-	s, ok := decodeString(raw)
+	s, ok := jsonobj.String(raw)
 	if !ok {
 		return "", false, invalid("%s is not a string", name)
 	}

@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/connectrelay/connectrelay/forge"
+	"github.com/connectrelay/connectrelay/internal/jsonobj"
 )
 
 // This file holds every wire shape of the Forge migration events
@@ -78,7 +79,7 @@ func ParseForgeEvent(body []byte) (Event, error) {
 	if err != nil {
 		return Event{}, invalid("%v", err)
 	}
-	top, err := objectMembers(raw)
+	top, err := jsonobj.Members(raw)
 	if err != nil || top == nil {
 		return Event{}, invalid("event is not a JSON object")
 	}

@@ -161,16 +161,7 @@ func objectFields(body []byte) (map[string]json.RawMessage, error) {
 	// A valid object is walked in place (no reflection, no copies); anything
 	// else goes through the decoder, whose errors are the messages.
 	if json.Valid(body) {
-		fields := make(map[string]json.RawMessage, len(hostFields)+4)
-		dup := false
-		if jsonobj.Each(body, func(name string, value []byte) bool {
-			if _, seen := fields[name]; seen {
-				dup = true
-				return false
-			}
-			fields[name] = value
-			return true
-		}) && !dup {
+		if fields, err := jsonobj.Unique(body); err == nil {
 			return fields, nil
 		}
 	}
