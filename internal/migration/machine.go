@@ -325,7 +325,7 @@ func (m *Machine) HandleEvent(ctx context.Context, clientKey string, ev Event) e
 			case !ev.Known():
 				outcome = "unknown"
 				if first {
-					if err := p.appendEvent(clientKey, connectrelay.EventMigrationEvent, ev.TransferID,
+					if err := outbox.Queue(p.Batch(), clientKey, connectrelay.EventMigrationEvent, ev.TransferID,
 						outbox.Data{Raw: rawEvent(ev)}); err != nil {
 						return err
 					}
@@ -476,7 +476,7 @@ func (m *Machine) onListenerTriggered(ctx context.Context, p *pipeTx, log *slog.
 	}
 	if t.State == connectrelay.TransferWaiting {
 		p.exec("mark ready", sqlMarkReady, t.TransferID)
-		if err := p.appendEvent(t.ClientKey, connectrelay.EventTransferReady, t.TransferID, outbox.Data{}); err != nil {
+		if err := outbox.Queue(p.Batch(), t.ClientKey, connectrelay.EventTransferReady, t.TransferID, outbox.Data{}); err != nil {
 			return err
 		}
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/connectrelay/connectrelay"
-	"github.com/connectrelay/connectrelay/internal/outbox"
 	"github.com/connectrelay/connectrelay/internal/pgpipe"
 
 	"github.com/jackc/pgx/v5"
@@ -61,20 +59,4 @@ func (p *pipeTx) query(what, sql string, args []any, scan func(pgx.CollectableRo
 		}
 		return nil
 	}
-}
-
-// appendEvent queues outbox.Queue's append of an event to the feed, its
-// error wrapped as outbox.Append wraps it. The error returned is an encoding
-// failure.
-func (p *pipeTx) appendEvent(clientKey string, typ connectrelay.EventType, transferID string, data outbox.Data) error {
-	if err := outbox.Queue(p.Batch(), clientKey, typ, transferID, data); err != nil {
-		return err
-	}
-	p.Batch().QueuedQueries[len(p.Batch().QueuedQueries)-1].Fn = func(br pgx.BatchResults) error {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("append %s event: %w", typ, err)
-		}
-		return nil
-	}
-	return nil
 }

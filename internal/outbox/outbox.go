@@ -65,13 +65,19 @@ func Append(ctx context.Context, tx pgx.Tx, clientKey string, typ connectrelay.E
 
 // Queue is Append for a transaction sent as pipelined batches: it queues the
 // insert on batch, which the caller sends inside its transaction. The error is
-// an encoding failure; the insert's own error comes from the batch.
+// an encoding failure; the insert's own error comes from the batch, wrapped as
+// Append wraps it.
 func Queue(batch *pgx.Batch, clientKey string, typ connectrelay.EventType, transferID string, data Data) error {
 	b, err := encode(typ, data)
 	if err != nil {
 		return err
 	}
-	batch.Queue(sqlAppend, clientKey, string(typ), transferID, b)
+	batch.Queue(sqlAppend, clientKey, string(typ), transferID, b).Fn = func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("append %s event: %w", typ, err)
+		}
+		return nil
+	}
 	return nil
 }
 
