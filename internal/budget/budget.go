@@ -9,10 +9,10 @@
 // alone could spend the whole answer budget and turn a healthy install into a
 // 503, and so could a transaction slowed by a starved CPU. Time spent in such
 // a wait is therefore not counted against the answer budget, only against the
-// busy budget, a hard bound under AMP's 5 s acknowledgement deadline. Pause
-// stops the answer clock unconditionally; PauseWhile stops it only while the
-// dependency keeps making progress for someone, so a hung one, which makes
-// none, still ends the callback at its answer deadline. Whoever waits decides
+// busy budget, a hard bound under AMP's 5 s acknowledgement deadline.
+// PauseWhile stops the answer clock only while the dependency keeps making
+// progress for someone, so a hung one, which makes none, still ends the
+// callback at its answer deadline. Whoever waits decides
 // what progress is (package tenant: other transactions committing).
 package budget
 
@@ -35,7 +35,7 @@ type clock struct {
 	paused   bool
 	gen      uint64 // counts pauses, so a resume ends only its own
 	pausedAt time.Time
-	// progress, while paused by PauseWhile, says whether the dependency made
+	// progress, while paused, says whether the dependency made
 	// progress since its last call; it is asked every step. lastSeen is when
 	// it last said so.
 	progress func() bool
@@ -48,7 +48,7 @@ type clock struct {
 }
 
 // New returns a context for one callback: it ends answer after now, later by
-// the time spent in Pause, and at the latest busy after now, or when parent
+// the time spent in PauseWhile, and at the latest busy after now, or when parent
 // ends. The cancel function releases it and must be called.
 func New(parent context.Context, answer, busy time.Duration) (context.Context, context.CancelFunc) {
 	now := time.Now()
@@ -70,28 +70,18 @@ func New(parent context.Context, answer, busy time.Duration) (context.Context, c
 	return c, func() { c.cancel(context.Canceled) }
 }
 
-// Pause stops the answer clock of ctx's budget until resume is called: the
-// wait in between counts only against the busy budget. Pauses do not nest: a
-// Pause or PauseWhile of a budget already paused is a no-op, as is either
-// for a context without a budget. resume must be called once.
-func Pause(ctx context.Context) (resume func()) {
-	return pause(ctx, 0, nil)
-}
-
-// PauseWhile is Pause for as long as the dependency waited on makes progress:
-// every step it calls progress, which reports whether the dependency
+// PauseWhile stops the answer clock of ctx's budget until resume is called,
+// for as long as the dependency waited on makes progress: the wait counts
+// only against the busy budget. Every step it calls progress, which reports whether the dependency
 // completed anything since its last call (for Postgres: a transaction of
 // another request). When it reports none, the pause lapses and the time since
 // the last progress counts against the answer budget after all, so a hung
 // dependency, which makes no progress for anyone, still ends the callback at
 // its answer deadline (or, for a pause begun less than a step before that
-// deadline, up to a step after it). Like Pause, it does not nest; resume must
-// be called once.
+// deadline, up to a step after it). Pauses do not nest: a PauseWhile of a
+// budget already paused is a no-op, as is one for a context without a
+// budget. resume must be called once.
 func PauseWhile(ctx context.Context, step time.Duration, progress func() bool) (resume func()) {
-	return pause(ctx, step, progress)
-}
-
-func pause(ctx context.Context, step time.Duration, progress func() bool) (resume func()) {
 	c, ok := ctx.Value(key{}).(*clock)
 	if !ok {
 		return func() {}
@@ -106,20 +96,16 @@ func pause(ctx context.Context, step time.Duration, progress func() bool) (resum
 	c.gen++
 	gen := c.gen
 	c.progress, c.step = progress, step
-	if progress != nil {
-		// A whole step before the first look: progress is judged over a
-		// window long enough to see some. A pause begun less than a step
-		// before the answer deadline can thus end up to a step after it.
-		c.timer.Reset(min(step, c.hard.Sub(now)))
-	} else {
-		c.timer.Reset(c.hard.Sub(now))
-	}
+	// A whole step before the first look: progress is judged over a window
+	// long enough to see some. A pause begun less than a step before the
+	// answer deadline can thus end up to a step after it.
+	c.timer.Reset(min(step, c.hard.Sub(now)))
 	var once sync.Once
 	return func() { once.Do(func() { c.resume(gen) }) }
 }
 
 // Active reports whether ctx carries a callback budget, that is whether a
-// wait on it is bounded by an answer budget Pause can stop.
+// wait on it is bounded by an answer budget PauseWhile can stop.
 func Active(ctx context.Context) bool {
 	_, ok := ctx.Value(key{}).(*clock)
 	return ok
@@ -154,7 +140,7 @@ func (c *clock) expire() {
 		return
 	}
 	now := time.Now()
-	if c.paused && c.progress != nil && now.Before(c.hard) {
+	if c.paused && now.Before(c.hard) {
 		if c.progress() {
 			c.lastSeen = now
 			c.timer.Reset(min(c.step, c.hard.Sub(now)))
@@ -164,14 +150,9 @@ func (c *clock) expire() {
 		// No progress for a step: the wait counts from the last progress on.
 		c.endPause(c.lastSeen)
 	}
-	var due time.Time
-	if c.paused {
-		due = c.hard
-	} else {
-		due = c.deadline
-	}
-	if now.Before(due) {
-		c.timer.Reset(due.Sub(now))
+	// Still paused here means the hard deadline has passed.
+	if !c.paused && now.Before(c.deadline) {
+		c.timer.Reset(c.deadline.Sub(now))
 		c.mu.Unlock()
 		return
 	}
