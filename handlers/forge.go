@@ -10,7 +10,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/connectrelay/connectrelay/forge"
-	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
@@ -208,7 +207,7 @@ func (s *Server) forgeMigration(c echo.Context) error {
 		s.d.Logger.WarnContext(c.Request().Context(), "forge migration event rejected",
 			slog.Int("status", c.Response().Status), slog.String("reason", err.Error()))
 	}
-	s.d.Metrics.WebhookSLI.WithLabelValues(metrics.SLIResult(c.Response().Status)).Inc()
+	s.webhookSLI.observe(c.Response().Status)
 	return nil
 }
 

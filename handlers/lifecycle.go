@@ -13,7 +13,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/connectrelay/connectrelay/connect"
-	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
@@ -30,7 +29,7 @@ func (s *Server) lifecycle(event string, h echo.HandlerFunc) echo.HandlerFunc {
 		status := c.Response().Status
 		s.d.Metrics.LifecycleCallbacks.WithLabelValues(event, outcome(status)).Inc()
 		if event == "installed" {
-			s.d.Metrics.InstallSLI.WithLabelValues(metrics.SLIResult(status)).Inc()
+			s.installSLI.observe(status)
 		}
 		return nil
 	}

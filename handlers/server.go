@@ -156,8 +156,9 @@ type Server struct {
 	echo       *echo.Echo
 	internal   *echo.Echo
 	descriptor []byte
-	// webhookSLI are the series of Metrics.WebhookSLI.
-	webhookSLI sliCounters
+	// webhookSLI and installSLI are the series of Metrics.WebhookSLI and
+	// Metrics.InstallSLI.
+	webhookSLI, installSLI sliCounters
 }
 
 // New builds the Echo application with every route of the contract.
@@ -175,7 +176,7 @@ func New(d Deps) (*Server, error) {
 	if d.BodyLimit <= 0 {
 		d.BodyLimit = DefaultBodyLimit
 	}
-	s := &Server{d: d, webhookSLI: newSLICounters(d.Metrics.WebhookSLI)}
+	s := &Server{d: d, webhookSLI: newSLICounters(d.Metrics.WebhookSLI), installSLI: newSLICounters(d.Metrics.InstallSLI)}
 	desc, err := s.buildDescriptor()
 	if err != nil {
 		return nil, err
