@@ -55,11 +55,7 @@ func TestPauseWhile_TimeSpentBusyIsNotCountedAgainstTheAnswerBudget(t *testing.T
 	if left := time.Until(dl); left < 20*time.Millisecond || left > 110*time.Millisecond {
 		t.Errorf("after resume %v left, want the unspent answer budget (about 100 ms)", left)
 	}
-	select {
-	case <-ctx.Done():
-	case <-time.After(2 * time.Second):
-		t.Fatal("not ended after the answer budget resumed")
-	}
+	mustEnd(t, ctx, 2*time.Second, "not ended after the answer budget resumed")
 }
 
 func TestPauseWhile_IsBoundedByTheBusyBudget(t *testing.T) {
@@ -90,11 +86,7 @@ func TestNew_EndsWithItsParentAndKeepsItsValues(t *testing.T) {
 	child, cancelChild := context.WithTimeout(ctx, time.Minute)
 	defer cancelChild()
 	stop()
-	select {
-	case <-child.Done():
-	case <-time.After(time.Second):
-		t.Fatal("a child of the budget did not end with the parent")
-	}
+	mustEnd(t, child, time.Second, "a child of the budget did not end with the parent")
 	if !errors.Is(ctx.Err(), context.Canceled) {
 		t.Errorf("Err() = %v, want Canceled", ctx.Err())
 	}
@@ -111,11 +103,7 @@ func TestNew_NeverOutlivesTheParentsDeadline(t *testing.T) {
 	if dl, _ := ctx.Deadline(); time.Until(dl) > 40*time.Millisecond {
 		t.Errorf("Deadline() in %v, want the parent's (30 ms)", time.Until(dl))
 	}
-	select {
-	case <-ctx.Done():
-	case <-time.After(time.Second):
-		t.Fatal("did not end with the parent's deadline")
-	}
+	mustEnd(t, ctx, time.Second, "did not end with the parent's deadline")
 }
 
 func TestPauseWhile_WithoutABudgetDoesNothing(t *testing.T) {
@@ -135,11 +123,7 @@ func TestPauseWhile_NoProgressEndsAtTheAnswerDeadline(t *testing.T) {
 	defer cancel()
 	resume := PauseWhile(ctx, 20*time.Millisecond, func() bool { return false })
 	defer resume()
-	select {
-	case <-ctx.Done():
-	case <-time.After(2 * time.Second):
-		t.Fatal("a hung dependency kept the budget open")
-	}
+	mustEnd(t, ctx, 2*time.Second, "a hung dependency kept the budget open")
 	if d := time.Since(start); d > 300*time.Millisecond {
 		t.Errorf("ended after %v, want the answer budget (100 ms): no wait counted as busy", d)
 	}
@@ -178,11 +162,7 @@ func TestPauseWhile_ALapsedPauseDoesNotEndALaterOne(t *testing.T) {
 		t.Fatalf("Err() = %v: a resume ended a pause that was not its own", ctx.Err())
 	}
 	later()
-	select {
-	case <-ctx.Done():
-	case <-time.After(2 * time.Second):
-		t.Fatal("not ended after the later pause resumed")
-	}
+	mustEnd(t, ctx, 2*time.Second, "not ended after the later pause resumed")
 }
 
 func TestNew_WithAParentAlreadyDoneIsDoneAtOnce(t *testing.T) {
