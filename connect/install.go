@@ -14,7 +14,7 @@ import (
 
 // MaxInstallTokenLifetime bounds exp - iat of a signed install: Atlassian's
 // lifecycle tokens live 3 minutes, and a longer-lived token would stay
-// replayable (and occupy the replay cache) for longer.
+// replayable for longer.
 const MaxInstallTokenLifetime = 5 * time.Minute
 
 // ErrBadLifetime means a signed install's iat is in the future (beyond the

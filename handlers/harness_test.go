@@ -1,16 +1,17 @@
 package handlers_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,7 +27,6 @@ import (
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
-	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
@@ -198,7 +198,6 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	srv, err := handlers.New(handlers.Deps{
 		Config: cfg, Install: install, Requests: requests, Tenants: h.store,
 		Secrets: tenant.NewInvalidations(cache, h.rdb, tenant.InvalidationChannel(rdbOpts.DB, appKey), logger),
-		Replay:  replay.New(h.rdb),
 		Queue:   tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
 		Forge: forgeDeps,
 		API: handlers.APIDeps{Tenants: h.store, Targets: h.store, Hosts: hosts, Uploads: migration.NewReader(pool),
@@ -277,7 +276,26 @@ func (h *harness) tasksIn(queue string) []*asynq.TaskInfo {
 }
 
 func isQueueNotFound(err error) bool {
-	return err != nil && (err == asynq.ErrQueueNotFound || bytes.Contains([]byte(err.Error()), []byte("not found")))
+	return err != nil && (errors.Is(err, asynq.ErrQueueNotFound) || strings.Contains(err.Error(), "not found") ||
+		strings.Contains(err.Error(), "does not exist"))
+}
+
+// dropPending deletes the pending tasks of queue.
+func (h *harness) dropPending(queue string) {
+	h.t.Helper()
+	if _, err := h.inspector.DeleteAllPendingTasks(queue); err != nil && !isQueueNotFound(err) {
+		h.t.Fatalf("drop %s tasks: %v", queue, err)
+	}
+}
+
+// historyCount is the number of history rows of a tenant.
+func (h *harness) historyCount(clientKey string) int {
+	h.t.Helper()
+	var n int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM tenant_events WHERE client_key = $1`, clientKey).Scan(&n); err != nil {
+		h.t.Fatalf("count history rows of %s: %v", clientKey, err)
+	}
+	return n
 }
 
 // tenantRow is the stored row of a tenant as JSON, for byte-for-byte comparisons.
@@ -309,7 +327,7 @@ func (h *harness) seedTenant(clientKey, baseURL, secret string) {
 	if err != nil {
 		h.t.Fatalf("parse install payload: %v", err)
 	}
-	if _, err := h.store.Install(context.Background(), p, time.Now(), time.Now()); err != nil {
+	if _, err := h.store.Install(context.Background(), p, tenant.ReceivedAt(time.Now(), time.Now())); err != nil {
 		h.t.Fatalf("seed tenant: %v", err)
 	}
 }

@@ -1,19 +1,16 @@
 package handlers
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/connectrelay/connectrelay/connect"
-	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -86,12 +83,14 @@ func (s *Server) installed(c echo.Context) error {
 	if err != nil {
 		return authError(err)
 	}
-	bt, err := s.bindToken(ctx, c, body, claims)
-	if err != nil || bt.verdict == replay.Done {
-		return s.ackApplied(c, "installed", p.ClientKey, err)
+	d, err := s.delivery(c, body, claims)
+	if err != nil {
+		return err
 	}
-	now := s.d.Now()
-	res, err := s.d.Tenants.Install(ctx, p, now, claims.IssuedAt)
+	res, err := s.d.Tenants.Install(ctx, p, d)
+	if errors.Is(err, tenant.ErrTokenReused) {
+		return fail(http.StatusUnauthorized, "unauthorized", err)
+	}
 	if errors.Is(err, tenant.ErrKeyEnvironmentMismatch) {
 		// Verified with a key of another environment's key server than the
 		// tenant's own (staging for a production tenant): not Atlassian's word
@@ -104,24 +103,23 @@ func (s *Server) installed(c echo.Context) error {
 	if err != nil {
 		return dependencyError("tenant store", err)
 	}
+	// What follows the commit runs for a copy of a recorded delivery too
+	// (res.Copy): the first may have failed here and been answered 503.
 	if s.d.Secrets != nil {
 		// After the commit, so no replica reloads the old secret. Failing that,
-		// 503: the retry stores the same secret again and announces it.
+		// 503: the retry (a copy) announces it again.
 		if err := s.d.Secrets.Invalidate(ctx, p.ClientKey); err != nil {
 			return dependencyError("secret invalidation", err)
 		}
 	}
 	if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeTenantInit, p.ClientKey, res.EventID); err != nil {
 		// The tenant is saved, but its initialization is not queued: answer 503
-		// so Atlassian re-sends installed, which is an idempotent upsert and
-		// enqueues again.
+		// so Atlassian re-sends installed, a copy that enqueues again (the
+		// TaskID of its history row makes a second enqueue harmless).
 		return dependencyError("task queue", err)
 	}
-	if err := s.markDone(ctx, bt, body); err != nil {
-		return err
-	}
 	annotate(c, slog.String("client_key", p.ClientKey), slog.String("base_url", p.BaseURL),
-		slog.Bool("created", res.Created), slog.Any("changes", res.Changes),
+		slog.Bool("created", res.Created), slog.Bool("copy", res.Copy), slog.Any("changes", res.Changes),
 		slog.Any("linked_client_keys", res.LinkedClientKeys), slog.Int64("event_id", res.EventID))
 	return c.NoContent(http.StatusNoContent)
 }
@@ -182,23 +180,19 @@ func (s *Server) uninstalled(c echo.Context) error {
 			slog.String("key_env", connect.KeyEnvironment(lb.BaseURL)), slog.String("tenant_key_env", env), slog.String("kid", claims.KeyID))
 		return fail(http.StatusUnauthorized, "unauthorized", tenant.ErrKeyEnvironmentMismatch)
 	}
-	bt, err := s.bindToken(ctx, c, body, claims)
-	if err != nil || bt.verdict == replay.Done {
-		return s.ackApplied(c, "uninstalled", lb.ClientKey, err)
-	}
-	eventID, err := s.d.Tenants.Uninstall(ctx, lb.ClientKey, s.d.Now(), claims.IssuedAt)
-	if errors.Is(err, tenant.ErrNotFound) {
-		s.d.Logger.InfoContext(ctx, "uninstall for unknown tenant ignored", slog.String("client_key", lb.ClientKey))
-		if err := s.markDone(ctx, bt, body); err != nil {
-			return err
-		}
-		return c.NoContent(http.StatusNoContent)
-	}
+	d, err := s.delivery(c, body, claims)
 	if err != nil {
-		return dependencyError("tenant store", err)
-	}
-	if err := s.markDone(ctx, bt, body); err != nil {
 		return err
+	}
+	eventID, err := s.d.Tenants.Uninstall(ctx, lb.ClientKey, d)
+	switch {
+	case errors.Is(err, tenant.ErrNotFound):
+		s.d.Logger.InfoContext(ctx, "uninstall for unknown tenant ignored", slog.String("client_key", lb.ClientKey))
+		return c.NoContent(http.StatusNoContent)
+	case errors.Is(err, tenant.ErrTokenReused):
+		return fail(http.StatusUnauthorized, "unauthorized", err)
+	case err != nil:
+		return dependencyError("tenant store", err)
 	}
 	// Nothing else to do now: the uninstalled event, recorded with the change,
 	// reaches the vendor through the event feed.
@@ -228,24 +222,25 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		if lb.ClientKey != "" && lb.ClientKey != claims.Issuer {
 			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrIssuerMismatch)
 		}
-		bt, err := s.bindToken(ctx, c, body, claims)
-		if err != nil || bt.verdict == replay.Done {
-			return s.ackApplied(c, event, claims.Issuer, err)
-		}
-		eventID, err := s.d.Tenants.SetEnabled(ctx, claims.Issuer, enabled, s.d.Now(), claims.IssuedAt)
-		if errors.Is(err, tenant.ErrNotFound) {
-			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrUnknownIssuer)
-		}
+		d, err := s.delivery(c, body, claims)
 		if err != nil {
+			return err
+		}
+		eventID, err := s.d.Tenants.SetEnabled(ctx, claims.Issuer, enabled, d)
+		switch {
+		case errors.Is(err, tenant.ErrNotFound):
+			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrUnknownIssuer)
+		case errors.Is(err, tenant.ErrTokenReused):
+			return fail(http.StatusUnauthorized, "unauthorized", err)
+		case err != nil:
 			return dependencyError("tenant store", err)
 		}
+		// For a copy of a recorded delivery too (eventID is the first's): the
+		// first may have been answered 503 after its commit.
 		if enabled {
 			if _, err := s.d.Queue.Lifecycle(ctx, tasks.TypeTenantEnabled, claims.Issuer, eventID); err != nil {
 				return dependencyError("task queue", err)
 			}
-		}
-		if err := s.markDone(ctx, bt, body); err != nil {
-			return err
 		}
 		annotate(c, slog.String("client_key", claims.Issuer), slog.Int64("event_id", eventID))
 		return c.NoContent(http.StatusNoContent)
@@ -260,54 +255,14 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// boundToken is a lifecycle token bound to its body in the replay cache.
-type boundToken struct {
-	token   string
-	until   time.Time
-	verdict replay.Verdict
-}
-
-// bindToken binds the verified request's token to body until its exp plus the
-// leeway: the same token with another body is refused (401, nothing changes),
-// and when the cache cannot answer the request is not accepted unchecked (503).
-func (s *Server) bindToken(ctx context.Context, c echo.Context, body []byte, claims *connect.Claims) (boundToken, error) {
+// delivery is the verified lifecycle request as the tenant store records it:
+// its token is bound to body there, in the transaction of the change, so a
+// captured token sent again with another body changes nothing (401) and a copy
+// of a recorded delivery is answered as the first (tenant.Delivery).
+func (s *Server) delivery(c echo.Context, body []byte, claims *connect.Claims) (tenant.Delivery, error) {
 	raw, err := connect.ExtractToken(c.Request())
 	if err != nil {
-		return boundToken{}, authError(err)
+		return tenant.Delivery{}, authError(err)
 	}
-	leeway := s.d.Config.JWTLeeway
-	if leeway == 0 {
-		leeway = connect.DefaultLeeway // what the verifiers apply for zero
-	}
-	bt := boundToken{token: raw, until: claims.ExpiresAt.Add(leeway)}
-	bt.verdict, err = s.d.Replay.Bind(ctx, raw, body, bt.until)
-	switch {
-	case errors.Is(err, replay.ErrConflict):
-		return bt, fail(http.StatusUnauthorized, "unauthorized", err)
-	case err != nil:
-		return bt, dependencyError("replay cache", err)
-	}
-	return bt, nil
-}
-
-// markDone records that the request of bt was applied, so a copy of it
-// (Atlassian's retry, or a replay after a later event of the same iat second)
-// is acknowledged without being applied again. Failing that, the answer is 503:
-// the retry it causes applies the same request again, which is idempotent.
-func (s *Server) markDone(ctx context.Context, bt boundToken, body []byte) error {
-	if err := s.d.Replay.MarkDone(ctx, bt.token, body, bt.until); err != nil {
-		return dependencyError("replay cache", err)
-	}
-	return nil
-}
-
-// ackApplied answers a request whose token could not be bound (err), or a copy
-// of one that was already applied (204, nothing done again).
-func (s *Server) ackApplied(c echo.Context, event, clientKey string, err error) error {
-	if err != nil {
-		return err
-	}
-	s.d.Logger.InfoContext(c.Request().Context(), "lifecycle callback already applied: acknowledged again",
-		slog.String("event", event), slog.String("client_key", clientKey))
-	return c.NoContent(http.StatusNoContent)
+	return tenant.Delivery{At: s.d.Now(), IssuedAt: claims.IssuedAt, Token: raw, Body: body}, nil
 }

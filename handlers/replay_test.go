@@ -10,6 +10,8 @@ import (
 
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
+	"github.com/connectrelay/connectrelay/tasks"
+	"github.com/hibiken/asynq"
 )
 
 // resend builds a copy of req (same URL and Authorization) with body.
@@ -129,20 +131,96 @@ func TestInstalled_RetryOfAFailedDeliveryIsApplied(t *testing.T) {
 	}
 }
 
-// With Redis unreachable the token cannot be checked: 503, nothing stored.
-func TestEnabled_ReplayCacheDownAnswers503(t *testing.T) {
+// A delivery answered 503 after its commit (Redis hung: the follow-up task
+// could not be queued) is completed by Atlassian's retry, a copy of it: the
+// copy changes nothing and queues the task the first could not.
+func TestEnabled_CopyOfADeliveryAnswered503AfterItsCommitQueuesItsTask(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{viaProxies: true})
 	if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
 		t.Fatal("install failed")
 	}
-	before := h.tenantRow("ck-1")
+	req := h.atl.Request(t, h.baseURL, handlers.PathEnabled, lifecycleBody("ck-1", site, "enabled"),
+		atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA)})
+	retry := resend(t, req, lifecycleBody("ck-1", site, "enabled"))
+	h.redisProxy.Freeze()
+	code, body := h.do(req)
+	h.redisProxy.Thaw()
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("enabled with Redis hung = %d %s, want 503", code, body)
+	}
+	// The enqueue may still reach Redis once it thaws: drop whatever did, as
+	// if it never had.
+	h.dropPending(tasks.QueueLifecycle)
+	events := h.historyCount("ck-1")
+	if code, body := h.do(retry); code != http.StatusNoContent {
+		t.Fatalf("retry = %d %s, want 204", code, body)
+	}
+	if n := countType(h.tasksIn(tasks.QueueLifecycle), tasks.TypeTenantEnabled); n != 1 {
+		t.Errorf("tenant:enabled tasks after the retry = %d, want 1", n)
+	}
+	if got := h.historyCount("ck-1"); got != events {
+		t.Errorf("history rows after the copy = %d, want %d (a copy is recorded once)", got, events)
+	}
+	if tn, err := h.store.Get(context.Background(), "ck-1"); err != nil || !tn.Enabled {
+		t.Errorf("tenant after enabled = %+v, %v; want enabled", tn, err)
+	}
+}
+
+// The same for an install: its retry queues the tenant's initialization.
+func TestInstalled_CopyOfAnInstallAnswered503AfterItsCommitQueuesItsInit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{viaProxies: true})
+	body := atlassiantest.InstallBody("ck-1", site, secretA, appKey)
+	req := h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-1"})
+	retry := resend(t, req, body)
+	h.redisProxy.Freeze()
+	code, b := h.do(req)
+	h.redisProxy.Thaw()
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("installed with Redis hung = %d %s, want 503", code, b)
+	}
+	// The enqueue may still reach Redis once it thaws: drop whatever did, as
+	// if it never had.
+	h.dropPending(tasks.QueueLifecycle)
+	if code, b := h.do(retry); code != http.StatusNoContent {
+		t.Fatalf("retry = %d %s, want 204", code, b)
+	}
+	if n := countType(h.tasksIn(tasks.QueueLifecycle), tasks.TypeTenantInit); n != 1 {
+		t.Errorf("tenant:init tasks after the retry = %d, want 1", n)
+	}
+	if got := h.historyCount("ck-1"); got != 1 {
+		t.Errorf("history rows = %d, want 1 (the copy is not recorded again)", got)
+	}
+}
+
+// A disabled needs nothing of Redis: its token is bound in Postgres and it
+// queues no task, so it is applied with Redis down.
+func TestDisabled_IsAppliedWithRedisDown(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{viaProxies: true})
+	if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
+		t.Fatal("install failed")
+	}
+	if code, body := h.hs256(handlers.PathEnabled, "ck-1", secretA, lifecycleBody("ck-1", site, "enabled")); code != http.StatusNoContent {
+		t.Fatalf("enabled = %d %s", code, body)
+	}
 	h.redisProxy.Freeze()
 	defer h.redisProxy.Thaw()
-	if code, body := h.hs256(handlers.PathEnabled, "ck-1", secretA, lifecycleBody("ck-1", site, "enabled")); code != http.StatusServiceUnavailable {
-		t.Errorf("enabled with Redis hung = %d %s, want 503", code, body)
+	if code, body := h.hs256(handlers.PathDisabled, "ck-1", secretA, lifecycleBody("ck-1", site, "disabled")); code != http.StatusNoContent {
+		t.Errorf("disabled with Redis hung = %d %s, want 204", code, body)
 	}
-	if after := h.tenantRow("ck-1"); after != before {
-		t.Errorf("tenant changed while its token could not be checked")
+	if tn, err := h.store.Get(context.Background(), "ck-1"); err != nil || tn.Enabled {
+		t.Errorf("tenant after disabled = %+v, %v; want disabled", tn, err)
 	}
+}
+
+func countType(list []*asynq.TaskInfo, typ string) int {
+	n := 0
+	for _, ti := range list {
+		if ti.Type == typ {
+			n++
+		}
+	}
+	return n
 }

@@ -27,7 +27,6 @@ import (
 	"github.com/connectrelay/connectrelay/connect"
 	callback "github.com/connectrelay/connectrelay/internal/budget"
 	"github.com/connectrelay/connectrelay/internal/metrics"
-	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 )
 
@@ -69,10 +68,14 @@ const BusyBudget = 3 * time.Second
 
 // TenantStore is what the lifecycle handlers need of the tenant repository.
 type TenantStore interface {
-	Install(ctx context.Context, p tenant.InstallPayload, at, iat time.Time) (tenant.InstallResult, error)
-	Uninstall(ctx context.Context, clientKey string, at, iat time.Time) (int64, error)
+	// Install, Uninstall and SetEnabled bind the delivery's token to its body
+	// (tenant.Delivery): a copy of a recorded delivery changes nothing and
+	// returns the first one's history row; the token with another body fails
+	// with tenant.ErrTokenReused.
+	Install(ctx context.Context, p tenant.InstallPayload, d tenant.Delivery) (tenant.InstallResult, error)
+	Uninstall(ctx context.Context, clientKey string, d tenant.Delivery) (int64, error)
 	KeyEnvironment(ctx context.Context, clientKey string) (string, error)
-	SetEnabled(ctx context.Context, clientKey string, enabled bool, at, iat time.Time) (int64, error)
+	SetEnabled(ctx context.Context, clientKey string, enabled bool, d tenant.Delivery) (int64, error)
 }
 
 // Queue is what the handlers need of the task queue. duplicate reports that the
@@ -100,17 +103,6 @@ type SecretInvalidator interface {
 	Invalidate(ctx context.Context, clientKey string) error
 }
 
-// ReplayGuard binds each lifecycle token to the body it first came with, until
-// the token expires (internal/replay): qsh does not cover bodies, so without it
-// a captured token could be sent again with another body.
-type ReplayGuard interface {
-	// Bind wraps replay.ErrConflict for the same token with another body and
-	// replay.ErrUnavailable when it cannot tell.
-	Bind(ctx context.Context, token string, body []byte, until time.Time) (replay.Verdict, error)
-	// MarkDone records that the request of token was applied.
-	MarkDone(ctx context.Context, token string, body []byte, until time.Time) error
-}
-
 // Check is one readiness probe: a dependency that must answer for the receiver to
 // take traffic.
 type Check struct {
@@ -125,12 +117,10 @@ type Deps struct {
 	Requests RequestVerifier
 	Tenants  TenantStore
 	Secrets  SecretInvalidator
-	// Replay binds lifecycle tokens to their bodies. Required.
-	Replay  ReplayGuard
-	Queue   Queue
-	Ready   []Check
-	Metrics *metrics.Metrics
-	Logger  *slog.Logger
+	Queue    Queue
+	Ready    []Check
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
 	// Monitoring is the asynq UI (asynqmon) rooted at /monitoring; it is mounted
 	// on the internal listener only when Config.AdminToken is set.
 	Monitoring http.Handler
@@ -164,8 +154,8 @@ type Server struct {
 // New builds the Echo application with every route of the contract.
 func New(d Deps) (*Server, error) {
 	switch {
-	case d.Install == nil, d.Requests == nil, d.Tenants == nil, d.Replay == nil, d.Queue == nil, d.Metrics == nil:
-		return nil, errors.New("handlers: Install, Requests, Tenants, Replay, Queue and Metrics are required")
+	case d.Install == nil, d.Requests == nil, d.Tenants == nil, d.Queue == nil, d.Metrics == nil:
+		return nil, errors.New("handlers: Install, Requests, Tenants, Queue and Metrics are required")
 	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()

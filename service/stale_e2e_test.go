@@ -44,11 +44,11 @@ func TestWorker_StaleTenantsGaugeCountsMissedUninstallsSinceStaleSince(t *testin
 		if ck == "fresh" {
 			at = since.Add(time.Hour)
 		}
-		if _, err := e.store.Install(context.Background(), p, at, at); err != nil {
+		if _, err := e.store.Install(context.Background(), p, tenant.ReceivedAt(at, at)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := e.store.Uninstall(context.Background(), "old-gone", since.Add(-time.Hour), since.Add(-time.Hour)); err != nil {
+	if _, err := e.store.Uninstall(context.Background(), "old-gone", tenant.ReceivedAt(since.Add(-time.Hour), since.Add(-time.Hour))); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -62,7 +62,7 @@ func TestWorker_StaleTenantsGaugeCountsMissedUninstallsSinceStaleSince(t *testin
 	// old-1 re-sends installed: the next sweep counts 0.
 	p, _ := tenant.ParseInstallPayload([]byte(fmt.Sprintf(
 		`{"key":%q,"clientKey":"old-1","sharedSecret":"s-0123456789abcdef0123456789abcdef","baseUrl":"https://old-1.atlassian.net","productType":"jira","eventType":"installed"}`, appKey)))
-	if _, err := e.store.Install(context.Background(), p, time.Now(), time.Now()); err != nil {
+	if _, err := e.store.Install(context.Background(), p, tenant.ReceivedAt(time.Now(), time.Now())); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "gauge at 0", func() bool { return strings.Contains(scrape(t, ln.Addr().String()), series+" 0\n") })

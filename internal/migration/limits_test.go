@@ -35,11 +35,11 @@ func storeTenant(t *testing.T, b *bundle, clientKey string, uninstalled bool) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if _, err := store.Install(ctx, p, now, now); err != nil {
+	if _, err := store.Install(ctx, p, tenantstore.ReceivedAt(now, now)); err != nil {
 		t.Fatal(err)
 	}
 	if uninstalled {
-		if _, err := store.Uninstall(ctx, clientKey, now.Add(time.Second), now.Add(time.Second)); err != nil {
+		if _, err := store.Uninstall(ctx, clientKey, tenantstore.ReceivedAt(now.Add(time.Second), now.Add(time.Second))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -63,7 +63,7 @@ func TestSetEnabled_WaitingForABusyPoolIsNotCountedAgainstTheAnswerBudget(t *tes
 			wg.Go(func() {
 				ctx, cancel := newCtx()
 				defer cancel()
-				_, errs[i] = store.SetEnabled(ctx, fmt.Sprintf("ck-%d", i), true, ts(10+i), ts(10))
+				_, errs[i] = store.SetEnabled(ctx, fmt.Sprintf("ck-%d", i), true, ReceivedAt(ts(10+i), ts(10)))
 			})
 		}
 		wg.Wait()
@@ -101,7 +101,7 @@ func TestSetEnabled_APoolThatHandsOutNothingIsDownAndFailsFast(t *testing.T) {
 	ctx, cancel := budget.New(testCtx(t), 950*time.Millisecond, 3*time.Second)
 	defer cancel()
 	start := time.Now()
-	_, err := store.SetEnabled(ctx, "ck-0", true, ts(10), ts(10))
+	_, err := store.SetEnabled(ctx, "ck-0", true, ReceivedAt(ts(10), ts(10)))
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("SetEnabled with no connection coming back = %v, want ErrUnavailable", err)
 	}
@@ -132,7 +132,7 @@ func TestSetEnabled_ASlowTransactionWhileOthersCommitIsBusyNotDown(t *testing.T)
 	enable := func(i int) error {
 		ctx, cancel := budget.New(testCtx(t), answer, 5*time.Second)
 		defer cancel()
-		_, err := store.SetEnabled(ctx, "ck-0", i%2 == 0, ts(10+i), ts(10+i))
+		_, err := store.SetEnabled(ctx, "ck-0", i%2 == 0, ReceivedAt(ts(10+i), ts(10+i)))
 		return err
 	}
 
@@ -147,7 +147,7 @@ func TestSetEnabled_ASlowTransactionWhileOthersCommitIsBusyNotDown(t *testing.T)
 				return
 			case <-time.After(10 * time.Millisecond):
 			}
-			_, _ = store.SetEnabled(testCtx(t), fmt.Sprintf("ck-%d", 1+i%2), i%2 == 0, ts(100+i), ts(100+i))
+			_, _ = store.SetEnabled(testCtx(t), fmt.Sprintf("ck-%d", 1+i%2), i%2 == 0, ReceivedAt(ts(100+i), ts(100+i)))
 		}
 	})
 	err := enable(0)

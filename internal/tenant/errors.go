@@ -16,7 +16,7 @@ import (
 func storeErr(err error, format string, args ...any) error {
 	what := fmt.Sprintf(format, args...)
 	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalidPayload) ||
-		errors.Is(err, ErrKeyEnvironmentMismatch) || !transient(err) {
+		errors.Is(err, ErrKeyEnvironmentMismatch) || errors.Is(err, ErrTokenReused) || !transient(err) {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)

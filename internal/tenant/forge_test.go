@@ -421,7 +421,7 @@ func TestRecordForge_ConcurrentWithTheConnectInstallIsAlwaysLinked(t *testing.T)
 		errs := make([]error, 2)
 		wg.Go(func() {
 			<-start
-			_, errs[0] = b.store.Install(testCtx(t), payload(t, ck, map[string]any{"installationId": id, "cloudId": cloud}), ts(5), ts(5))
+			_, errs[0] = b.store.Install(testCtx(t), payload(t, ck, map[string]any{"installationId": id, "cloudId": cloud}), ReceivedAt(ts(5), ts(5)))
 		})
 		wg.Go(func() {
 			<-start

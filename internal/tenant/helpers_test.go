@@ -119,7 +119,7 @@ func payload(t testing.TB, clientKey string, overrides map[string]any) InstallPa
 
 func (b *testBundle) install(t *testing.T, p InstallPayload, at, iat time.Time) InstallResult {
 	t.Helper()
-	res, err := b.store.Install(testCtx(t), p, at, iat)
+	res, err := b.store.Install(testCtx(t), p, ReceivedAt(at, iat))
 	if err != nil {
 		t.Fatalf("Install(%s): %v", p.ClientKey, err)
 	}

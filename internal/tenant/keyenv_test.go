@@ -33,7 +33,7 @@ func TestInstall_RefusesAnotherKeyEnvironmentForAnExistingTenant(t *testing.T) {
 			ck := "ck-" + tc.name
 			b.install(t, payload(t, ck, map[string]any{"baseUrl": tc.first, "sharedSecret": "first-secret"}), ts(1), ts(1))
 			before, history := b.rowJSON(t, ck), len(b.history(t, ck))
-			_, err := b.store.Install(testCtx(t), payload(t, ck, map[string]any{"baseUrl": tc.then, "sharedSecret": "second-secret"}), ts(2), ts(2))
+			_, err := b.store.Install(testCtx(t), payload(t, ck, map[string]any{"baseUrl": tc.then, "sharedSecret": "second-secret"}), ReceivedAt(ts(2), ts(2)))
 			if tc.refused {
 				if !errors.Is(err, ErrKeyEnvironmentMismatch) {
 					t.Fatalf("Install from %s for a tenant of %s: %v, want ErrKeyEnvironmentMismatch", tc.then, tc.first, err)

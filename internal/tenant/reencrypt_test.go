@@ -84,7 +84,7 @@ func TestReencrypt_ConcurrentInstallsKeepTheNewestSecret(t *testing.T) {
 				st = rotated
 			}
 			p := payload(t, ck, map[string]any{"sharedSecret": "rotated-" + ck})
-			if _, err := st.Install(ctx, p, ts(2), ts(2)); err != nil {
+			if _, err := st.Install(ctx, p, ReceivedAt(ts(2), ts(2))); err != nil {
 				installErrs <- err
 			}
 		}

@@ -138,7 +138,7 @@ func TestKeyRotationAndReencryption(t *testing.T) {
 	if s, err := rotated.SharedSecret(ctx, "a"); err != nil || string(s) != "secret-of-a" {
 		t.Fatalf("previous-key decryption = %q, %v", s, err)
 	}
-	res, err := rotated.Install(ctx, payload(t, "c", nil), ts(2), ts(2))
+	res, err := rotated.Install(ctx, payload(t, "c", nil), ReceivedAt(ts(2), ts(2)))
 	if err != nil || res.Tenant.SecretKeyID != KeyID(newK) {
 		t.Fatalf("install after rotation: key %s, %v; want %s", res.Tenant.SecretKeyID, err, KeyID(newK))
 	}
@@ -168,10 +168,10 @@ func TestKeyRotationAndReencryption(t *testing.T) {
 	// is still done.
 	lost, _ := NewSecretBox(newKey(t))
 	lostStore := NewStore(b.pool, lost, testLogger(t))
-	if _, err := lostStore.Install(ctx, payload(t, "orphan", nil), ts(3), ts(3)); err != nil {
+	if _, err := lostStore.Install(ctx, payload(t, "orphan", nil), ReceivedAt(ts(3), ts(3))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.store.Install(ctx, payload(t, "d", nil), ts(3), ts(3)); err != nil {
+	if _, err := b.store.Install(ctx, payload(t, "d", nil), ReceivedAt(ts(3), ts(3))); err != nil {
 		t.Fatal(err)
 	}
 	n, err = rotated.ReencryptSecrets(ctx, 1)
@@ -191,10 +191,10 @@ func TestNoPlaintextSecretInAnyTable(t *testing.T) {
 	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": secrets[0], "baseUrl": site, "publicKey": secrets[0]}), ts(1), ts(1))
 	b.install(t, payload(t, "ck", map[string]any{"sharedSecret": secrets[1], "baseUrl": site}), ts(2), ts(2))
 	b.install(t, payload(t, "imported", map[string]any{"sharedSecret": secrets[2], "baseUrl": site}), ts(3), ts(3))
-	if _, err := b.store.SetEnabled(ctx, "ck", true, ts(4), ts(4)); err != nil {
+	if _, err := b.store.SetEnabled(ctx, "ck", true, ReceivedAt(ts(4), ts(4))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.store.Uninstall(ctx, "ck", ts(5), ts(5)); err != nil {
+	if _, err := b.store.Uninstall(ctx, "ck", ReceivedAt(ts(5), ts(5))); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.store.SetLicense(ctx, "ck", connectrelay.LicenseActive, ts(6)); err != nil {

@@ -183,7 +183,7 @@ func lockTenant(ctx context.Context, tx pgx.Tx, clientKey string) (connectrelay.
 func insertEvent(ctx context.Context, tx pgx.Tx, clientKey, typ string, at, iat time.Time, applied bool, changes []string) (int64, error) {
 	b := &pgx.Batch{}
 	var id int64
-	queueEvent(b, clientKey, typ, at, iat, applied, changes, &id)
+	queueEvent(b, clientKey, typ, at, iat, applied, changes, binding{}, &id)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, err
 	}
@@ -192,7 +192,7 @@ func insertEvent(ctx context.Context, tx pgx.Tx, clientKey, typ string, at, iat 
 
 // queueEvent queues the insert of a history row on b; *id receives its id when
 // the batch runs.
-func queueEvent(b *pgx.Batch, clientKey, typ string, at, iat time.Time, applied bool, changes []string, id *int64) {
+func queueEvent(b *pgx.Batch, clientKey, typ string, at, iat time.Time, applied bool, changes []string, bound binding, id *int64) {
 	if changes == nil {
 		changes = []string{}
 	}
@@ -200,9 +200,9 @@ func queueEvent(b *pgx.Batch, clientKey, typ string, at, iat time.Time, applied 
 	if !iat.IsZero() {
 		issuedAt = &iat
 	}
-	b.Queue(`INSERT INTO tenant_events (client_key, type, at, issued_at, applied, changes)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
-		clientKey, typ, at, issuedAt, applied, changes).QueryRow(func(row pgx.Row) error {
+	b.Queue(`INSERT INTO tenant_events (client_key, type, at, issued_at, applied, changes, token_sha256, body_sha256)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
+		clientKey, typ, at, issuedAt, applied, changes, bound.token, bound.body).QueryRow(func(row pgx.Row) error {
 		if err := row.Scan(id); err != nil {
 			return fmt.Errorf("record %s event: %w", typ, err)
 		}
@@ -254,14 +254,12 @@ func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // Errors wrap ErrInvalidPayload for a payload missing clientKey, key, baseUrl or
 // sharedSecret, ErrKeyEnvironmentMismatch, and ErrUnavailable when Postgres cannot
 // answer.
-func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time) (InstallResult, error) {
+func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (InstallResult, error) {
 	p.EventType = EventInstalled
 	if err := p.validate(); err != nil {
 		return InstallResult{}, err
 	}
-	if iat.IsZero() {
-		iat = at
-	}
+	at, iat, tok := d.At, d.iat(), d.binding()
 	extra, err := sanitizeExtra(p.Extra)
 	if err != nil {
 		return InstallResult{}, err
@@ -284,6 +282,7 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 			inserted   connectrelay.Tenant
 			stored     storedTenant
 			prevSealed Sealed
+			seen       recorded
 		)
 		if p.InstallationID != "" {
 			tx.Queue(lockSQL, forgeLinkLockClass, p.InstallationID)
@@ -313,8 +312,17 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 			}
 			return nil
 		})
+		tok.queueLookup(tx.Batch(), p.ClientKey, &seen)
 		if err := tx.Flush(ctx); err != nil {
 			return err
+		}
+		if err := seen.verdict(); err != nil {
+			return err
+		}
+		if seen.found {
+			// A copy of a delivery already recorded: nothing changes.
+			res = InstallResult{Tenant: stored.Tenant, EventID: seen.eventID, Copy: true}
+			return tx.Commit(ctx)
 		}
 		if res.Created {
 			res.Applied, res.Tenant = true, inserted
@@ -325,7 +333,7 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 		} else if err := s.updateExisting(ctx, tx, &res, p, sealed, stored, prevSealed, at, iat); err != nil {
 			return err
 		}
-		queueEvent(tx.Batch(), p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes, &res.EventID)
+		queueEvent(tx.Batch(), p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes, tok, &res.EventID)
 		if res.Applied {
 			queueLinkForgeTenant(tx.Batch(), p.ClientKey, p.InstallationID)
 		}
@@ -339,6 +347,11 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, at, iat time.Time
 	})
 	if err != nil {
 		return InstallResult{}, storeErr(err, "install tenant %s", p.ClientKey)
+	}
+	if res.Copy {
+		s.log.InfoContext(ctx, "installed already recorded: a copy of its delivery",
+			slog.String("client_key", p.ClientKey), slog.Int64("event_id", res.EventID))
+		return res, nil
 	}
 	s.log.InfoContext(ctx, "tenant installed",
 		slog.String("client_key", p.ClientKey), slog.Bool("created", res.Created),
@@ -480,7 +493,7 @@ func (s *Store) linkBaseURL(ctx context.Context, tx *pgpipe.Tx, res *InstallResu
 	tx.Queue(`INSERT INTO tenant_links (client_key, other_client_key, base_url, detected_at)
 		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, ck, rep, baseURL, at)
 	var repEvent int64
-	queueEvent(tx.Batch(), rep, EventLinked, at, iat, true, []string{theirs}, &repEvent)
+	queueEvent(tx.Batch(), rep, EventLinked, at, iat, true, []string{theirs}, binding{}, &repEvent)
 	res.Changes = append(res.Changes, held)
 	res.LinkedClientKeys = others
 	s.log.WarnContext(ctx, "baseUrl held by several tenants",
@@ -496,8 +509,8 @@ func (s *Store) linkBaseURL(ctx context.Context, tx *pgpipe.Tx, res *InstallResu
 // see SetEnabled. at is when it was received, iat the JWT iat (zero means at). Errors
 // wrap ErrNotFound for an unknown clientKey and ErrUnavailable when Postgres cannot
 // answer.
-func (s *Store) Uninstall(ctx context.Context, clientKey string, at, iat time.Time) (int64, error) {
-	return s.changeState(ctx, clientKey, EventUninstalled, at, iat, func(prev lifecycleState, iat time.Time) (lifecycleState, string) {
+func (s *Store) Uninstall(ctx context.Context, clientKey string, d Delivery) (int64, error) {
+	return s.changeState(ctx, clientKey, EventUninstalled, d, func(prev lifecycleState, iat time.Time) (lifecycleState, string) {
 		if iat.Before(prev.installedIAT) {
 			return prev, notApplied("uninstalled", iat, "installed", prev.installedIAT)
 		}
@@ -541,12 +554,12 @@ func (s *Store) KeyEnvironment(ctx context.Context, clientKey string) (string, e
 //
 // at is when it was received, iat the JWT iat (zero means at). Errors wrap ErrNotFound
 // for an unknown clientKey and ErrUnavailable when Postgres cannot answer.
-func (s *Store) SetEnabled(ctx context.Context, clientKey string, enabled bool, at, iat time.Time) (int64, error) {
+func (s *Store) SetEnabled(ctx context.Context, clientKey string, enabled bool, d Delivery) (int64, error) {
 	typ := EventDisabled
 	if enabled {
 		typ = EventEnabled
 	}
-	return s.changeState(ctx, clientKey, typ, at, iat, func(prev lifecycleState, iat time.Time) (lifecycleState, string) {
+	return s.changeState(ctx, clientKey, typ, d, func(prev lifecycleState, iat time.Time) (lifecycleState, string) {
 		if iat.Before(prev.enabledIAT) {
 			return prev, notApplied(typ, iat, "enabled", prev.enabledIAT)
 		}
@@ -578,15 +591,16 @@ func latest(a, b time.Time) time.Time {
 
 // changeState applies one lifecycle event under the tenant's row lock and records it.
 // decide returns the next state, or why the event is not applied.
-func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat time.Time,
+func (s *Store) changeState(ctx context.Context, clientKey, typ string, d Delivery,
 	decide func(prev lifecycleState, iat time.Time) (lifecycleState, string),
 ) (int64, error) {
-	if iat.IsZero() {
-		iat = at
-	}
+	at, iat, tok := d.At, d.iat(), d.binding()
 	ctx, cancel := bound(ctx)
 	defer cancel()
-	var id int64
+	var (
+		id   int64
+		seen recorded
+	)
 	// Two round trips: BEGIN and the locking read, then the writes and COMMIT.
 	err := s.inPipeTx(ctx, func(p *pgpipe.Tx) error {
 		var prev lifecycleState
@@ -596,10 +610,19 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 			WHERE client_key = $1 FOR NO KEY UPDATE`, clientKey).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&prev.installed, &prev.enabled, &prev.installedIAT, &prev.enabledIAT)
 		})
+		tok.queueLookup(p.Batch(), clientKey, &seen)
 		if err := p.Flush(ctx); errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("clientKey %s: %w", clientKey, ErrNotFound)
 		} else if err != nil {
 			return fmt.Errorf("lock tenant: %w", err)
+		}
+		if err := seen.verdict(); err != nil {
+			return err
+		}
+		if seen.found {
+			// A copy of a delivery already recorded: nothing changes.
+			id = seen.eventID
+			return p.Commit(ctx)
 		}
 		next, why := decide(prev, iat)
 		var changes []string
@@ -615,7 +638,7 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 		p.Queue(`UPDATE tenants SET installed = $2, enabled = $3, installed_iat = $4, enabled_iat = $5,
 			last_lifecycle_at = GREATEST(last_lifecycle_at, $6), updated_at = now()
 			WHERE client_key = $1`, clientKey, next.installed, next.enabled, next.installedIAT, next.enabledIAT, at)
-		queueEvent(p.Batch(), clientKey, typ, at, iat, why == "", changes, &id)
+		queueEvent(p.Batch(), clientKey, typ, at, iat, why == "", changes, tok, &id)
 		var ev connectrelay.EventType
 		switch {
 		case typ == EventUninstalled && prev.installed && !next.installed:
@@ -637,6 +660,11 @@ func (s *Store) changeState(ctx context.Context, clientKey, typ string, at, iat 
 	})
 	if err != nil {
 		return 0, storeErr(err, "%s tenant %s", typ, clientKey)
+	}
+	if seen.found {
+		s.log.InfoContext(ctx, "lifecycle event already recorded: a copy of its delivery",
+			slog.String("client_key", clientKey), slog.String("event", typ), slog.Int64("event_id", id))
+		return id, nil
 	}
 	s.log.InfoContext(ctx, "tenant lifecycle event",
 		slog.String("client_key", clientKey), slog.String("event", typ), slog.Int64("event_id", id))

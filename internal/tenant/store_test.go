@@ -260,7 +260,7 @@ func TestConcurrentSiteImportsAreAllLinked(t *testing.T) {
 	errs := make([]error, len(keys))
 	for i, ck := range keys {
 		wg.Go(func() {
-			_, errs[i] = b.store.Install(testCtx(t), payload(t, ck, map[string]any{"baseUrl": site}), ts(1), ts(1))
+			_, errs[i] = b.store.Install(testCtx(t), payload(t, ck, map[string]any{"baseUrl": site}), ReceivedAt(ts(1), ts(1)))
 		})
 	}
 	wg.Wait()
@@ -313,7 +313,7 @@ func TestSiteImportWritesOneLinkAndOneHistoryRowPerInstall(t *testing.T) {
 	const site = "https://many.atlassian.net"
 	const n = 6
 	for i := range n {
-		res, err := b.store.Install(testCtx(t), payload(t, fmt.Sprintf("m%d", i), map[string]any{"baseUrl": site}), ts(i+1), ts(i+1))
+		res, err := b.store.Install(testCtx(t), payload(t, fmt.Sprintf("m%d", i), map[string]any{"baseUrl": site}), ReceivedAt(ts(i+1), ts(i+1)))
 		if err != nil {
 			t.Fatalf("Install m%d: %v", i, err)
 		}
@@ -338,10 +338,10 @@ func TestUninstallKeepsSecretAndReinstallIsRecorded(t *testing.T) {
 	b := setup(t)
 	ctx := testCtx(t)
 	b.install(t, payload(t, "ck", nil), ts(1), ts(1))
-	if _, err := b.store.SetEnabled(ctx, "ck", true, ts(2), ts(2)); err != nil {
+	if _, err := b.store.SetEnabled(ctx, "ck", true, ReceivedAt(ts(2), ts(2))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.store.Uninstall(ctx, "ck", ts(3), ts(3)); err != nil {
+	if _, err := b.store.Uninstall(ctx, "ck", ReceivedAt(ts(3), ts(3))); err != nil {
 		t.Fatalf("Uninstall: %v", err)
 	}
 	got := b.get(t, "ck")
@@ -376,8 +376,8 @@ func TestUnknownClientKeyIsNotFound(t *testing.T) {
 		"SharedSecret": func() error { _, err := b.store.SharedSecret(ctx, "nope"); return err },
 		"History":      func() error { _, err := b.store.History(ctx, "nope", 10); return err },
 		"Links":        func() error { _, err := b.store.Links(ctx, "nope"); return err },
-		"Uninstall":    func() error { _, err := b.store.Uninstall(ctx, "nope", ts(1), ts(1)); return err },
-		"SetEnabled":   func() error { _, err := b.store.SetEnabled(ctx, "nope", true, ts(1), ts(1)); return err },
+		"Uninstall":    func() error { _, err := b.store.Uninstall(ctx, "nope", ReceivedAt(ts(1), ts(1))); return err },
+		"SetEnabled":   func() error { _, err := b.store.SetEnabled(ctx, "nope", true, ReceivedAt(ts(1), ts(1))); return err },
 		"SetLicense":   func() error { return b.store.SetLicense(ctx, "nope", connectrelay.LicenseActive, ts(1)) },
 		"SetWebhookRegistered": func() error {
 			return b.store.SetWebhookRegistered(ctx, "nope", []string{"https://app/migration/events"}, ts(1))
@@ -402,12 +402,12 @@ func TestInstallRejectsIncompletePayload(t *testing.T) {
 	b := setup(t)
 	p := payload(t, "ck", nil)
 	p.SharedSecret = ""
-	if _, err := b.store.Install(testCtx(t), p, ts(1), ts(1)); !errors.Is(err, ErrInvalidPayload) {
+	if _, err := b.store.Install(testCtx(t), p, ReceivedAt(ts(1), ts(1))); !errors.Is(err, ErrInvalidPayload) {
 		t.Errorf("Install without secret = %v, want ErrInvalidPayload", err)
 	}
 	p = payload(t, "ck", nil)
 	p.Extra = json.RawMessage(`[1]`)
-	if _, err := b.store.Install(testCtx(t), p, ts(1), ts(1)); !errors.Is(err, ErrInvalidPayload) {
+	if _, err := b.store.Install(testCtx(t), p, ReceivedAt(ts(1), ts(1))); !errors.Is(err, ErrInvalidPayload) {
 		t.Errorf("Install with array Extra = %v, want ErrInvalidPayload", err)
 	}
 	// A hand-built payload smuggling the secret into Extra: the store drops it.
@@ -455,11 +455,11 @@ func TestOutOfOrderEvents(t *testing.T) {
 				var err error
 				switch {
 				case strings.HasPrefix(s.event, "installed:"):
-					_, err = b.store.Install(ctx, payload(t, "ck", map[string]any{"sharedSecret": strings.TrimPrefix(s.event, "installed:")}), at, iat)
+					_, err = b.store.Install(ctx, payload(t, "ck", map[string]any{"sharedSecret": strings.TrimPrefix(s.event, "installed:")}), ReceivedAt(at, iat))
 				case s.event == "uninstalled":
-					_, err = b.store.Uninstall(ctx, "ck", at, iat)
+					_, err = b.store.Uninstall(ctx, "ck", ReceivedAt(at, iat))
 				default:
-					_, err = b.store.SetEnabled(ctx, "ck", s.event == "enabled", at, iat)
+					_, err = b.store.SetEnabled(ctx, "ck", s.event == "enabled", ReceivedAt(at, iat))
 				}
 				if err != nil {
 					t.Fatalf("step %d %s: %v", i, s.event, err)
@@ -498,7 +498,7 @@ func TestConcurrentInstallsOfOneClientKey(t *testing.T) {
 		p := payload(t, "ck", map[string]any{"sharedSecret": sent[i], "pluginsVersion": version(i)})
 		wg.Go(func() {
 			<-start
-			results[i], errs[i] = b.store.Install(testCtx(t), p, ts(1), ts(1))
+			results[i], errs[i] = b.store.Install(testCtx(t), p, ReceivedAt(ts(1), ts(1)))
 		})
 	}
 	close(start)
@@ -577,11 +577,11 @@ func TestDisabledAndUninstalledRace(t *testing.T) {
 	for i, o := range orders {
 		ck := fmt.Sprintf("ck-%d", i)
 		b.install(t, payload(t, ck, nil), ts(0), ts(0))
-		if _, err := b.store.SetEnabled(ctx, ck, true, ts(1), ts(1)); err != nil {
+		if _, err := b.store.SetEnabled(ctx, ck, true, ReceivedAt(ts(1), ts(1))); err != nil {
 			t.Fatal(err)
 		}
-		disable := func() error { _, err := b.store.SetEnabled(ctx, ck, false, ts(10), ts(10+o.disabledIAT)); return err }
-		uninstall := func() error { _, err := b.store.Uninstall(ctx, ck, ts(10), ts(10+o.uninstalledIAT)); return err }
+		disable := func() error { _, err := b.store.SetEnabled(ctx, ck, false, ReceivedAt(ts(10), ts(10+o.disabledIAT))); return err }
+		uninstall := func() error { _, err := b.store.Uninstall(ctx, ck, ReceivedAt(ts(10), ts(10+o.uninstalledIAT))); return err }
 		var err1, err2 error
 		switch {
 		case o.concurrent:
@@ -688,7 +688,7 @@ func TestHistoryLimitNewestFirst(t *testing.T) {
 	b := setup(t)
 	b.install(t, payload(t, "ck", nil), ts(0), ts(0))
 	for i := 1; i <= 4; i++ {
-		if _, err := b.store.SetEnabled(testCtx(t), "ck", i%2 == 1, ts(i), ts(i)); err != nil {
+		if _, err := b.store.SetEnabled(testCtx(t), "ck", i%2 == 1, ReceivedAt(ts(i), ts(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -709,7 +709,7 @@ func TestPage_FiltersAndPagesByClientKey(t *testing.T) {
 	for _, ck := range []string{"ck-a", "ck-b", "ck-c", "ck-d"} {
 		b.install(t, payload(t, ck, nil), ts(0), ts(0))
 	}
-	if _, err := b.store.Uninstall(ctx, "ck-b", ts(1), ts(1)); err != nil {
+	if _, err := b.store.Uninstall(ctx, "ck-b", ReceivedAt(ts(1), ts(1))); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.store.SetLicense(ctx, "ck-c", connectrelay.LicenseActive, ts(2)); err != nil {

@@ -94,6 +94,10 @@ type InstallResult struct {
 	EventID int64
 	// Created is true when the clientKey was new.
 	Created bool
+	// Copy is true for a copy of a delivery already recorded (Delivery): nothing
+	// changed, EventID is the first delivery's history row and Tenant the
+	// stored tenant.
+	Copy bool
 	// Applied is false when the install was older (by iat) than one already applied,
 	// so only its history row was written.
 	Applied bool

@@ -67,9 +67,9 @@ func blackHole(t testing.TB) string {
 func storeCalls(s *Store) map[string]func(context.Context) error {
 	p := InstallPayload{HostInfo: connectrelay.HostInfo{ClientKey: "ck", AppKey: "app", BaseURL: "https://ck.atlassian.net"}, SharedSecret: "s"}
 	return map[string]func(context.Context) error{
-		"Install":      func(ctx context.Context) error { _, err := s.Install(ctx, p, ts(1), ts(1)); return err },
-		"Uninstall":    func(ctx context.Context) error { _, err := s.Uninstall(ctx, "ck", ts(1), ts(1)); return err },
-		"SetEnabled":   func(ctx context.Context) error { _, err := s.SetEnabled(ctx, "ck", true, ts(1), ts(1)); return err },
+		"Install":      func(ctx context.Context) error { _, err := s.Install(ctx, p, ReceivedAt(ts(1), ts(1))); return err },
+		"Uninstall":    func(ctx context.Context) error { _, err := s.Uninstall(ctx, "ck", ReceivedAt(ts(1), ts(1))); return err },
+		"SetEnabled":   func(ctx context.Context) error { _, err := s.SetEnabled(ctx, "ck", true, ReceivedAt(ts(1), ts(1))); return err },
 		"Get":          func(ctx context.Context) error { _, err := s.Get(ctx, "ck"); return err },
 		"SharedSecret": func(ctx context.Context) error { _, err := s.SharedSecret(ctx, "ck"); return err },
 		"cache": func(ctx context.Context) error {
@@ -141,7 +141,7 @@ func TestLockWaitPastCallerDeadlineIsErrUnavailable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err = b.store.Uninstall(ctx, "ck", ts(2), ts(2))
+	_, err = b.store.Uninstall(ctx, "ck", ReceivedAt(ts(2), ts(2)))
 	if !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Uninstall blocked on a row lock past its deadline = %v, want ErrUnavailable", err)
 	}

@@ -97,7 +97,7 @@ func (e *opsEnv) install(t *testing.T, st *tenant.Store, clientKey string, h flo
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Install(t.Context(), p, e.at(h), e.at(h)); err != nil {
+	if _, err := st.Install(t.Context(), p, tenant.ReceivedAt(e.at(h), e.at(h))); err != nil {
 		t.Fatalf("install %s: %v", clientKey, err)
 	}
 }
@@ -117,7 +117,7 @@ func (e *opsEnv) seedTenants(t *testing.T) {
 	e.install(t, nil, "a", 1, nil)
 	e.install(t, nil, "a", 2, map[string]any{"baseUrl": "https://a-renamed.atlassian.net", "pluginsVersion": "1002.0.0"})
 	e.install(t, nil, "b", 1, nil)
-	if _, err := e.store.Uninstall(ctx, "b", e.at(3), e.at(3)); err != nil {
+	if _, err := e.store.Uninstall(ctx, "b", tenant.ReceivedAt(e.at(3), e.at(3))); err != nil {
 		t.Fatal(err)
 	}
 	e.install(t, nil, "c", 1, nil)
@@ -358,12 +358,12 @@ func TestStale_ListsInstalledTenantsWithNoInstalledSinceTime(t *testing.T) {
 	e.install(t, nil, "b", 10, nil)
 	e.install(t, nil, "b", 60, nil)
 	e.install(t, nil, "c", 10, nil)
-	if _, err := e.store.Uninstall(t.Context(), "c", e.at(20), e.at(20)); err != nil {
+	if _, err := e.store.Uninstall(t.Context(), "c", tenant.ReceivedAt(e.at(20), e.at(20))); err != nil {
 		t.Fatal(err)
 	}
 	e.install(t, nil, "d", 10, nil)
 	p, _ := tenant.ParseInstallPayload(installBody("d", nil))
-	if res, err := e.store.Install(t.Context(), p, e.at(61), e.at(5)); err != nil || res.Applied {
+	if res, err := e.store.Install(t.Context(), p, tenant.ReceivedAt(e.at(61), e.at(5))); err != nil || res.Applied {
 		t.Fatalf("late install of d: %+v, %v; want recorded, not applied", res, err)
 	}
 	since := e.at(50).Format(time.RFC3339)
