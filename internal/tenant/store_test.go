@@ -580,8 +580,14 @@ func TestDisabledAndUninstalledRace(t *testing.T) {
 		if _, err := b.store.SetEnabled(ctx, ck, true, ReceivedAt(ts(1), ts(1))); err != nil {
 			t.Fatal(err)
 		}
-		disable := func() error { _, err := b.store.SetEnabled(ctx, ck, false, ReceivedAt(ts(10), ts(10+o.disabledIAT))); return err }
-		uninstall := func() error { _, err := b.store.Uninstall(ctx, ck, ReceivedAt(ts(10), ts(10+o.uninstalledIAT))); return err }
+		disable := func() error {
+			_, err := b.store.SetEnabled(ctx, ck, false, ReceivedAt(ts(10), ts(10+o.disabledIAT)))
+			return err
+		}
+		uninstall := func() error {
+			_, err := b.store.Uninstall(ctx, ck, ReceivedAt(ts(10), ts(10+o.uninstalledIAT)))
+			return err
+		}
 		var err1, err2 error
 		switch {
 		case o.concurrent:

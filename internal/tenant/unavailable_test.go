@@ -67,9 +67,15 @@ func blackHole(t testing.TB) string {
 func storeCalls(s *Store) map[string]func(context.Context) error {
 	p := InstallPayload{HostInfo: connectrelay.HostInfo{ClientKey: "ck", AppKey: "app", BaseURL: "https://ck.atlassian.net"}, SharedSecret: "s"}
 	return map[string]func(context.Context) error{
-		"Install":      func(ctx context.Context) error { _, err := s.Install(ctx, p, ReceivedAt(ts(1), ts(1))); return err },
-		"Uninstall":    func(ctx context.Context) error { _, err := s.Uninstall(ctx, "ck", ReceivedAt(ts(1), ts(1))); return err },
-		"SetEnabled":   func(ctx context.Context) error { _, err := s.SetEnabled(ctx, "ck", true, ReceivedAt(ts(1), ts(1))); return err },
+		"Install": func(ctx context.Context) error { _, err := s.Install(ctx, p, ReceivedAt(ts(1), ts(1))); return err },
+		"Uninstall": func(ctx context.Context) error {
+			_, err := s.Uninstall(ctx, "ck", ReceivedAt(ts(1), ts(1)))
+			return err
+		},
+		"SetEnabled": func(ctx context.Context) error {
+			_, err := s.SetEnabled(ctx, "ck", true, ReceivedAt(ts(1), ts(1)))
+			return err
+		},
 		"Get":          func(ctx context.Context) error { _, err := s.Get(ctx, "ck"); return err },
 		"SharedSecret": func(ctx context.Context) error { _, err := s.SharedSecret(ctx, "ck"); return err },
 		"cache": func(ctx context.Context) error {
