@@ -105,7 +105,9 @@ func (s *Server) installed(c echo.Context) error {
 	}
 	// What follows the commit runs for a copy of a recorded delivery too
 	// (res.Copy): the first may have failed here and been answered 503.
-	if s.d.Secrets != nil {
+	// A copy cannot tell whether its first changed the secret: it announces
+	// again.
+	if s.d.Secrets != nil && (res.SecretChanged || res.Copy) {
 		// After the commit, so no replica reloads the old secret. Failing that,
 		// 503: the retry (a copy) announces it again.
 		if err := s.d.Secrets.Invalidate(ctx, p.ClientKey); err != nil {

@@ -325,7 +325,7 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (Inst
 			return tx.Commit(ctx)
 		}
 		if res.Created {
-			res.Applied, res.Tenant = true, inserted
+			res.Applied, res.Tenant, res.SecretChanged = true, inserted, true
 			res.Changes = []string{"installed (new tenant)"}
 			if err := s.linkBaseURL(ctx, tx, &res, p.ClientKey, p.BaseURL, "", at, iat); err != nil {
 				return err
@@ -437,8 +437,10 @@ func (s *Store) updateExisting(ctx context.Context, tx *pgpipe.Tx, res *InstallR
 		s.log.WarnContext(ctx, "previous shared secret cannot be decrypted; replacing it",
 			slog.String("client_key", p.ClientKey), slog.String("key_id", prevSealed.KeyID))
 		res.Changes = append(res.Changes, "secret replaced (the previous one could not be decrypted)")
+		res.SecretChanged = true
 	case subtle.ConstantTimeCompare(old, []byte(p.SharedSecret)) != 1:
 		res.Changes = append(res.Changes, "secret rotated")
+		res.SecretChanged = true
 	}
 	for _, f := range hostFields {
 		if a, b := *f.ptr(&prev.HostInfo), *f.ptr(&p.HostInfo); a != b {
