@@ -131,66 +131,60 @@ func TestInstalled_RetryOfAFailedDeliveryIsApplied(t *testing.T) {
 	}
 }
 
-// A delivery answered 503 after its commit (Redis hung: the follow-up task
+// A callback answered 503 after its commit (Redis hung: its follow-up task
 // could not be queued) is completed by Atlassian's retry, a copy of it: the
 // copy changes nothing and queues the task the first could not.
-func TestEnabled_CopyOfADeliveryAnswered503AfterItsCommitQueuesItsTask(t *testing.T) {
+func TestLifecycle_CopyOfACallbackAnswered503AfterItsCommitQueuesItsTask(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOpts{viaProxies: true})
-	if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
-		t.Fatal("install failed")
+	tests := []struct {
+		name      string
+		installed bool // the tenant exists before the callback
+		path      string
+		body      any
+		token     atlassiantest.Token
+		task      string
+	}{
+		{"enabled", true, handlers.PathEnabled, lifecycleBody("ck-1", site, "enabled"),
+			atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA)}, tasks.TypeTenantEnabled},
+		{"installed", false, handlers.PathInstalled, atlassiantest.InstallBody("ck-1", site, secretA, appKey),
+			atlassiantest.Token{Issuer: "ck-1"}, tasks.TypeTenantInit},
 	}
-	req := h.atl.Request(t, h.baseURL, handlers.PathEnabled, lifecycleBody("ck-1", site, "enabled"),
-		atlassiantest.Token{Alg: "HS256", Issuer: "ck-1", Secret: []byte(secretA)})
-	retry := resend(t, req, lifecycleBody("ck-1", site, "enabled"))
-	h.redisProxy.Freeze()
-	code, body := h.do(req)
-	h.redisProxy.Thaw()
-	if code != http.StatusServiceUnavailable {
-		t.Fatalf("enabled with Redis hung = %d %s, want 503", code, body)
-	}
-	// The enqueue may still reach Redis once it thaws: drop whatever did, as
-	// if it never had.
-	h.dropPending(tasks.QueueLifecycle)
-	events := h.historyCount("ck-1")
-	if code, body := h.do(retry); code != http.StatusNoContent {
-		t.Fatalf("retry = %d %s, want 204", code, body)
-	}
-	if n := countType(h.tasksIn(tasks.QueueLifecycle), tasks.TypeTenantEnabled); n != 1 {
-		t.Errorf("tenant:enabled tasks after the retry = %d, want 1", n)
-	}
-	if got := h.historyCount("ck-1"); got != events {
-		t.Errorf("history rows after the copy = %d, want %d (a copy is recorded once)", got, events)
-	}
-	if tn, err := h.store.Get(context.Background(), "ck-1"); err != nil || !tn.Enabled {
-		t.Errorf("tenant after enabled = %+v, %v; want enabled", tn, err)
-	}
-}
-
-// The same for an install: its retry queues the tenant's initialization.
-func TestInstalled_CopyOfAnInstallAnswered503AfterItsCommitQueuesItsInit(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, harnessOpts{viaProxies: true})
-	body := atlassiantest.InstallBody("ck-1", site, secretA, appKey)
-	req := h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "ck-1"})
-	retry := resend(t, req, body)
-	h.redisProxy.Freeze()
-	code, b := h.do(req)
-	h.redisProxy.Thaw()
-	if code != http.StatusServiceUnavailable {
-		t.Fatalf("installed with Redis hung = %d %s, want 503", code, b)
-	}
-	// The enqueue may still reach Redis once it thaws: drop whatever did, as
-	// if it never had.
-	h.dropPending(tasks.QueueLifecycle)
-	if code, b := h.do(retry); code != http.StatusNoContent {
-		t.Fatalf("retry = %d %s, want 204", code, b)
-	}
-	if n := countType(h.tasksIn(tasks.QueueLifecycle), tasks.TypeTenantInit); n != 1 {
-		t.Errorf("tenant:init tasks after the retry = %d, want 1", n)
-	}
-	if got := h.historyCount("ck-1"); got != 1 {
-		t.Errorf("history rows = %d, want 1 (the copy is not recorded again)", got)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, harnessOpts{viaProxies: true})
+			if tc.installed {
+				if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
+					t.Fatal("install failed")
+				}
+				h.dropPending(tasks.QueueLifecycle)
+			}
+			req := h.atl.Request(t, h.baseURL, tc.path, tc.body, tc.token)
+			retry := resend(t, req, tc.body)
+			h.redisProxy.Freeze()
+			code, body := h.do(req)
+			h.redisProxy.Thaw()
+			if code != http.StatusServiceUnavailable {
+				t.Fatalf("%s with Redis hung = %d %s, want 503", tc.name, code, body)
+			}
+			// The enqueue may still reach Redis once it thaws: drop whatever
+			// did, as if it never had.
+			h.dropPending(tasks.QueueLifecycle)
+			events := h.historyCount("ck-1")
+			if code, body := h.do(retry); code != http.StatusNoContent {
+				t.Fatalf("retry = %d %s, want 204", code, body)
+			}
+			if n := countType(h.tasksIn(tasks.QueueLifecycle), tc.task); n != 1 {
+				t.Errorf("%s tasks after the retry = %d, want 1", tc.task, n)
+			}
+			if got := h.historyCount("ck-1"); got != events {
+				t.Errorf("history rows after the copy = %d, want %d (a copy is recorded once)", got, events)
+			}
+			tn, err := h.store.Get(context.Background(), "ck-1")
+			if err != nil || !tn.Installed || tn.Enabled != tc.installed {
+				t.Errorf("tenant after %s = %+v, %v", tc.name, tn, err)
+			}
+		})
 	}
 }
 
