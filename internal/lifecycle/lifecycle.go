@@ -188,8 +188,12 @@ func (s *Service) Enabled(ctx context.Context, clientKey string) error {
 
 // Deliver hands event id of the event feed to the listener of its kind, with
 // the tenant (and transfer) as stored now. An event pruned since is skipped; a
-// listener's error is a *HookError (retried).
+// listener's error is a *HookError (retried). With no listener of either kind
+// there is nothing to do, and the feed is not read.
 func (s *Service) Deliver(ctx context.Context, id int64) error {
+	if s.cfg.Listener == nil && s.cfg.MigrationListener == nil {
+		return nil
+	}
 	ev, err := s.cfg.Events.Get(ctx, id)
 	if errors.Is(err, outbox.ErrNotFound) {
 		s.log.WarnContext(ctx, "event no longer in the feed; not delivered", slog.Int64("event_id", id))
