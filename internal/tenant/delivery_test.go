@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // deliver sends one lifecycle event of kind (installed, enabled, disabled,
@@ -160,5 +161,61 @@ func TestInstall_SecretChangedOnlyWhenTheStoredSecretChanged(t *testing.T) {
 	}
 	if got := b.secret(t, "ck"); got != rotated["sharedSecret"] {
 		t.Errorf("stored secret = %q, want the rotated one", got)
+	}
+}
+
+// An install of a clientKey that another transaction is inserting at the
+// same moment (a concurrent first install) waits for it, then updates the
+// row it made: one tenant, the later install applied over the first.
+func TestInstall_NewClientKeyInsertedConcurrentlyUpdatesTheOtherRow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testCtx(t)
+	other, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = other.Rollback(ctx) }()
+	if _, err := other.Exec(ctx, `INSERT INTO tenants (client_key, app_key, base_url, installed, enabled,
+		first_installed_at, last_installed_at, last_lifecycle_at, data_iat, installed_iat, enabled_iat,
+		secret_key_id, secret_nonce, secret_ciphertext, key_env)
+		VALUES ('ck', 'com.example.app', 'https://example.atlassian.net', true, false, $1, $1, $1, $1, $1, $1,
+		'none', '\x00', '\x00', 'production')`, ts(1)); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		res InstallResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := b.store.Install(ctx, payload(t, "ck", nil), ReceivedAt(ts(2), ts(2)))
+		done <- result{res, err}
+	}()
+	// The install found no stored row and its insert waits for the other one.
+	deadline := time.Now().Add(10 * time.Second)
+	for b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+		AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tenants%'`) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the install never waited for the concurrent insert")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("Install beside a concurrent first install: %v", r.err)
+	}
+	if r.res.Created || !r.res.Applied {
+		t.Errorf("result = created %v, applied %v; want an applied update of the other row", r.res.Created, r.res.Applied)
+	}
+	// The other row's undecryptable secret was replaced by the install's.
+	if got := b.secret(t, "ck"); got != payload(t, "ck", nil).SharedSecret {
+		t.Errorf("secret = %q, want the install's", got)
+	}
+	if got := b.count(t, `SELECT count(*) FROM tenants`); got != 1 {
+		t.Errorf("tenants = %d, want 1", got)
 	}
 }

@@ -273,65 +273,87 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (Inst
 	defer cancel()
 
 	var res InstallResult
-	// Two round trips for an existing tenant, three for a new one or a new
-	// baseUrl: BEGIN, the insert of a new tenant and the locking read of the
-	// stored one (which an insert that made the tenant reads back); the link
-	// lookup when the baseUrl is new for the tenant; then every write and COMMIT.
+	// Two round trips for an existing tenant (three when its baseUrl is new
+	// for it), three for a new one: BEGIN and the locking read of the stored
+	// tenant with the history row of the token; for a clientKey not stored
+	// yet, its insert with the lookup of the other tenants of its baseUrl;
+	// then every write and COMMIT. The insert comes only when the read found
+	// nothing: attempted for every install, it cost Postgres more than the
+	// read it saved a new tenant.
 	err = s.inPipeTx(ctx, func(tx *pgpipe.Tx) error {
 		var (
 			inserted   connectrelay.Tenant
 			stored     storedTenant
 			prevSealed Sealed
+			found      bool
 			seen       recorded
 		)
 		if p.InstallationID != "" {
 			tx.Queue(lockSQL, forgeLinkLockClass, p.InstallationID)
 		}
-		tx.Queue(insertTenantPos.sql, insertTenantPos.args(installArgs(&p, sealed, at, iat))...).QueryRow(func(row pgx.Row) error {
-			t, _, err := scanTenant(row)
-			switch {
-			case err == nil:
-				inserted, res.Created = t, true
+		// readStored reads the stored tenant under its row lock, and the
+		// history row of the delivery's token.
+		readStored := func() error {
+			found, seen = false, recorded{}
+			tx.Queue(lockInstallSQL, p.ClientKey, p.Extra).QueryRow(func(row pgx.Row) (err error) {
+				stored.Tenant, prevSealed, err = scanTenant(row, &stored.keyEnv, &stored.changedExtra)
+				switch {
+				case errors.Is(err, pgx.ErrNoRows):
+					return nil
+				case err != nil:
+					return fmt.Errorf("lock tenant: %w", err)
+				}
+				found = true
 				return nil
-			case errors.Is(err, pgx.ErrNoRows):
-				// The clientKey exists (or a concurrent first install just committed
-				// it): ON CONFLICT DO NOTHING waited for that transaction, so the
-				// locking read below sees the row.
-				return nil
-			default:
-				return fmt.Errorf("insert tenant: %w", err)
+			})
+			tok.queueLookup(tx.Batch(), p.ClientKey, &seen)
+			if err := tx.Flush(ctx); err != nil {
+				return err
 			}
-		})
-		tx.Queue(lockInstallSQL, p.ClientKey, p.Extra).QueryRow(func(row pgx.Row) (err error) {
-			stored.Tenant, prevSealed, err = scanTenant(row, &stored.keyEnv, &stored.changedExtra)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
-			}
-			if err != nil {
-				return fmt.Errorf("lock tenant: %w", err)
-			}
-			return nil
-		})
-		tok.queueLookup(tx.Batch(), p.ClientKey, &seen)
-		if err := tx.Flush(ctx); err != nil {
+			return seen.verdict()
+		}
+		if err := readStored(); err != nil {
 			return err
 		}
-		if err := seen.verdict(); err != nil {
-			return err
+		if !found {
+			tx.Queue(insertTenantPos.sql, insertTenantPos.args(installArgs(&p, sealed, at, iat))...).QueryRow(func(row pgx.Row) error {
+				t, _, err := scanTenant(row)
+				switch {
+				case err == nil:
+					inserted, res.Created = t, true
+					return nil
+				case errors.Is(err, pgx.ErrNoRows):
+					// A concurrent first install of the clientKey committed it
+					// meanwhile: ON CONFLICT DO NOTHING waited for it.
+					return nil
+				default:
+					return fmt.Errorf("insert tenant: %w", err)
+				}
+			})
+			var others []string
+			queueLinkLookup(tx, p.ClientKey, p.BaseURL, &others)
+			if err := tx.Flush(ctx); err != nil {
+				return fmt.Errorf("insert tenant: %w", err)
+			}
+			if res.Created {
+				res.Applied, res.Tenant, res.SecretChanged = true, inserted, true
+				res.Changes = []string{"installed (new tenant)"}
+				s.recordLinks(ctx, tx, &res, p.ClientKey, p.BaseURL, "", others, at, iat)
+			} else if err := readStored(); err != nil {
+				return err
+			} else if !found {
+				return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
+			}
 		}
 		if seen.found {
 			// A copy of a delivery already recorded: nothing changes.
 			res = InstallResult{Tenant: stored.Tenant, EventID: seen.eventID, Copy: true}
 			return tx.Commit(ctx)
 		}
-		if res.Created {
-			res.Applied, res.Tenant, res.SecretChanged = true, inserted, true
-			res.Changes = []string{"installed (new tenant)"}
-			if err := s.linkBaseURL(ctx, tx, &res, p.ClientKey, p.BaseURL, "", at, iat); err != nil {
+		if !res.Created {
+			if err := s.updateExisting(ctx, tx, &res, p, sealed, stored, prevSealed, at, iat); err != nil {
 				return err
 			}
-		} else if err := s.updateExisting(ctx, tx, &res, p, sealed, stored, prevSealed, at, iat); err != nil {
-			return err
 		}
 		queueEvent(tx.Batch(), p.ClientKey, EventInstalled, at, iat, res.Applied, res.Changes, tok, &res.EventID)
 		if res.Applied {
@@ -472,19 +494,34 @@ func (s *Store) updateExisting(ctx context.Context, tx *pgpipe.Tx, res *InstallR
 // linked to its representative, which makes the group; res.LinkedClientKeys (and the
 // site_import_detected event) still name every other tenant, read in one query.
 func (s *Store) linkBaseURL(ctx context.Context, tx *pgpipe.Tx, res *InstallResult, ck, baseURL, prevBaseURL string, at, iat time.Time) error {
-	tx.Queue(lockSQL, linkLockClass, baseURL)
 	var others []string
-	// Oldest first: the first row is the representative.
-	tx.Queue(`SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
-		ORDER BY first_installed_at, client_key`, baseURL, ck).Query(func(rows pgx.Rows) (err error) {
-		others, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	})
+	queueLinkLookup(tx, ck, baseURL, &others)
 	if err := tx.Flush(ctx); err != nil {
 		return fmt.Errorf("find tenants with baseUrl: %w", err)
 	}
+	s.recordLinks(ctx, tx, res, ck, baseURL, prevBaseURL, others, at, iat)
+	return nil
+}
+
+// queueLinkLookup queues, after the writes of tenant ck already queued on tx,
+// the baseUrl's advisory lock and the read of the other tenants holding
+// baseURL into *others, oldest first (the first is the representative).
+func queueLinkLookup(tx *pgpipe.Tx, ck, baseURL string, others *[]string) {
+	tx.Queue(lockSQL, linkLockClass, baseURL)
+	tx.Queue(`SELECT client_key FROM tenants WHERE base_url = $1 AND client_key <> $2
+		ORDER BY first_installed_at, client_key`, baseURL, ck).Query(func(rows pgx.Rows) (err error) {
+		*others, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+}
+
+// recordLinks queues on tx the link of tenant ck to the representative of the
+// others holding baseURL (read by queueLinkLookup) and its history row, and
+// notes them in res; nothing when there are none.
+func (s *Store) recordLinks(ctx context.Context, tx *pgpipe.Tx, res *InstallResult, ck, baseURL, prevBaseURL string,
+	others []string, at, iat time.Time) {
 	if len(others) == 0 {
-		return nil
+		return
 	}
 	rep := others[0]
 	slices.Sort(others)
@@ -503,7 +540,6 @@ func (s *Store) linkBaseURL(ctx context.Context, tx *pgpipe.Tx, res *InstallResu
 	s.log.WarnContext(ctx, "baseUrl held by several tenants",
 		slog.String("client_key", ck), slog.String("base_url", baseURL),
 		slog.String("representative", rep), slog.Int("other_tenants", len(others)))
-	return nil
 }
 
 // Uninstall records an uninstalled: the tenant becomes not installed and not enabled,
