@@ -57,9 +57,7 @@ func TestForgeMigrationAPI_PlaysATransferOnlyForItsInstallation(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodGet, data.URL, nil)
 	req.Header.Set("Authorization", bearer)
 	roundTrip(t, req)
-	fi.data.st.mu.Lock()
-	up := *fi.data.st.uploads[final.s3Key]
-	fi.data.st.mu.Unlock()
+	up := settledUpload(fi.data.st, final.s3Key, 2)
 	if resp.StatusCode != http.StatusOK || n != up.size || up.downloads != 2 || up.complete != 2 || up.authorized != 1 {
 		t.Errorf("presigned downloads: %d, %d bytes; recorded %+v; want 2 complete downloads, 1 with an Authorization header", resp.StatusCode, n, up)
 	}

@@ -167,9 +167,7 @@ func TestSite_AnswersTheProductAPI(t *testing.T) {
 	resp.Body.Close()
 	var want bytes.Buffer
 	_, _ = writeGenerated(&want, "sim/k1", 300<<10)
-	st.mu.Lock()
-	complete := st.uploads["sim/k1"].complete
-	st.mu.Unlock()
+	complete := settledUpload(st, "sim/k1", 1).complete
 	if len(b) != 300<<10 || !bytes.Equal(b, want.Bytes()) || complete != 1 {
 		t.Errorf("presigned download: %d bytes (complete %d), want the generated %d", len(b), complete, 300<<10)
 	}
@@ -470,4 +468,20 @@ func TestForgeDelivery_RetriesAFirst401OnlyUntilTheAppFetchedTheKeys(t *testing.
 			t.Errorf("%s after %d deliveries in %s, want one 401 at once", rep.text(), len(app.deliveries()), time.Since(start))
 		}
 	})
+}
+
+// settledUpload returns the upload key of st once its complete count reaches
+// want, or as it is after two seconds: the storage handler counts a complete
+// download after its last write, which the client may have read already.
+func settledUpload(st *tenantState, key string, want int) upload {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st.mu.Lock()
+		u := *st.uploads[key]
+		st.mu.Unlock()
+		if u.complete >= want || time.Now().After(deadline) {
+			return u
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
