@@ -105,9 +105,10 @@ func (s *Server) installed(c echo.Context) error {
 	}
 	// What follows the commit runs for a copy of a recorded delivery too
 	// (res.Copy): the first may have failed here and been answered 503.
-	// A copy cannot tell whether its first changed the secret: it announces
-	// again.
-	if s.d.Secrets != nil && (res.SecretChanged || res.Copy) {
+	// On every install, a copy too: a delivery that stored a new secret and
+	// then failed to announce it may be retried under a new token, which
+	// cannot tell that the secret it finds stored is still unannounced.
+	if s.d.Secrets != nil {
 		// After the commit, so no replica reloads the old secret. Failing that,
 		// 503: the retry (a copy) announces it again.
 		if err := s.d.Secrets.Invalidate(ctx, p.ClientKey); err != nil {

@@ -134,36 +134,6 @@ func TestDelivery_StoresDigestsNotTheToken(t *testing.T) {
 	}
 }
 
-// SecretChanged tells the receiver when the secret caches must forget a
-// clientKey: a new tenant, a rotated secret; not a repeat of the same secret,
-// nor an install not applied because it is older than the stored one.
-func TestInstall_SecretChangedOnlyWhenTheStoredSecretChanged(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	rotated := map[string]any{"sharedSecret": "rotated-secret-0123456789abcdef01234"}
-	steps := []struct {
-		name      string
-		overrides map[string]any
-		at, iat   int
-		want      bool
-	}{
-		{"new tenant", nil, 1, 1, true},
-		{"same secret again", nil, 2, 2, false},
-		{"rotated secret", rotated, 3, 3, true},
-		{"rotated secret again", rotated, 4, 4, false},
-		{"older install with the first secret", nil, 5, 2, false},
-	}
-	for _, st := range steps {
-		res := b.install(t, payload(t, "ck", st.overrides), ts(st.at), ts(st.iat))
-		if res.SecretChanged != st.want {
-			t.Errorf("%s: SecretChanged = %v, want %v (changes %v)", st.name, res.SecretChanged, st.want, res.Changes)
-		}
-	}
-	if got := b.secret(t, "ck"); got != rotated["sharedSecret"] {
-		t.Errorf("stored secret = %q, want the rotated one", got)
-	}
-}
-
 // An install of a clientKey that another transaction is inserting at the
 // same moment (a concurrent first install) waits for it, then updates the
 // row it made: one tenant, the later install applied over the first.

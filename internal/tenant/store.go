@@ -276,8 +276,8 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (Inst
 	// Two round trips for an existing tenant (three when its baseUrl is new
 	// for it), three for a new one: BEGIN and the locking read of the stored
 	// tenant with the history row of the token; for a clientKey not stored
-	// yet, its insert with the lookup of the other tenants of its baseUrl;
-	// then every write and COMMIT. The insert comes only when the read found
+	// yet, its insert, the locking read again and the lookup of the other
+	// tenants of its baseUrl; then every write and COMMIT. The insert comes only when the read found
 	// nothing: attempted for every install, it cost Postgres more than the
 	// read it saved a new tenant.
 	err = s.inPipeTx(ctx, func(tx *pgpipe.Tx) error {
@@ -291,9 +291,9 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (Inst
 		if p.InstallationID != "" {
 			tx.Queue(lockSQL, forgeLinkLockClass, p.InstallationID)
 		}
-		// readStored reads the stored tenant under its row lock, and the
-		// history row of the delivery's token.
-		readStored := func() error {
+		// queueRead queues the read of the stored tenant under its row lock,
+		// and of the history row of the delivery's token.
+		queueRead := func() {
 			found, seen = false, recorded{}
 			tx.Queue(lockInstallSQL, p.ClientKey, p.Extra).QueryRow(func(row pgx.Row) (err error) {
 				stored.Tenant, prevSealed, err = scanTenant(row, &stored.keyEnv, &stored.changedExtra)
@@ -307,12 +307,12 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (Inst
 				return nil
 			})
 			tok.queueLookup(tx.Batch(), p.ClientKey, &seen)
-			if err := tx.Flush(ctx); err != nil {
-				return err
-			}
-			return seen.verdict()
 		}
-		if err := readStored(); err != nil {
+		queueRead()
+		if err := tx.Flush(ctx); err != nil {
+			return err
+		}
+		if err := seen.verdict(); err != nil {
 			return err
 		}
 		if !found {
@@ -330,19 +330,25 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (Inst
 					return fmt.Errorf("insert tenant: %w", err)
 				}
 			})
+			// The row lock (of the row just inserted, or of the one a
+			// concurrent first install committed meanwhile) before the
+			// baseUrl's advisory lock, the order every install takes them in.
+			queueRead()
 			var others []string
 			queueLinkLookup(tx, p.ClientKey, p.BaseURL, &others)
 			if err := tx.Flush(ctx); err != nil {
 				return fmt.Errorf("insert tenant: %w", err)
 			}
+			if err := seen.verdict(); err != nil {
+				return err
+			}
+			if !found {
+				return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
+			}
 			if res.Created {
-				res.Applied, res.Tenant, res.SecretChanged = true, inserted, true
+				res.Applied, res.Tenant = true, inserted
 				res.Changes = []string{"installed (new tenant)"}
 				s.recordLinks(ctx, tx, &res, p.ClientKey, p.BaseURL, "", others, at, iat)
-			} else if err := readStored(); err != nil {
-				return err
-			} else if !found {
-				return fmt.Errorf("clientKey %s: %w", p.ClientKey, ErrNotFound)
 			}
 		}
 		if seen.found {
@@ -459,10 +465,8 @@ func (s *Store) updateExisting(ctx context.Context, tx *pgpipe.Tx, res *InstallR
 		s.log.WarnContext(ctx, "previous shared secret cannot be decrypted; replacing it",
 			slog.String("client_key", p.ClientKey), slog.String("key_id", prevSealed.KeyID))
 		res.Changes = append(res.Changes, "secret replaced (the previous one could not be decrypted)")
-		res.SecretChanged = true
 	case subtle.ConstantTimeCompare(old, []byte(p.SharedSecret)) != 1:
 		res.Changes = append(res.Changes, "secret rotated")
-		res.SecretChanged = true
 	}
 	for _, f := range hostFields {
 		if a, b := *f.ptr(&prev.HostInfo), *f.ptr(&p.HostInfo); a != b {

@@ -94,10 +94,6 @@ type InstallResult struct {
 	EventID int64
 	// Created is true when the clientKey was new.
 	Created bool
-	// SecretChanged is true when the install stored another secret than the
-	// tenant's previous one, or the tenant is new: secret caches must forget
-	// what they hold for the clientKey (a cached secret, or that it was unknown).
-	SecretChanged bool
 	// Copy is true for a copy of a delivery already recorded (Delivery): nothing
 	// changed, EventID is the first delivery's history row and Tenant the
 	// stored tenant.
