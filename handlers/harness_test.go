@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/connectrelay/connectrelay/internal/atlassiantest"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/schema"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/internal/testenv"
@@ -72,6 +74,9 @@ type harnessOpts struct {
 	keyFetchBurst int
 	// productHosts replaces the default CONNECT_PRODUCT_HOSTS.
 	productHosts []string
+	// failLifecycleEnqueues, when set, fails that many of the next
+	// lifecycle enqueues (a queue that breaks after the change committed).
+	failLifecycleEnqueues *atomic.Int32
 	// viaProxies puts a freezable TCP proxy in front of Postgres and Redis
 	// (h.pgProxy, h.redisProxy), for tests where a dependency hangs.
 	viaProxies bool
@@ -195,10 +200,15 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var queue handlers.Queue = tasks.NewEnqueuer(aq)
+	if o.failLifecycleEnqueues != nil {
+		queue = failingQueue{Queue: queue, fail: o.failLifecycleEnqueues}
+	}
 	srv, err := handlers.New(handlers.Deps{
 		Config: cfg, Install: install, Requests: requests, Tenants: h.store,
 		Secrets: tenant.NewInvalidations(cache, h.rdb, tenant.InvalidationChannel(rdbOpts.DB, appKey), logger),
-		Queue:   tasks.NewEnqueuer(aq), Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
+		Replay:  replay.New(h.rdb),
+		Queue:   queue, Metrics: h.metrics, Logger: logger, Monitoring: o.monitoring, Descriptor: o.descriptor,
 		Forge: forgeDeps,
 		API: handlers.APIDeps{Tenants: h.store, Targets: h.store, Hosts: hosts, Uploads: migration.NewReader(pool),
 			Data: o.data, Results: tasks.NewEnqueuer(aq)},
@@ -330,4 +340,18 @@ func (h *harness) seedTenant(clientKey, baseURL, secret string) {
 	if _, err := h.store.Install(context.Background(), p, tenant.ReceivedAt(time.Now(), time.Now())); err != nil {
 		h.t.Fatalf("seed tenant: %v", err)
 	}
+}
+
+// failingQueue fails lifecycle enqueues while fail is positive, counting it
+// down.
+type failingQueue struct {
+	handlers.Queue
+	fail *atomic.Int32
+}
+
+func (q failingQueue) Lifecycle(ctx context.Context, typ, clientKey string, eventID int64) (bool, error) {
+	if q.fail.Add(-1) >= 0 {
+		return false, errors.New("injected: the task queue failed")
+	}
+	return q.Queue.Lifecycle(ctx, typ, clientKey, eventID)
 }

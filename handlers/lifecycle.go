@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/connectrelay/connectrelay/connect"
+	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/tasks"
 )
@@ -83,7 +85,7 @@ func (s *Server) installed(c echo.Context) error {
 	if err != nil {
 		return authError(err)
 	}
-	d, err := s.delivery(c, body, claims)
+	d, err := s.delivery(ctx, c, body, claims)
 	if err != nil {
 		return err
 	}
@@ -183,7 +185,7 @@ func (s *Server) uninstalled(c echo.Context) error {
 			slog.String("key_env", connect.KeyEnvironment(lb.BaseURL)), slog.String("tenant_key_env", env), slog.String("kid", claims.KeyID))
 		return fail(http.StatusUnauthorized, "unauthorized", tenant.ErrKeyEnvironmentMismatch)
 	}
-	d, err := s.delivery(c, body, claims)
+	d, err := s.delivery(ctx, c, body, claims)
 	if err != nil {
 		return err
 	}
@@ -225,7 +227,7 @@ func (s *Server) enabledOrDisabled(enabled bool) echo.HandlerFunc {
 		if lb.ClientKey != "" && lb.ClientKey != claims.Issuer {
 			return fail(http.StatusUnauthorized, "unauthorized", connect.ErrIssuerMismatch)
 		}
-		d, err := s.delivery(c, body, claims)
+		d, err := s.delivery(ctx, c, body, claims)
 		if err != nil {
 			return err
 		}
@@ -258,14 +260,26 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// delivery is the verified lifecycle request as the tenant store records it:
-// its token is bound to body there, in the transaction of the change, so a
-// captured token sent again with another body changes nothing (401) and a copy
-// of a recorded delivery is answered as the first (tenant.Delivery).
-func (s *Server) delivery(c echo.Context, body []byte, claims *connect.Claims) (tenant.Delivery, error) {
+// delivery binds the verified lifecycle request's token to body until its exp
+// plus the leeway (ReplayGuard), before anything changes: the same token with
+// another body is refused (401), also after this delivery failed, and when the
+// binding cannot be made the request is not accepted unchecked (503). The
+// Delivery it returns has the tenant store record the token with the change,
+// which tells a copy of a recorded delivery (tenant.Delivery).
+func (s *Server) delivery(ctx context.Context, c echo.Context, body []byte, claims *connect.Claims) (tenant.Delivery, error) {
 	raw, err := connect.ExtractToken(c.Request())
 	if err != nil {
 		return tenant.Delivery{}, authError(err)
+	}
+	leeway := s.d.Config.JWTLeeway
+	if leeway == 0 {
+		leeway = connect.DefaultLeeway // what the verifiers apply for zero
+	}
+	switch err := s.d.Replay.Bind(ctx, raw, body, claims.ExpiresAt.Add(leeway)); {
+	case errors.Is(err, replay.ErrConflict):
+		return tenant.Delivery{}, fail(http.StatusUnauthorized, "unauthorized", err)
+	case err != nil:
+		return tenant.Delivery{}, dependencyError("replay cache", err)
 	}
 	return tenant.Delivery{At: s.d.Now(), IssuedAt: claims.IssuedAt, Token: raw, Body: body}, nil
 }

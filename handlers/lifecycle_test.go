@@ -391,12 +391,11 @@ func TestInstalled_RedisUnreachableAnswers503WithinASecond(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("503 took %s, want < 1s", d)
 	}
-	// The verified install is stored before Redis is asked (the secret is
-	// durable first); its initialization is not queued, so the answer is 503
-	// and Atlassian's retry, a copy of it, queues it once Redis is back
-	// (TestInstalled_CopyOfAnInstallAnswered503AfterItsCommitQueuesItsInit).
-	if got, err := h.store.SharedSecret(context.Background(), "ck-1"); err != nil || string(got) != secretA {
-		t.Errorf("secret after 503 = %q, %v; want the verified install's", got, err)
+	// The token could not be bound to its body, so nothing was stored: an
+	// install is never accepted unchecked, and Atlassian's retry stores it
+	// once Redis is back.
+	if got, err := h.store.SharedSecret(context.Background(), "ck-1"); !errors.Is(err, tenant.ErrNotFound) {
+		t.Errorf("secret after 503 = %q, %v; want none stored", got, err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,7 +112,7 @@ func TestEnabled_ReplayAfterADisabledOfTheSameSecondDoesNotReEnable(t *testing.T
 }
 
 // A copy of a request that failed (503 before it was applied) is applied when
-// it is retried: the cache only skips requests that were applied.
+// it is retried: only a copy of a recorded delivery is not applied again.
 func TestInstalled_RetryOfAFailedDeliveryIsApplied(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{viaProxies: true})
@@ -131,9 +132,9 @@ func TestInstalled_RetryOfAFailedDeliveryIsApplied(t *testing.T) {
 	}
 }
 
-// A callback answered 503 after its commit (Redis hung: its follow-up task
-// could not be queued) is completed by Atlassian's retry, a copy of it: the
-// copy changes nothing and queues the task the first could not.
+// A callback answered 503 after its commit (its follow-up task could not be
+// queued) is completed by Atlassian's retry, a copy of it: the copy changes
+// nothing and queues the task the first could not.
 func TestLifecycle_CopyOfACallbackAnswered503AfterItsCommitQueuesItsTask(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -152,7 +153,8 @@ func TestLifecycle_CopyOfACallbackAnswered503AfterItsCommitQueuesItsTask(t *test
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			h := newHarness(t, harnessOpts{viaProxies: true})
+			var fail atomic.Int32
+			h := newHarness(t, harnessOpts{failLifecycleEnqueues: &fail})
 			if tc.installed {
 				if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
 					t.Fatal("install failed")
@@ -161,15 +163,10 @@ func TestLifecycle_CopyOfACallbackAnswered503AfterItsCommitQueuesItsTask(t *test
 			}
 			req := h.atl.Request(t, h.baseURL, tc.path, tc.body, tc.token)
 			retry := resend(t, req, tc.body)
-			h.redisProxy.Freeze()
-			code, body := h.do(req)
-			h.redisProxy.Thaw()
-			if code != http.StatusServiceUnavailable {
-				t.Fatalf("%s with Redis hung = %d %s, want 503", tc.name, code, body)
+			fail.Store(1)
+			if code, body := h.do(req); code != http.StatusServiceUnavailable {
+				t.Fatalf("%s with the enqueue failing = %d %s, want 503", tc.name, code, body)
 			}
-			// The enqueue may still reach Redis once it thaws: drop whatever
-			// did, as if it never had.
-			h.dropPending(tasks.QueueLifecycle)
 			events := h.historyCount("ck-1")
 			if code, body := h.do(retry); code != http.StatusNoContent {
 				t.Fatalf("retry = %d %s, want 204", code, body)
@@ -188,24 +185,49 @@ func TestLifecycle_CopyOfACallbackAnswered503AfterItsCommitQueuesItsTask(t *test
 	}
 }
 
-// A disabled needs nothing of Redis: its token is bound in Postgres and it
-// queues no task, so it is applied with Redis down.
-func TestDisabled_IsAppliedWithRedisDown(t *testing.T) {
+// A genuine delivery that failed before its change (Postgres hung) leaves its
+// token bound to its body: the same token with another body is refused, and
+// Atlassian's retry of the genuine body is applied.
+func TestInstalled_CapturedTokenIsRefusedWithAnotherBodyAfterTheGenuineDeliveryFailed(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{viaProxies: true})
+	const attackerSecret = "attacker-secret-0123456789abcdef01234567"
+	body := atlassiantest.InstallBody("victim", site, secretA, appKey)
+	req := h.atl.Request(t, h.baseURL, handlers.PathInstalled, body, atlassiantest.Token{Issuer: "victim"})
+	replayed := resend(t, req, atlassiantest.InstallBody("victim", site, attackerSecret, appKey))
+	retry := resend(t, req, body)
+	h.pgProxy.Freeze()
+	code, _ := h.do(req)
+	h.pgProxy.Thaw()
+	if code != http.StatusServiceUnavailable {
+		t.Fatalf("installed with Postgres hung = %d, want 503", code)
+	}
+	if code, b := h.do(replayed); code != http.StatusUnauthorized {
+		t.Errorf("the token with the attacker's body = %d %s, want 401", code, b)
+	}
+	if code, b := h.do(retry); code != http.StatusNoContent {
+		t.Fatalf("Atlassian's retry = %d %s, want 204", code, b)
+	}
+	if got, err := h.store.SharedSecret(context.Background(), "victim"); err != nil || string(got) != secretA {
+		t.Errorf("secret = %q, %v; want the genuine one", got, err)
+	}
+}
+
+// With Redis unreachable the token cannot be bound: 503, nothing changed.
+func TestEnabled_ReplayCacheDownAnswers503(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{viaProxies: true})
 	if code, _ := h.install("ck-1", site, secretA); code != http.StatusNoContent {
 		t.Fatal("install failed")
 	}
-	if code, body := h.hs256(handlers.PathEnabled, "ck-1", secretA, lifecycleBody("ck-1", site, "enabled")); code != http.StatusNoContent {
-		t.Fatalf("enabled = %d %s", code, body)
-	}
+	before := h.tenantRow("ck-1")
 	h.redisProxy.Freeze()
 	defer h.redisProxy.Thaw()
-	if code, body := h.hs256(handlers.PathDisabled, "ck-1", secretA, lifecycleBody("ck-1", site, "disabled")); code != http.StatusNoContent {
-		t.Errorf("disabled with Redis hung = %d %s, want 204", code, body)
+	if code, body := h.hs256(handlers.PathEnabled, "ck-1", secretA, lifecycleBody("ck-1", site, "enabled")); code != http.StatusServiceUnavailable {
+		t.Errorf("enabled with Redis hung = %d %s, want 503", code, body)
 	}
-	if tn, err := h.store.Get(context.Background(), "ck-1"); err != nil || tn.Enabled {
-		t.Errorf("tenant after disabled = %+v, %v; want disabled", tn, err)
+	if after := h.tenantRow("ck-1"); after != before {
+		t.Errorf("tenant changed while its token could not be bound")
 	}
 }
 

@@ -103,6 +103,16 @@ type SecretInvalidator interface {
 	Invalidate(ctx context.Context, clientKey string) error
 }
 
+// ReplayGuard binds each lifecycle token to the body it first came with, until
+// the token expires, before the callback changes anything (internal/replay):
+// qsh does not cover bodies, so without it a captured token could be sent
+// again with another body, also after its genuine delivery failed.
+type ReplayGuard interface {
+	// Bind wraps replay.ErrConflict for the same token with another body and
+	// replay.ErrUnavailable when it cannot tell.
+	Bind(ctx context.Context, token string, body []byte, until time.Time) error
+}
+
 // Check is one readiness probe: a dependency that must answer for the receiver to
 // take traffic.
 type Check struct {
@@ -117,10 +127,12 @@ type Deps struct {
 	Requests RequestVerifier
 	Tenants  TenantStore
 	Secrets  SecretInvalidator
-	Queue    Queue
-	Ready    []Check
-	Metrics  *metrics.Metrics
-	Logger   *slog.Logger
+	// Replay binds lifecycle tokens to their bodies. Required.
+	Replay  ReplayGuard
+	Queue   Queue
+	Ready   []Check
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
 	// Monitoring is the asynq UI (asynqmon) rooted at /monitoring; it is mounted
 	// on the internal listener only when Config.AdminToken is set.
 	Monitoring http.Handler
@@ -154,8 +166,8 @@ type Server struct {
 // New builds the Echo application with every route of the contract.
 func New(d Deps) (*Server, error) {
 	switch {
-	case d.Install == nil, d.Requests == nil, d.Tenants == nil, d.Queue == nil, d.Metrics == nil:
-		return nil, errors.New("handlers: Install, Requests, Tenants, Queue and Metrics are required")
+	case d.Install == nil, d.Requests == nil, d.Tenants == nil, d.Replay == nil, d.Queue == nil, d.Metrics == nil:
+		return nil, errors.New("handlers: Install, Requests, Tenants, Replay, Queue and Metrics are required")
 	}
 	if d.Logger == nil {
 		d.Logger = slog.Default()

@@ -19,6 +19,7 @@ import (
 	"github.com/connectrelay/connectrelay/handlers"
 	"github.com/connectrelay/connectrelay/internal/metrics"
 	"github.com/connectrelay/connectrelay/internal/migration"
+	"github.com/connectrelay/connectrelay/internal/replay"
 	"github.com/connectrelay/connectrelay/internal/tenant"
 	"github.com/connectrelay/connectrelay/product"
 	"github.com/connectrelay/connectrelay/tasks"
@@ -179,6 +180,7 @@ func (r *Receiver) build(descriptor func(map[string]any)) error {
 		Requests: requests,
 		Tenants:  st.tenants,
 		Secrets:  r.secrets,
+		Replay:   replay.New(st.redis),
 		Queue:    queue,
 		Ready: []handlers.Check{
 			{Name: "postgres", Check: func(ctx context.Context) error { return st.pool.Ping(ctx) }},
