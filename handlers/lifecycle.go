@@ -105,11 +105,9 @@ func (s *Server) installed(c echo.Context) error {
 	if err != nil {
 		return dependencyError("tenant store", err)
 	}
-	// What follows the commit runs for a copy of a recorded delivery too
-	// (res.Copy): the first may have failed here and been answered 503.
-	// On every install, a copy too: a delivery that stored a new secret and
-	// then failed to announce it may be retried under a new token, which
-	// cannot tell that the secret it finds stored is still unannounced.
+	// What follows the commit runs on every install, a copy (res.Copy) too:
+	// the first may have failed here and been answered 503, and its retry,
+	// under the same token or a new one, cannot tell what it left undone.
 	if s.d.Secrets != nil {
 		// After the commit, so no replica reloads the old secret. Failing that,
 		// 503: the retry (a copy) announces it again.

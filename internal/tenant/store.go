@@ -237,7 +237,8 @@ func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // carries (the secret sealed with the box's primary key) and appends a history row
 // whose changes are computed against the previous record.
 //
-// at is when the request was received, iat the JWT iat (zero means at). An installed
+// d says when it was received and its JWT iat, and binds its token (Delivery): a copy of
+// a recorded delivery changes nothing and returns the first's history row (Copy). An installed
 // whose iat is older than the last applied one is recorded but not applied: a delayed
 // retry must not put back a secret Atlassian has since rotated. An installed for an
 // uninstalled tenant installs it again only if its iat is not older than the
@@ -252,8 +253,8 @@ func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // refused with ErrKeyEnvironmentMismatch and changes nothing, not even the history.
 //
 // Errors wrap ErrInvalidPayload for a payload missing clientKey, key, baseUrl or
-// sharedSecret, ErrKeyEnvironmentMismatch, and ErrUnavailable when Postgres cannot
-// answer.
+// sharedSecret, ErrKeyEnvironmentMismatch, ErrTokenReused, and ErrUnavailable when
+// Postgres cannot answer.
 func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (InstallResult, error) {
 	p.EventType = EventInstalled
 	if err := p.validate(); err != nil {
@@ -277,9 +278,9 @@ func (s *Store) Install(ctx context.Context, p InstallPayload, d Delivery) (Inst
 	// for it), three for a new one: BEGIN and the locking read of the stored
 	// tenant with the history row of the token; for a clientKey not stored
 	// yet, its insert, the locking read again and the lookup of the other
-	// tenants of its baseUrl; then every write and COMMIT. The insert comes only when the read found
-	// nothing: attempted for every install, it cost Postgres more than the
-	// read it saved a new tenant.
+	// tenants of its baseUrl; then every write and COMMIT. The insert comes
+	// only when the read found nothing: attempted for every install, it cost
+	// Postgres more than the read it saved a new tenant.
 	err = s.inPipeTx(ctx, func(tx *pgpipe.Tx) error {
 		var (
 			inserted   connectrelay.Tenant
@@ -550,9 +551,8 @@ func (s *Store) recordLinks(ctx context.Context, tx *pgpipe.Tx, res *InstallResu
 // and keeps its secret and data (an uninstall may be followed by a reinstall, or be
 // missed entirely, so nothing is deleted on it). It is not applied, only recorded, if
 // its iat is older than the event that last set Installed (a reinstall overtook it);
-// see SetEnabled. at is when it was received, iat the JWT iat (zero means at). Errors
-// wrap ErrNotFound for an unknown clientKey and ErrUnavailable when Postgres cannot
-// answer.
+// see SetEnabled, which also says what d does. Errors wrap ErrNotFound for an unknown
+// clientKey, ErrTokenReused, and ErrUnavailable when Postgres cannot answer.
 func (s *Store) Uninstall(ctx context.Context, clientKey string, d Delivery) (int64, error) {
 	return s.changeState(ctx, clientKey, EventUninstalled, d, func(prev lifecycleState, iat time.Time) (lifecycleState, string) {
 		if iat.Before(prev.installedIAT) {
@@ -596,8 +596,10 @@ func (s *Store) KeyEnvironment(ctx context.Context, clientKey string) (string, e
 // is not installed is recorded but not applied. Together, any order of a disabled and
 // an uninstalled ends with installed=false, enabled=false.
 //
-// at is when it was received, iat the JWT iat (zero means at). Errors wrap ErrNotFound
-// for an unknown clientKey and ErrUnavailable when Postgres cannot answer.
+// d says when it was received and its JWT iat, and binds its token (Delivery): a copy
+// of a recorded delivery changes nothing and returns the first's history row id.
+// Errors wrap ErrNotFound for an unknown clientKey, ErrTokenReused, and ErrUnavailable
+// when Postgres cannot answer.
 func (s *Store) SetEnabled(ctx context.Context, clientKey string, enabled bool, d Delivery) (int64, error) {
 	typ := EventDisabled
 	if enabled {
